@@ -1,0 +1,167 @@
+"""The fleet port (list, get, update, wait) and its one real adapter: the Cloud Run Admin API v2.
+
+The rest of baseroll sees `ServiceView`, plain data; only this module touches run_v2 types.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Protocol
+
+from google.api_core import exceptions as gexc
+from google.api_core import retry as gretry
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import run_v2
+
+# Writes and reads alike are retried on the far side's flakiness and quota pushback.
+TRANSIENT = gretry.if_exception_type(
+    gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.ResourceExhausted, gexc.InternalServerError,
+    gexc.DeadlineExceeded,
+)
+READ_RETRY = gretry.Retry(predicate=TRANSIENT, initial=0.2, maximum=10.0, multiplier=2.0, timeout=120.0)
+WRITE_RETRY = gretry.Retry(predicate=TRANSIENT, initial=1.0, maximum=30.0, multiplier=2.0, timeout=300.0)
+
+
+class StaleService(Exception):
+    """The service changed since it was read (etag mismatch / ABORTED)."""
+
+
+class FleetError(Exception):
+    """A Cloud Run call failed for a reason retrying does not fix."""
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    name: str  # projects/P/locations/L/services/S
+    images: tuple[str, ...]  # one per container, in order
+    base_image_uris: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    etag: str = ""
+    generation: int = 0
+    observed_generation: int = 0
+    latest_ready_revision: str = ""
+    latest_created_revision: str = ""
+    terminal_state: str = ""  # CONDITION_SUCCEEDED | CONDITION_FAILED | CONDITION_PENDING | ...
+    terminal_reason: str = ""
+    terminal_message: str = ""
+    reconciling: bool = False
+
+    @property
+    def project(self) -> str:
+        return self.name.split("/")[1]
+
+    @property
+    def region(self) -> str:
+        return self.name.split("/")[3]
+
+    @property
+    def short_name(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+class Fleet(Protocol):
+    def list_services(self, project: str, region: str) -> Iterator[ServiceView]: ...
+
+    def get_service(self, name: str) -> ServiceView: ...
+
+    def update_images(
+        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float
+    ) -> ServiceView:
+        """Set container images (by index) and service annotations, based on `current` (its etag);
+        clear template.revision; wait for the operation; return the service as it then is.
+        Raises StaleService when the service changed since `current` was read."""
+        ...
+
+
+def _reason(cond: run_v2.Condition) -> str:
+    for attr in ("revision_reason", "execution_reason", "reason"):
+        value = getattr(cond, attr, None)
+        if value:
+            return value.name if hasattr(value, "name") else str(value)
+    return ""
+
+
+def view(svc: run_v2.Service) -> ServiceView:
+    tc = svc.terminal_condition
+    return ServiceView(
+        name=svc.name,
+        images=tuple(c.image for c in svc.template.containers),
+        base_image_uris=tuple(c.base_image_uri for c in svc.template.containers),
+        labels=dict(svc.labels),
+        annotations=dict(svc.annotations),
+        etag=svc.etag,
+        generation=svc.generation,
+        observed_generation=svc.observed_generation,
+        latest_ready_revision=svc.latest_ready_revision,
+        latest_created_revision=svc.latest_created_revision,
+        terminal_state=tc.state.name if tc and tc.state else "",
+        terminal_reason=_reason(tc) if tc else "",
+        terminal_message=tc.message if tc else "",
+        reconciling=svc.reconciling,
+    )
+
+
+class CloudRunFleet:
+    """Fleet over google-cloud-run's ServicesClient, used unmodified."""
+
+    def __init__(self, client: run_v2.ServicesClient) -> None:
+        self._client = client
+
+    @classmethod
+    def connect(cls, endpoint: str | None = None) -> "CloudRunFleet":
+        if endpoint:
+            # Local stand-in: plain HTTP REST, no credentials.
+            client = run_v2.ServicesClient(
+                credentials=AnonymousCredentials(),
+                transport="rest",
+                client_options=ClientOptions(api_endpoint=endpoint),
+            )
+        else:
+            client = run_v2.ServicesClient()
+        return cls(client)
+
+    def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
+        parent = f"projects/{project}/locations/{region}"
+        pager = self._client.list_services(request=run_v2.ListServicesRequest(parent=parent, page_size=500), retry=READ_RETRY)
+        for svc in pager:
+            yield view(svc)
+
+    def get_service(self, name: str) -> ServiceView:
+        return view(self._get(name))
+
+    def _get(self, name: str) -> run_v2.Service:
+        try:
+            return self._client.get_service(name=name, retry=READ_RETRY)
+        except gexc.NotFound as exc:
+            raise FleetError(f"service {name} not found") from exc
+
+    def update_images(
+        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float
+    ) -> ServiceView:
+        svc = self._get(current.name)
+        if svc.etag != current.etag:
+            raise StaleService(current.name)
+        for index, image in images.items():
+            if index >= len(svc.template.containers):
+                raise FleetError(f"{current.name} has no container #{index}")
+            svc.template.containers[index].image = image
+        # A named revision with a different config is refused (409): let Cloud Run name it.
+        svc.template.revision = ""
+        for key, value in annotations.items():
+            svc.annotations[key] = value
+        try:
+            operation = self._client.update_service(
+                request=run_v2.UpdateServiceRequest(service=svc), retry=WRITE_RETRY
+            )
+        except (gexc.Aborted, gexc.Conflict, gexc.FailedPrecondition) as exc:
+            raise StaleService(f"{current.name}: {exc.message}") from exc
+        except gexc.GoogleAPICallError as exc:
+            raise FleetError(f"update of {current.name} failed: {exc}") from exc
+        try:
+            operation.result(timeout=timeout, retry=READ_RETRY)
+        except gexc.GoogleAPICallError:
+            pass  # A failed revision surfaces here; the service's conditions say why.
+        except TimeoutError:
+            pass  # Still reconciling: the caller's health gate decides.
+        return self.get_service(current.name)

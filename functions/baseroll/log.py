@@ -1,0 +1,56 @@
+"""Structured JSON logs: one line per decision, with the `severity` field Cloud Logging reads."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+_lock = threading.Lock()
+# Never let a credential reach a log line, whatever a caller passes in.
+_SECRET_KEYS = re.compile(r"(authorization|token|password|secret|credential)", re.I)
+_BEARER = re.compile(r"(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.I)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _BEARER.sub(r"\1 [redacted]", value)
+    if isinstance(value, dict):
+        return {k: ("[redacted]" if _SECRET_KEYS.search(str(k)) else _scrub(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def emit(event: str, severity: str = "INFO", *, stream: TextIO | None = None, **fields: Any) -> dict[str, Any]:
+    """Write one JSON line: {"severity", "message": event, "time", **fields}. Returns the record."""
+    record: dict[str, Any] = {
+        "severity": severity,
+        "message": event,
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    }
+    record.update(_scrub({k: v for k, v in fields.items() if v is not None}))
+    line = json.dumps(record, default=str, separators=(",", ":"))
+    with _lock:
+        out = stream or sys.stdout
+        out.write(line + "\n")
+        out.flush()
+    return record
+
+
+def info(event: str, **fields: Any) -> dict[str, Any]:
+    return emit(event, "INFO", **fields)
+
+
+def notice(event: str, **fields: Any) -> dict[str, Any]:
+    return emit(event, "NOTICE", **fields)
+
+
+def warning(event: str, **fields: Any) -> dict[str, Any]:
+    return emit(event, "WARNING", **fields)
+
+
+def error(event: str, **fields: Any) -> dict[str, Any]:
+    return emit(event, "ERROR", **fields)
