@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
-from . import refs
+from . import ledger, refs
 from .config import Labels
 from .fleet import ServiceView
 from .match import BaseVersion, ImageFacts, match_image
@@ -75,6 +75,11 @@ def make_plan(
     for svc in sorted(services, key=lambda s: s.name):
         if opted_out(svc, labels):
             plans.append(ServicePlan(svc, "skip", f"opted out by label {labels.opt_out}=true", {}))
+            continue
+        if (svc.annotations.get(ledger.STATE) == "rolled-back"
+                and svc.annotations.get(ledger.BASE_DIGEST) == new_base.digest):
+            reason = svc.annotations.get(ledger.REASON, "")
+            plans.append(ServicePlan(svc, "skip", f"already rolled back from this base: {reason}", {}))
             continue
         containers: dict[int, RebaseJob] = {}
         reasons: list[str] = []

@@ -1,0 +1,99 @@
+"""Reading images for matching: app image facts and the known versions of a base, cached by digest.
+
+Only manifests are read here (never layers). Cloud Run runs linux/amd64, so a multi-platform
+image is matched through its linux/amd64 child while the service keeps the index digest.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
+
+from . import log, refs
+from .match import BaseVersion, ImageFacts
+from .oci import INDEX_MEDIA_TYPES
+from .refs import ImageRef
+from .registry import RegistryClient, RegistryError
+
+RUN_PLATFORM = ("linux", "amd64")
+MAX_BASE_TAGS = 200  # how many tags of a base repository are read to find old versions
+
+
+class Catalog:
+    def __init__(self, client: RegistryClient, *, workers: int = 8) -> None:
+        self._client = client
+        self._workers = workers
+        self._by_digest: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {}
+        self._lock = threading.Lock()
+
+    def _layers(self, ref: ImageRef) -> tuple[str, tuple[str, ...], dict[str, str]]:
+        """(digest, amd64 layer digests, annotations) of an image; cached by digest."""
+        digest = ref.digest or self._client.head_manifest(ref)
+        if digest is None:
+            raise RegistryError(f"{ref} not found")
+        with self._lock:
+            cached = self._by_digest.get(digest)
+        if cached is not None:
+            return digest, cached[0], cached[1]
+        manifest = self._client.get_manifest(ref.with_digest(digest))
+        annotations = dict(manifest.data.get("annotations") or {})
+        if manifest.media_type in INDEX_MEDIA_TYPES:
+            child = _platform_child(manifest.data, ref)
+            child_manifest = self._client.get_manifest(ref.with_digest(child))
+            # Base annotations may sit on the index, the child or both; the index wins.
+            annotations = {**dict(child_manifest.data.get("annotations") or {}), **annotations}
+            layers = tuple(layer["digest"] for layer in child_manifest.data.get("layers", []))
+        else:
+            layers = tuple(layer["digest"] for layer in manifest.data.get("layers", []))
+        with self._lock:
+            self._by_digest[digest] = (layers, annotations)
+        return digest, layers, annotations
+
+    def facts(self, image: str) -> ImageFacts:
+        ref = refs.parse(image)
+        digest, layers, annotations = self._layers(ref)
+        return ImageFacts(ref.with_digest(digest), layers, annotations)
+
+    def facts_many(self, images: Iterable[str]) -> dict[str, ImageFacts | str]:
+        """Facts per image string, or the reason it could not be read (never raises for one image)."""
+        images = sorted(set(images))
+
+        def one(image: str) -> ImageFacts | str:
+            try:
+                return self.facts(image)
+            except (RegistryError, refs.RefError, KeyError, TypeError) as exc:
+                log.warning("image.unreadable", image=image, reason=str(exc))
+                return str(exc)
+
+        with ThreadPoolExecutor(max_workers=self._workers) as pool:
+            return dict(zip(images, pool.map(one, images)))
+
+    def version(self, ref: ImageRef) -> BaseVersion:
+        digest, layers, _ = self._layers(ref)
+        return BaseVersion(digest, layers)
+
+    def base_versions(self, track_image: ImageRef) -> list[BaseVersion]:
+        """Every version of the base repository reachable by a tag (old versions usually keep an
+        immutable version tag after the track tag moves)."""
+        repo = track_image.with_tag(None)
+        tags = self._client.list_tags(repo)[:MAX_BASE_TAGS]
+
+        def one(tag: str) -> BaseVersion | None:
+            try:
+                return self.version(repo.with_tag(tag))
+            except (RegistryError, KeyError, TypeError) as exc:
+                log.warning("base.version_unreadable", image=f"{repo}:{tag}", reason=str(exc))
+                return None
+
+        with ThreadPoolExecutor(max_workers=self._workers) as pool:
+            found = [v for v in pool.map(one, tags) if v is not None]
+        unique = {v.digest: v for v in found}
+        return list(unique.values())
+
+
+def _platform_child(index: dict, ref: ImageRef) -> str:
+    for child in index.get("manifests", []):
+        platform = child.get("platform") or {}
+        if (platform.get("os"), platform.get("architecture")) == RUN_PLATFORM:
+            return child["digest"]
+    raise RegistryError(f"{ref} has no linux/amd64 image, which Cloud Run needs")

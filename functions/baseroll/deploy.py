@@ -1,0 +1,111 @@
+"""One service, one target: update by digest, gate on health, roll back on failure.
+
+This is the unit a worker applies; it is safe to repeat (a service already on its target is
+left alone) and never leaves a service on a failed revision while a rollback is possible.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+from . import health, ledger, log
+from .fleet import Fleet, FleetError, ServiceView, StaleService
+
+MAX_STALE_RETRIES = 3
+POLL_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Outcome:
+    service: str
+    result: Literal["updated", "already-current", "rolled-back", "rollback-failed", "failed", "skipped"]
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    reason: str = ""
+
+
+def _wait_settled(fleet: Fleet, svc: ServiceView, deadline: float) -> tuple[ServiceView, health.Health]:
+    """Poll until the service is ready or failed, or the deadline passes (then: failed, timed out)."""
+    verdict = health.assess(svc)
+    while verdict.state == "pending":
+        if time.monotonic() >= deadline:
+            return svc, health.Health("failed", "readiness deadline passed")
+        time.sleep(POLL_INTERVAL_S)
+        svc = fleet.get_service(svc.name)
+        verdict = health.assess(svc)
+    return svc, verdict
+
+
+def apply(
+    fleet: Fleet,
+    planned: ServiceView,
+    targets: Mapping[int, str],
+    *,
+    rollout: str,
+    base_digest: str,
+    timeout_s: float,
+) -> Outcome:
+    """Move `planned`'s containers to `targets` (index → image by digest)."""
+    svc = planned
+    for attempt in range(MAX_STALE_RETRIES + 1):
+        if all(svc.images[i] == image for i, image in targets.items()):
+            # A redelivered task, or a concurrent worker got here first: never a second update.
+            svc, verdict = _wait_settled(fleet, svc, time.monotonic() + timeout_s)
+            if verdict.state == "ready":
+                return Outcome(svc.name, "already-current", planned.images, svc.images, "already on the target image")
+            return Outcome(svc.name, "failed", planned.images, svc.images, f"on the target but {verdict.reason}")
+        if any(svc.images[i] != planned.images[i] for i in targets):
+            return Outcome(svc.name, "skipped", planned.images, svc.images, "image changed since planning")
+        try:
+            return _update_and_gate(fleet, svc, targets, rollout, base_digest, timeout_s)
+        except StaleService:
+            log.info("service.stale", service=svc.name, attempt=attempt + 1)
+            svc = fleet.get_service(planned.name)
+    return Outcome(svc.name, "failed", planned.images, svc.images, "service kept changing (etag conflicts)")
+
+
+def _update_and_gate(
+    fleet: Fleet, svc: ServiceView, targets: Mapping[int, str], rollout: str, base_digest: str, timeout_s: float
+) -> Outcome:
+    deadline = time.monotonic() + timeout_s
+    before = svc.images
+    try:
+        after = fleet.update_images(
+            svc, targets, annotations=ledger.rolled(rollout, base_digest, before), timeout=timeout_s
+        )
+    except FleetError as exc:
+        log.error("service.update_failed", service=svc.name, reason=str(exc))
+        return Outcome(svc.name, "failed", before, before, str(exc))
+    after, verdict = _wait_settled(fleet, after, deadline)
+    if verdict.state == "ready":
+        log.notice("service.updated", service=svc.name, before=list(before), after=list(after.images),
+                   revision=after.latest_ready_revision, rollout_id=rollout)
+        return Outcome(svc.name, "updated", before, after.images)
+    log.warning("service.unhealthy", service=svc.name, reason=verdict.reason, revision=after.latest_created_revision)
+    return _roll_back(fleet, after, before, rollout, base_digest, verdict.reason, timeout_s)
+
+
+def _roll_back(
+    fleet: Fleet, svc: ServiceView, previous: tuple[str, ...], rollout: str, base_digest: str, reason: str, timeout_s: float
+) -> Outcome:
+    restore = {i: image for i, image in enumerate(previous) if svc.images[i] != image}
+    annotations = ledger.rolled_back(rollout, base_digest, reason)
+    for _ in range(MAX_STALE_RETRIES + 1):
+        try:
+            restored = fleet.update_images(svc, restore, annotations=annotations, timeout=timeout_s)
+            break
+        except StaleService:
+            svc = fleet.get_service(svc.name)
+        except FleetError as exc:
+            log.error("service.rollback_failed", service=svc.name, reason=str(exc), failed_reason=reason)
+            return Outcome(svc.name, "rollback-failed", previous, svc.images, f"{reason}; rollback: {exc}")
+    else:
+        return Outcome(svc.name, "rollback-failed", previous, svc.images, f"{reason}; rollback: etag conflicts")
+    restored, verdict = _wait_settled(fleet, restored, time.monotonic() + timeout_s)
+    if verdict.state != "ready":
+        log.error("service.rollback_failed", service=svc.name, reason=verdict.reason, failed_reason=reason)
+        return Outcome(svc.name, "rollback-failed", previous, restored.images, f"{reason}; rollback: {verdict.reason}")
+    log.warning("service.rolled_back", service=svc.name, reason=reason, image=list(restored.images),
+                revision=restored.latest_ready_revision, rollout_id=rollout)
+    return Outcome(svc.name, "rolled-back", previous, restored.images, reason)

@@ -1,0 +1,79 @@
+"""`make demo`: seed a fleet on the local stack, push a new base, deliver the push event to the
+function over HTTP, watch it roll, print a per-service table and a summary.
+
+Exit 0 only when every eligible service is on the new base and every other service is untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from . import scenario
+from .stack import LocalStack
+
+
+def short(image: str) -> str:
+    name, _, digest = image.partition("@")
+    name = name.split("/", 1)[-1]
+    return f"{name}@{digest[7:19]}" if digest else name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.local.demo")
+    parser.add_argument("--services", type=int, default=40)
+    parser.add_argument("--base", default="python", choices=["python", "node"])
+    args = parser.parse_args(argv)
+    console = Console()
+    started = time.monotonic()
+    with LocalStack() as stack:
+        console.print(f"[bold]local stack[/] registry {stack.registry.url}  cloud run {stack.cloudrun.url}  "
+                      f"function {stack.function_url('on_artifact_push')}")
+        fleet = scenario.seed_fleet(stack, args.services)
+        console.print(f"seeded {len(fleet.services)} services over 2 projects x 2 regions, "
+                      f"{len(fleet.apps)} app images on 3 bases")
+        new_base = scenario.push_new_base(stack, fleet, args.base)
+        track = fleet.base_track(args.base)
+        console.print(f"pushed {track} -> {new_base.digest[:19]}; delivering the Artifact Registry event")
+        t0 = time.monotonic()
+        response = scenario.deliver_push(stack, new_base, track.tag)
+        roll_s = time.monotonic() - t0
+        if response.status_code != 200:
+            console.print(f"[red]function answered {response.status_code}[/]; log: {stack.function_log('on_artifact_push')}")
+            return 1
+        rows = scenario.results(stack, fleet)
+        table = Table(title=f"rollout of {track}")
+        for col in ("service", "app", "base", "before", "after", "outcome"):
+            table.add_column(col)
+        ok = True
+        counts: dict[str, int] = {}
+        for r in rows:
+            eligible = r.seeded.eligible_for(args.base)
+            if eligible:
+                good = r.changed and scenario.on_base(stack, r.image, new_base) and r.updates == 1
+                outcome = "rolled" if good else f"NOT ROLLED {r.state} {r.reason}"
+            else:
+                good = not r.changed and r.updates == 0
+                why = "opted out" if r.seeded.opted_out else f"on {r.seeded.base}"
+                outcome = f"untouched ({why})" if good else "CHANGED UNEXPECTEDLY"
+            ok &= good
+            key = outcome.split(" (")[0]
+            counts[key] = counts.get(key, 0) + 1
+            table.add_row(r.seeded.name.split("/services/")[1] + f" [dim]{r.seeded.name.split('/')[3]}[/]",
+                          r.seeded.app, r.seeded.base, short(r.seeded.image), short(r.image) if r.changed else "=",
+                          f"[green]{outcome}[/]" if good else f"[red]{outcome}[/]")
+        console.print(table)
+        summary = {"ok": ok, "roll_seconds": round(roll_s, 2), "total_seconds": round(time.monotonic() - started, 2),
+                   **counts}
+        console.print(f"[bold]summary[/] {json.dumps(summary)}")
+        if not ok:
+            console.print(f"function log: {stack.function_log('on_artifact_push')}")
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Seed a realistic fleet: real images in the real registry, services in the Cloud Run stand-in.
+
+Two tracked bases (python:3.12, node:22) and one untracked (debian:12); three app images per
+tracked base (some carrying OCI base annotations, some recognisable only by layer prefix); tenant
+services spread over projects × regions, some opted out, some on the untracked base, a few
+deployed by tag rather than digest. Everything is created through the real clients.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.cloud import run_v2
+
+from baseroll.match import ANN_BASE_DIGEST, ANN_BASE_NAME
+from baseroll.refs import ImageRef
+from baseroll.registry import RegistryClient
+
+from . import images
+from .images import ImageSpec, Layer
+
+PROJECTS = ("tenants-prod-a", "tenants-prod-b")
+REGIONS = ("us-central1", "europe-west1")
+OPT_OUT_LABEL = "baseroll-opt-out"
+COHORT_LABEL = "baseroll-cohort"
+
+
+@dataclass(frozen=True)
+class BaseDef:
+    name: str
+    repository: str
+    tag: str
+    tracked: bool
+
+
+BASES = (
+    BaseDef("python", "bases/python", "3.12", True),
+    BaseDef("node", "bases/node", "22", True),
+    BaseDef("debian", "bases/debian", "12", False),
+)
+# app name → (base name, carries OCI base annotations)
+APPS = {
+    "py-api": ("python", True),
+    "py-worker": ("python", True),
+    "py-cron": ("python", False),
+    "node-web": ("node", True),
+    "node-bff": ("node", False),
+    "node-jobs": ("node", True),
+    "legacy": ("debian", False),
+}
+
+
+@dataclass
+class SeededService:
+    name: str
+    app: str
+    base: str
+    image: str
+    opted_out: bool
+
+    def eligible_for(self, base: str) -> bool:
+        return self.base == base and not self.opted_out
+
+
+@dataclass
+class SeededFleet:
+    registry: str
+    base_versions: dict[str, list[ImageRef]] = field(default_factory=dict)  # base → versions, oldest first
+    apps: dict[str, ImageRef] = field(default_factory=dict)
+    services: list[SeededService] = field(default_factory=list)
+
+    def base_track(self, base: str) -> ImageRef:
+        b = next(b for b in BASES if b.name == base)
+        return ImageRef(self.registry, b.repository, b.tag)
+
+
+def base_spec(base: BaseDef, version: int) -> ImageSpec:
+    """Version n of a base: an OS layer that changes with each security patch, and a runtime layer."""
+    os_layer = images.layer({
+        "etc/os-release": f"NAME={base.name}-os\nVERSION_ID={base.tag}\nPATCH={version}\n",
+        "lib/libc.so.6": f"libc for {base.name} patch {version}\n" * 64,
+    })
+    runtime_layer = images.layer({f"usr/local/{base.name}/VERSION": f"{base.tag}.{version}\n"})
+    return ImageSpec(layers=[os_layer, runtime_layer], history=[f"{base.name} os patch {version}", f"{base.name} runtime"])
+
+
+def push_base(client: RegistryClient, registry: str, base: BaseDef, version: int) -> ImageRef:
+    """Push version n with its immutable tag (`<tag>-pN`) and move the track tag to it."""
+    repo = ImageRef(registry, base.repository)
+    return images.push(client, repo, base_spec(base, version), tags=(f"{base.tag}-p{version}", base.tag))
+
+
+def app_spec(app: str, base: BaseDef, base_ref: ImageRef, base_layers: list[Layer], annotated: bool) -> ImageSpec:
+    app_layer = images.layer({f"app/{app}/main": f"#!/bin/sh\necho {app}\n"}, executable=(f"app/{app}/main",))
+    deps_layer = images.layer({f"app/{app}/deps.txt": f"dependencies of {app}\n"})
+    annotations = {}
+    if annotated:
+        annotations = {ANN_BASE_NAME: f"{base_ref.registry}/{base.repository}:{base.tag}", ANN_BASE_DIGEST: base_ref.digest or ""}
+    return ImageSpec(
+        layers=[*base_layers, deps_layer, app_layer],
+        history=[f"{base.name} os patch 1", f"{base.name} runtime", "COPY deps", "COPY app"],
+        entrypoint=[f"/app/{app}/main"],
+        annotations=annotations,
+    )
+
+
+def seed_images(client: RegistryClient, registry: str) -> SeededFleet:
+    fleet = SeededFleet(registry)
+    for base in BASES:
+        fleet.base_versions[base.name] = [push_base(client, registry, base, 1)]
+    for app, (base_name, annotated) in APPS.items():
+        base = next(b for b in BASES if b.name == base_name)
+        spec = app_spec(app, base, fleet.base_versions[base_name][0], base_spec(base, 1).layers, annotated)
+        fleet.apps[app] = images.push(client, ImageRef(registry, f"apps/{app}"), spec, tags=("v1",))
+    return fleet
+
+
+def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int = 40, timeout: float = 60) -> None:
+    """Create `count` tenant services round-robin over apps and locations, waiting for each to be ready."""
+    app_names = list(APPS)
+    locations = [(p, r) for p in PROJECTS for r in REGIONS]
+    operations = []
+    for i in range(count):
+        app = app_names[i % len(app_names)]
+        base = APPS[app][0]
+        project, region = locations[i % len(locations)]
+        pinned = fleet.apps[app]
+        # Every seventh service runs a tag, as teams that deploy `:v1` do.
+        image = str(pinned.with_tag("v1")) if i % 7 == 3 else str(pinned)
+        opted_out = base == "python" and i % 5 == 0
+        labels = {"tenant": f"t{i:03d}"}
+        if opted_out:
+            labels[OPT_OUT_LABEL] = "true"
+        if i < 4:
+            labels[COHORT_LABEL] = "canary"
+        service = run_v2.Service(
+            labels=labels,
+            template=run_v2.RevisionTemplate(containers=[run_v2.Container(image=image)]),
+        )
+        operations.append(run.create_service(
+            parent=f"projects/{project}/locations/{region}", service=service, service_id=f"tenant-{i:03d}"
+        ))
+        fleet.services.append(SeededService(
+            f"projects/{project}/locations/{region}/services/tenant-{i:03d}", app, base, image, opted_out
+        ))
+    for op in operations:
+        op.result(timeout=timeout)

@@ -1,0 +1,52 @@
+import pytest
+import yaml
+
+from baseroll import config
+from baseroll.config import ConfigError
+
+GOOD = {
+    "projects": ["tenants-prod-a"],
+    "regions": ["us-central1", "europe-west1"],
+    "allowed_registries": ["us-docker.pkg.dev", "127.0.0.1:5000"],
+    "plain_http_registries": ["127.0.0.1:5000"],
+    "base_tracks": [{"name": "python", "image": "us-docker.pkg.dev/p/bases/python:3.12"}],
+}
+
+
+def test_good_config_parses():
+    cfg = config.parse(GOOD)
+    assert cfg.regions == ("us-central1", "europe-west1")
+    assert cfg.track_for(cfg.base_tracks[0].image).name == "python"
+    assert cfg.rollout.drift_policy == "apply-or-refuse"
+
+
+@pytest.mark.parametrize(
+    "patch, needle",
+    [
+        ({"projects": []}, "projects"),
+        ({"projects": ["Bad_Project"]}, "projects"),
+        ({"regions": ["moon"]}, "regions"),
+        ({"base_tracks": [{"name": "x", "image": "us-docker.pkg.dev/p/b@sha256:" + "a" * 64}]}, "follows a tag"),
+        ({"base_tracks": [{"name": "x", "image": "evil.io/p/b:1"}]}, "allowed_registries"),
+        ({"base_tracks": [{"image": "us-docker.pkg.dev/p/b:1"}]}, "needs a name"),
+        ({"plain_http_registries": ["other:1"]}, "plain_http_registries"),
+        ({"rollout": {"concurrency": 0}}, "concurrency"),
+        ({"rollout": {"drift_policy": "yolo"}}, "drift_policy"),
+        ({"labels": {"opt_out": "Bad Key"}}, "label key"),
+        ({"cloud_run_endpoint": "ftp://x"}, "cloud_run_endpoint"),
+    ],
+)
+def test_bad_config_names_the_field(patch, needle):
+    with pytest.raises(ConfigError, match=needle):
+        config.parse({**GOOD, **patch})
+
+
+def test_environment_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    cfg = config.load({"BASEROLL_CONFIG": str(path), "BASEROLL_REGIONS": "asia-east1,us-east1"})
+    assert cfg.regions == ("asia-east1", "us-east1")
+    with pytest.raises(ConfigError, match="no configuration"):
+        config.load({})
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load({"BASEROLL_CONFIG": str(tmp_path / "missing.yaml")})

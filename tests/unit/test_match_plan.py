@@ -1,0 +1,77 @@
+from baseroll import ledger
+from baseroll.config import Labels
+from baseroll.fleet import ServiceView
+from baseroll.match import ANN_BASE_DIGEST, ANN_BASE_NAME, BaseVersion, ImageFacts, match_image
+from baseroll.plan import make_plan
+from baseroll.refs import ImageRef
+
+
+def d(c: str) -> str:
+    return "sha256:" + c * 64
+
+
+H = "reg.example.com"
+TRACK = ImageRef(H, "bases/python", "3.12")
+V1 = BaseVersion(d("1"), (d("a"), d("b")))
+V2 = BaseVersion(d("2"), (d("c"), d("b")))
+OTHER = BaseVersion(d("9"), (d("a"),))  # a shorter base sharing the first layer
+
+
+def app(layers, **ann) -> ImageFacts:
+    return ImageFacts(ImageRef(H, "apps/x", None, d("f")), tuple(layers), ann)
+
+
+def test_annotation_outdated_current_and_other():
+    name = f"{H}/bases/python:3.12"
+    m = match_image(app([d("a"), d("b"), d("e")], **{ANN_BASE_NAME: name, ANN_BASE_DIGEST: V1.digest}), TRACK, V2, [V1])
+    assert (m.verdict, m.how, m.old_base_digest) == ("outdated", "annotation", V1.digest)
+    m = match_image(app([d("c"), d("b"), d("e")], **{ANN_BASE_NAME: name, ANN_BASE_DIGEST: V2.digest}), TRACK, V2, [V1])
+    assert m.verdict == "current"
+    m = match_image(app([d("a"), d("b")], **{ANN_BASE_NAME: f"{H}/bases/python:3.11", ANN_BASE_DIGEST: V1.digest}),
+                    TRACK, V2, [V1])
+    assert m.verdict == "other" and "3.11" in m.reason
+    m = match_image(app([d("a")], **{ANN_BASE_NAME: f"{H}/bases/node:22", ANN_BASE_DIGEST: V1.digest}), TRACK, V2, [V1])
+    assert m.verdict == "other"
+
+
+def test_layer_prefix_picks_longest_known_version():
+    m = match_image(app([d("a"), d("b"), d("e")]), TRACK, V2, [OTHER, V1, V2])
+    assert (m.verdict, m.how, m.old_base_digest) == ("outdated", "layer-prefix", V1.digest)
+    assert match_image(app([d("c"), d("b"), d("e")]), TRACK, V2, [V1]).verdict == "current"
+    assert match_image(app([d("x"), d("e")]), TRACK, V2, [V1]).verdict == "other"
+    # A base longer than the app can never be its prefix.
+    assert match_image(app([d("a")]), TRACK, V2, [V1]).verdict == "other"
+
+
+def svc(name, image, **labels) -> ServiceView:
+    return ServiceView(name=f"projects/p-aaaaa/locations/us-central1/services/{name}", images=(image,), labels=labels)
+
+
+def test_plan_dedups_rebases_and_explains_skips():
+    a = f"{H}/apps/a@{d('f')}"
+    facts = {a: app([d("a"), d("b"), d("e")])}
+    services = [
+        svc("s1", a), svc("s2", a), svc("s3", a, **{"baseroll-opt-out": "true"}),
+        svc("s4", "evil.io/x/y:1"), svc("s5", "not a ref"), svc("s6", f"{H}/apps/gone:1"),
+    ]
+    facts[f"{H}/apps/gone:1"] = "MANIFEST_UNKNOWN"
+    plan = make_plan(track_image=TRACK, new_base=TRACK.with_digest(V2.digest), new_version=V2, known_versions=[V1],
+                     services=services, facts=facts, labels=Labels(), allowed=frozenset({H}))
+    by = {p.service.short_name: p for p in plan.services}
+    assert [p.service.short_name for p in plan.to_roll] == ["s1", "s2"]
+    assert len(plan.jobs) == 1 and plan.jobs[0].old_base == ImageRef(H, "bases/python", None, V1.digest)
+    assert "opted out" in by["s3"].reason
+    assert "not allow-listed" in by["s4"].reason
+    assert "s5" in by and by["s5"].action == "skip"
+    assert "MANIFEST_UNKNOWN" in by["s6"].reason
+
+
+def test_plan_never_retries_a_rolled_back_target():
+    a = f"{H}/apps/a@{d('f')}"
+    rolled_back = ServiceView(name="projects/p-aaaaa/locations/us-central1/services/s", images=(a,),
+                              annotations={ledger.STATE: "rolled-back", ledger.BASE_DIGEST: V2.digest,
+                                           ledger.REASON: "HEALTH_CHECK_CONTAINER_ERROR"})
+    plan = make_plan(track_image=TRACK, new_base=TRACK.with_digest(V2.digest), new_version=V2, known_versions=[V1],
+                     services=[rolled_back], facts={a: app([d("a"), d("b"), d("e")])}, labels=Labels(),
+                     allowed=frozenset({H}))
+    assert plan.to_roll == [] and "rolled back" in plan.services[0].reason
