@@ -11,7 +11,6 @@ from typing import Iterable
 
 from . import log, refs
 from .match import BaseVersion, ImageFacts
-from .oci import INDEX_MEDIA_TYPES
 from .refs import ImageRef
 from .registry import RegistryClient, RegistryError
 
@@ -37,7 +36,7 @@ class Catalog:
             return digest, cached[0], cached[1]
         manifest = self._client.get_manifest(ref.with_digest(digest))
         annotations = dict(manifest.data.get("annotations") or {})
-        if manifest.media_type in INDEX_MEDIA_TYPES:
+        if manifest.is_index:
             child = _platform_child(manifest.data, ref)
             child_manifest = self._client.get_manifest(ref.with_digest(child))
             # Base annotations may sit on the index, the child or both; the index wins.

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--services", type=int, default=40)
     parser.add_argument("--base", default="python", choices=["python", "node"])
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=150)
     started = time.monotonic()
     with LocalStack() as stack:
         console.print(f"[bold]local stack[/] registry {stack.registry.url}  cloud run {stack.cloudrun.url}  "
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         rows = scenario.results(stack, fleet)
         table = Table(title=f"rollout of {track}")
-        for col in ("service", "app", "base", "before", "after", "outcome"):
-            table.add_column(col)
+        for col in ("service", "project/region", "app", "base", "before", "after", "outcome"):
+            table.add_column(col, no_wrap=True)
         ok = True
         counts: dict[str, int] = {}
         for r in rows:
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             ok &= good
             key = outcome.split(" (")[0]
             counts[key] = counts.get(key, 0) + 1
-            table.add_row(r.seeded.name.split("/services/")[1] + f" [dim]{r.seeded.name.split('/')[3]}[/]",
-                          r.seeded.app, r.seeded.base, short(r.seeded.image), short(r.image) if r.changed else "=",
+            parts = r.seeded.name.split("/")
+            table.add_row(parts[5], f"{parts[1]}/{parts[3]}", r.seeded.app, r.seeded.base, short(r.seeded.image), short(r.image) if r.changed else "=",
                           f"[green]{outcome}[/]" if good else f"[red]{outcome}[/]")
         console.print(table)
         summary = {"ok": ok, "roll_seconds": round(roll_s, 2), "total_seconds": round(time.monotonic() - started, 2),

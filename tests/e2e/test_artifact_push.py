@@ -1,0 +1,97 @@
+"""The whole local stack: real registry, Cloud Run stand-in over the wire, the function under
+functions-framework receiving Eventarc-shaped CloudEvents over HTTP."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from baseroll import ledger
+from infra.local import eventarc, scenario
+from infra.local.stack import LocalStack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with LocalStack(ready_timeout_s=20) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def fleet(stack):
+    return scenario.seed_fleet(stack, services=40)
+
+
+def updates(stack) -> dict[str, int]:
+    return {name: int(v.get("updates", 0)) for name, v in stack.cloudrun.stats()["services"].items()}
+
+
+def log_records(stack) -> list[dict]:
+    out = []
+    for line in stack.function_log("on_artifact_push").read_text().splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def test_base_push_rolls_eligible_services_and_rolls_back_a_failure(stack, fleet):
+    eligible = [s for s in fleet.services if s.eligible_for("python")]
+    doomed = eligible[1]
+    stack.cloudrun.inject_fault({"service": doomed.name, "reason": "HEALTH_CHECK_CONTAINER_ERROR", "times": 1})
+    before = updates(stack)
+
+    new_base = scenario.push_new_base(stack, fleet, "python")
+    response = scenario.deliver_push(stack, new_base, "3.12", message_id="push-1")
+    assert response.status_code == 200, response.text
+
+    after = updates(stack)
+    for r in scenario.results(stack, fleet):
+        delta = after.get(r.seeded.name, 0) - before.get(r.seeded.name, 0)
+        if r.seeded is doomed:
+            assert r.image == r.seeded.image, "a failed revision must end on its old image"
+            assert r.state == "rolled-back" and "HEALTH_CHECK_CONTAINER_ERROR" in r.reason
+            assert delta == 2  # the update and its rollback
+        elif r.seeded.eligible_for("python"):
+            assert r.changed and "@sha256:" in r.image, f"{r.seeded.name} not rolled by digest: {r.image}"
+            assert scenario.on_base(stack, r.image, new_base)
+            assert r.state == "rolled" and delta == 1
+        else:
+            assert not r.changed and delta == 0, f"{r.seeded.name} should be untouched"
+
+    # One rebase per unique app image, not per service.
+    rebased = [rec for rec in log_records(stack) if rec["message"] == "image.rebased"]
+    assert len(rebased) == len({s.app for s in eligible})
+    assert all(rec["severity"] for rec in log_records(stack))
+
+
+def test_redelivered_event_updates_nothing(stack, fleet):
+    new_base = fleet.base_versions["python"][-1]
+    before = updates(stack)
+    images_before = {r.seeded.name: r.image for r in scenario.results(stack, fleet)}
+    assert scenario.deliver_push(stack, new_base, "3.12", message_id="push-1").status_code == 200
+    assert updates(stack) == before
+    assert {r.seeded.name: r.image for r in scenario.results(stack, fleet)} == images_before
+
+
+def test_other_pushes_and_bad_events_are_acknowledged_and_change_nothing(stack, fleet):
+    before = updates(stack)
+    url = stack.function_url("on_artifact_push")
+    app = fleet.apps["py-api"]
+    cases = [
+        eventarc.artifact_push_data(str(app), str(app.with_tag("v2"))),  # an app image push
+        eventarc.artifact_push_data(None, "127.0.0.1:1/bases/python:3.12", action="DELETE"),
+        eventarc.artifact_push_data(str(fleet.base_versions["python"][-1]), None),  # by digest, no tag
+        b"not json at all",
+        json.dumps({"action": "INSERT", "tag": "evil.example.com/bases/python:3.12"}).encode(),
+    ]
+    for data in cases:
+        response = eventarc.deliver(url, eventarc.message_event("p", "gcr", data))
+        assert response.status_code == 200
+    # Not a CloudEvent at all: the framework answers 400.
+    assert httpx.post(url, json={"hello": "world"}, timeout=10).status_code == 400
+    assert updates(stack) == before
+    reasons = [rec for rec in log_records(stack) if rec["message"] in ("event.ignored", "event.rejected")]
+    assert len(reasons) >= len(cases) and all(rec.get("reason") for rec in reasons)
