@@ -1,0 +1,300 @@
+"""Registry-side rebase: fetch what the pure ``rebase`` needs, then mount, upload and push.
+
+Only manifests and configs are downloaded. The new base's layers reach the target repository by
+cross-repository mount; the new config is the only blob uploaded; manifests are pushed last
+(children before their index), so a failure leaves no manifest pointing at missing blobs.
+Re-running with the same inputs yields the same digest and costs a few HEADs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import log, oci
+from .rebase import ImageParts, RebaseError, RebaseOutput, child_descriptor, rebase, rebuild_index
+from .refs import ImageRef
+from .registry import Manifest, RegistryClient, RegistryError
+
+DEFAULT_DRIFT_POLICY = "apply-or-refuse"
+PREFERRED_PLATFORM = oci.Platform("linux", "amd64")  # Cloud Run runs linux/amd64
+
+
+@dataclass(frozen=True)
+class RebaseResult:
+    digest: str
+    ref: ImageRef  # target repository pinned by the new digest
+    media_type: str
+    platforms: tuple[str, ...]
+    mounted_layers: int  # blobs made present in the target by this run (mounted or copied)
+    warnings: tuple[str, ...] = ()
+    pushed: bool = False  # False for dry runs and when the manifest was already there
+
+
+@dataclass
+class _Child:
+    """One rebased platform, ready to push."""
+
+    platform: str
+    output: RebaseOutput
+    n_new_base_layers: int
+    descriptor: dict[str, Any] | None = None  # its entry in the original index, if any
+
+
+@dataclass
+class _Context:
+    client: RegistryClient
+    app: ImageRef
+    old_base: ImageRef
+    new_base: ImageRef
+    old_top: Manifest
+    new_top: Manifest
+    drift_policy: str
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def rebase_image(
+    client: RegistryClient,
+    app: ImageRef,
+    old_base: ImageRef,
+    new_base: ImageRef,
+    *,
+    target: ImageRef | None = None,
+    platform: str | None = None,
+    dry_run: bool = False,
+    drift_policy: str = DEFAULT_DRIFT_POLICY,
+) -> RebaseResult:
+    """Rebase ``app`` from ``old_base`` onto ``new_base`` and push the result.
+
+    The result goes to ``target``'s repository (default: the app's own), by digest only unless
+    ``target`` carries a tag. A multi-platform app is rebased child by child against the same
+    platform of each base (each base may be an index or a single manifest); a platform missing from
+    a base is a RebaseError naming it, never a fallback to another platform. Attestation children
+    (BuildKit ``unknown/unknown``, ``vnd.docker.reference.type: attestation-manifest``) are dropped
+    with a warning: they attest the old child's digest, so keeping them would attach false
+    provenance to the new image. With ``platform`` ("linux/amd64"), only that platform is rebased
+    and the result is a single-platform manifest.
+    """
+    dest = target or ImageRef(app.registry, app.repository)
+    want = oci.Platform.parse(platform) if platform else None
+    app_m = client.get_manifest(app)
+    app_pinned = app.with_digest(app_m.digest)
+    ctx = _Context(client, app_pinned, old_base, new_base, client.get_manifest(old_base),
+                   client.get_manifest(new_base), drift_policy)
+    warnings: list[str] = []
+
+    if app_m.is_index:
+        children = _rebase_index_children(ctx, app_m, want, warnings)
+    else:
+        children = [_rebase_one(ctx, app_m, want)]
+    for c in children:
+        warnings.extend(f"{c.platform}: {w}" for w in c.output.warnings)
+
+    is_index = app_m.is_index and want is None
+    if is_index:
+        top_raw = rebuild_index(app_m.data, [child_descriptor(c.descriptor or {}, c.output.manifest, c.output.media_type)
+                                             for c in children])
+        top_type = app_m.media_type
+    else:
+        top_raw, top_type = children[0].output.manifest, children[0].output.media_type
+    digest = oci.sha256_digest(top_raw)
+
+    mounted, pushed = 0, False
+    if not dry_run:
+        mounted = sum(_push_blobs(ctx, dest, c) for c in children)
+        if is_index:
+            for c in children:  # children before the index that lists them
+                _push_manifest(client, dest.with_digest(c.output.manifest_digest), c.output.manifest, c.output.media_type)
+        pushed = _push_manifest(client, dest.with_digest(digest), top_raw, top_type)
+        if target is not None and target.tag:
+            pushed = _push_manifest(client, target.with_tag(target.tag), top_raw, top_type) or pushed
+
+    result = RebaseResult(
+        digest=digest,
+        ref=dest.with_digest(digest),
+        media_type=top_type,
+        platforms=tuple(c.platform for c in children),
+        mounted_layers=mounted,
+        warnings=tuple(warnings),
+        pushed=pushed,
+    )
+    log.info("rebase.done", app=str(app_pinned), old_base=str(old_base), new_base=str(new_base),
+             result=str(result.ref), platforms=list(result.platforms), mounted=mounted, pushed=pushed,
+             dry_run=dry_run, warnings=list(result.warnings))
+    return result
+
+
+# ---------------------------------------------------------------- planning (reads only)
+
+
+def _rebase_index_children(ctx: _Context, index: Manifest, want: oci.Platform | None,
+                           warnings: list[str]) -> list[_Child]:
+    children: list[_Child] = []
+    for desc in index.data["manifests"]:
+        if oci.is_attestation(desc):
+            warnings.append(f"dropped attestation manifest {desc['digest']}: it attests the old image")
+            continue
+        desc_platform = oci.Platform.from_dict(desc.get("platform"))
+        if want is not None and (desc_platform is None or not desc_platform.matches(want)):
+            continue
+        child_m = ctx.client.get_manifest(ctx.app.with_digest(desc["digest"]))
+        if child_m.is_index:
+            raise RebaseError(f"original {ctx.app}: nested index {desc['digest']} is not supported")
+        child = _rebase_one(ctx, child_m, desc_platform)
+        child.descriptor = desc
+        children.append(child)
+    if not children:
+        raise RebaseError(f"original {ctx.app} has no {want or 'image'} manifest to rebase")
+    return children
+
+
+def _rebase_one(ctx: _Context, app_m: Manifest, want: oci.Platform | None) -> _Child:
+    if app_m.is_index:
+        raise RebaseError(f"{ctx.app}: expected a manifest, got an index")
+    o_cfg = _config(ctx, ctx.app, app_m)
+    plat = oci.config_platform(o_cfg)
+    if plat is None:
+        raise RebaseError(f"original {ctx.app}: config has no os/architecture")
+    if want is not None and not plat.matches(want):
+        raise RebaseError(f"original {ctx.app} is {plat}, not {want}")
+    b_ref, b_m = _for_platform(ctx, ctx.old_base, ctx.old_top, plat, "old base")
+    n_ref, n_m = _for_platform(ctx, ctx.new_base, ctx.new_top, plat, "new base")
+    output = rebase(
+        ImageParts(app_m.data, app_m.media_type, o_cfg),
+        ImageParts(b_m.data, b_m.media_type, _config(ctx, b_ref, b_m)),
+        ImageParts(n_m.data, n_m.media_type, _config(ctx, n_ref, n_m)),
+        new_base_name=str(ImageRef(ctx.new_base.registry, ctx.new_base.repository, ctx.new_base.tag)),
+        # The digest the new base reference resolves to (its index when multi-platform): what its tag
+        # points at, so a later check "is this app on the current base?" compares like with like.
+        new_base_digest=ctx.new_top.digest,
+        drift_policy=ctx.drift_policy,
+    )
+    return _Child(str(plat), output, len(n_m.data["layers"]))
+
+
+def _for_platform(ctx: _Context, ref: ImageRef, top: Manifest, plat: oci.Platform,
+                  label: str) -> tuple[ImageRef, Manifest]:
+    """The base's manifest for ``plat``; a single-platform base is checked by ``rebase`` itself."""
+    if not top.is_index:
+        return ref, top
+    child = oci.select_platform(top.data, plat)
+    if child is None:
+        raise RebaseError(f"{label} {ref} has no {plat} image")
+    m = ctx.client.get_manifest(ref.with_digest(child["digest"]))
+    if m.is_index:
+        raise RebaseError(f"{label} {ref}: nested index {child['digest']} is not supported")
+    return ref, m
+
+
+def _config(ctx: _Context, repo: ImageRef, m: Manifest) -> dict[str, Any]:
+    digest = m.data["config"]["digest"]
+    if digest not in ctx.configs:
+        raw = ctx.client.get_blob(repo, digest, max_bytes=oci.MAX_CONFIG_BYTES)
+        try:
+            ctx.configs[digest] = oci.parse_config(raw)
+        except oci.OCIError as e:
+            raise RebaseError(f"{repo.name}@{m.digest}: {e}") from None
+    return ctx.configs[digest]
+
+
+# ---------------------------------------------------------------- pushing
+
+
+def _push_blobs(ctx: _Context, dest: ImageRef, child: _Child) -> int:
+    """Mount the new base's layers (and the app's, when the target is another repo), upload the config."""
+    client, moved = ctx.client, 0
+    sources = [(d["digest"], ctx.new_base) for d in child.output.base_layers]
+    if (dest.registry, dest.repository) != (ctx.app.registry, ctx.app.repository):
+        app_layers = oci.load_json(child.output.manifest, max_bytes=len(child.output.manifest), what="manifest")["layers"]
+        sources += [(d["digest"], ctx.app) for d in app_layers[child.n_new_base_layers:]]
+    seen: set[str] = set()
+    for digest, source in sources:
+        if digest in seen:
+            continue
+        seen.add(digest)
+        try:
+            outcome = client.mount_blob(dest, digest, source)
+        except RegistryError as e:
+            raise RegistryError(f"layer {digest} cannot be made present in {dest.name}: {e}", e.status, e.code) from e
+        moved += outcome != "exists"
+    client.put_blob(dest, child.output.config)
+    return moved
+
+
+def _push_manifest(client: RegistryClient, ref: ImageRef, raw: bytes, media_type: str) -> bool:
+    """PUT unless ``ref`` already resolves to exactly these bytes (a re-run); True when written."""
+    if client.head_manifest(ref) == oci.sha256_digest(raw):
+        return False
+    client.put_manifest(ref, raw, media_type)
+    return True
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def find_old_base(
+    client: RegistryClient,
+    app: ImageRef,
+    base_repo: ImageRef,
+    *,
+    candidates: list[str] | None = None,
+    platform: str | None = None,
+    max_candidates: int = 500,
+) -> tuple[str, int] | None:
+    """Which version of ``base_repo`` the app was built on: (digest, layer count) or None.
+
+    The longest candidate whose layers are a prefix of the app's wins; the first one listed wins a
+    tie. Candidates are the digests given (e.g. from Artifact Registry's ListVersions, which still
+    shows versions whose tag has moved) or else the repository's current tags. The digest returned
+    is the candidate's own (its index when multi-platform). Manifests come from the client's
+    by-digest cache, so scanning again is cheap.
+    """
+    app_m = client.get_manifest(app)
+    want = oci.Platform.parse(platform) if platform else None
+    app_layers, plat = _layers(client, app.with_digest(app_m.digest), app_m, want)
+    if not app_layers:
+        return None
+    digests = _candidate_digests(client, base_repo, candidates, max_candidates)
+    best: tuple[str, int] | None = None
+    for digest in digests:
+        try:
+            m = client.get_manifest(base_repo.with_digest(digest))
+            layers, _ = _layers(client, base_repo, m, plat)
+        except (RegistryError, RebaseError) as e:
+            log.info("find_old_base.skip", base=base_repo.name, digest=digest, reason=str(e))
+            continue
+        if not layers or len(layers) > len(app_layers) or app_layers[: len(layers)] != layers:
+            continue
+        if best is None or len(layers) > best[1]:
+            best = (digest, len(layers))
+    log.info("find_old_base", app=str(app), base=base_repo.name, candidates=len(digests),
+             found=best[0] if best else None, layers=best[1] if best else None)
+    return best
+
+
+def _candidate_digests(client: RegistryClient, base_repo: ImageRef, candidates: list[str] | None,
+                       limit: int) -> list[str]:
+    if candidates is not None:
+        found = [d for d in candidates if oci.is_digest(d)]
+    else:
+        found = []
+        for tag in client.list_tags(base_repo)[:limit]:
+            d = client.head_manifest(base_repo.with_tag(tag))
+            if d:
+                found.append(d)
+    return list(dict.fromkeys(found))[:limit]  # dedupe, keep order
+
+
+def _layers(client: RegistryClient, ref: ImageRef, m: Manifest,
+            want: oci.Platform | None) -> tuple[list[str], oci.Platform | None]:
+    """Layer digests of ``m`` for ``want`` (an index: that platform, else linux/amd64, else its first image)."""
+    if m.is_index:
+        child = oci.select_platform(m.data, want or PREFERRED_PLATFORM)
+        if child is None and want is None:
+            child = next((c for c in m.data["manifests"] if not oci.is_attestation(c)), None)
+        if child is None:
+            raise RebaseError(f"{ref.name}@{m.digest} has no {want or 'image'} manifest")
+        want = want or oci.Platform.from_dict(child.get("platform"))
+        m = client.get_manifest(ref.with_digest(child["digest"]))
+        if m.is_index:
+            raise RebaseError(f"{ref.name}: nested index {child['digest']}")
+    return [d["digest"] for d in m.data["layers"]], want
