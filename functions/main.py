@@ -1,7 +1,7 @@
 """Cloud Run functions entry points: CloudEvent in → core call. Nothing else lives here.
 
 Deployed with GOOGLE_FUNCTION_SOURCE=functions/main.py; run locally with
-`functions-framework --source functions/main.py --target on_artifact_push --signature-type cloudevent`.
+`functions-framework --source functions/main.py --target <name> --signature-type cloudevent`.
 """
 import functions_framework
 from cloudevents.http import CloudEvent
@@ -11,4 +11,17 @@ from baseroll import handlers, runtime
 
 @functions_framework.cloud_event
 def on_artifact_push(event: CloudEvent) -> None:
+    """Topic `gcr`: an Artifact Registry push that moves a tracked base tag starts a rollout."""
     handlers.on_artifact_push(event.data, event["id"], runtime.from_environment)
+
+
+@functions_framework.cloud_event
+def roll_service(event: CloudEvent) -> None:
+    """Topic `baseroll-tasks`: roll one service."""
+    handlers.roll_service(event.data, event["id"], runtime.from_environment)
+
+
+@functions_framework.cloud_event
+def on_roll_result(event: CloudEvent) -> None:
+    """Topic `baseroll-results`: worker results and coordinator steps."""
+    handlers.on_roll_result(event.data, event["id"], runtime.from_environment)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
+from typing import Callable, Iterable
 
 from . import log, refs
 from .match import BaseVersion, ImageFacts
@@ -16,12 +16,17 @@ from .registry import RegistryClient, RegistryError
 
 RUN_PLATFORM = ("linux", "amd64")
 MAX_BASE_TAGS = 200  # how many tags of a base repository are read to find old versions
+MAX_BASE_LISTED = 500  # how many digests from a version lister (Artifact Registry) are read
 
 
 class Catalog:
-    def __init__(self, client: RegistryClient, *, workers: int = 8) -> None:
+    def __init__(self, client: RegistryClient, *, workers: int = 8,
+                 version_lister: Callable[[ImageRef], list[str]] | None = None) -> None:
+        """``version_lister`` (e.g. ``artifact_registry.ArtifactRegistryVersions()``): for a base on a
+        ``*-docker.pkg.dev`` host, the digests of all its versions, tagged or not, read besides its tags."""
         self._client = client
         self._workers = workers
+        self._version_lister = version_lister
         self._by_digest: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {}
         self._lock = threading.Lock()
 
@@ -73,19 +78,27 @@ class Catalog:
 
     def base_versions(self, track_image: ImageRef) -> list[BaseVersion]:
         """Every version of the base repository reachable by a tag (old versions usually keep an
-        immutable version tag after the track tag moves)."""
+        immutable version tag after the track tag moves), plus, with a version lister and an
+        Artifact Registry base, every listed version digest (those whose tag has moved too)."""
         repo = track_image.with_tag(None)
-        tags = self._client.list_tags(repo)[:MAX_BASE_TAGS]
-
-        def one(tag: str) -> BaseVersion | None:
+        wanted = [repo.with_tag(tag) for tag in self._client.list_tags(repo)[:MAX_BASE_TAGS]]
+        if self._version_lister is not None and repo.registry.endswith("-docker.pkg.dev"):
             try:
-                return self.version(repo.with_tag(tag))
+                listed = self._version_lister(repo)[:MAX_BASE_LISTED]
+            except RegistryError as exc:  # the tags still give the tagged versions
+                log.warning("base.versions_unlisted", image=str(repo), reason=str(exc))
+                listed = []
+            wanted += [repo.with_digest(d) for d in dict.fromkeys(listed) if refs.DIGEST.match(d)]
+
+        def one(ref: ImageRef) -> BaseVersion | None:
+            try:
+                return self.version(ref)
             except (RegistryError, KeyError, TypeError) as exc:
-                log.warning("base.version_unreadable", image=f"{repo}:{tag}", reason=str(exc))
+                log.warning("base.version_unreadable", image=str(ref), reason=str(exc))
                 return None
 
         with ThreadPoolExecutor(max_workers=self._workers) as pool:
-            found = [v for v in pool.map(one, tags) if v is not None]
+            found = [v for v in pool.map(one, wanted) if v is not None]
         unique = {v.digest: v for v in found}
         return list(unique.values())
 

@@ -45,10 +45,32 @@ class Labels:
 
 
 @dataclass(frozen=True)
+class FailureBudget:
+    """Failures a wave may have before the rollout halts: a count, or a fraction of the wave."""
+
+    count: int | None = 0
+    fraction: float | None = None
+
+    def exceeded(self, failures: int, wave_size: int) -> bool:
+        if self.fraction is not None:
+            return failures > self.fraction * wave_size
+        return failures > (self.count or 0)
+
+
+@dataclass(frozen=True)
 class RolloutSettings:
     ready_timeout_s: float = 300.0
     concurrency: int = 8
     drift_policy: str = "apply-or-refuse"
+    waves: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)  # cumulative fractions after the canary cohort
+    failure_budget: FailureBudget = field(default_factory=FailureBudget)
+    write_quota_per_min: int = 60  # Admin API writes per project x region
+    region_quota: Mapping[str, int] = field(default_factory=dict)  # per-region overrides
+    invocation_budget_s: float = 480.0  # stay inside the 540 s limit of an event-driven function
+    poll_interval_s: float = 2.0
+
+    def quota_for(self, region: str) -> int:
+        return int(self.region_quota.get(region, self.write_quota_per_min))
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,12 @@ class Config:
     labels: Labels = field(default_factory=Labels)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     cloud_run_endpoint: str | None = None  # None = Google's; set for the local stand-in
+    pubsub_project: str | None = None  # project of the baseroll-* topics; None = first of `projects`
+    state_repository: ImageRef | None = None  # where rollout records live (OCI artifacts)
+
+    @property
+    def topic_project(self) -> str:
+        return self.pubsub_project or self.projects[0]
 
     @property
     def tracked_tags(self) -> set[ImageRef]:
@@ -147,7 +175,26 @@ def parse(doc: Any) -> Config:
         ready_timeout_s=float(_number(ro, "ready_timeout_s", 300, 1, 3600)),
         concurrency=int(_number(ro, "concurrency", 8, 1, 256)),
         drift_policy=drift,
+        waves=_waves(ro.get("waves", [0.01, 0.1, 0.5, 1.0])),
+        failure_budget=_budget(ro.get("failure_budget", 0)),
+        write_quota_per_min=int(_number(ro, "write_quota_per_min", 60, 1, 1_000_000)),
+        region_quota=_region_quota(ro.get("region_quota") or {}),
+        invocation_budget_s=float(_number(ro, "invocation_budget_s", 480, 1, 540)),
+        poll_interval_s=float(_number(ro, "poll_interval_s", 2, 0.01, 60)),
     )
+    state_repo = doc.get("state_repository")
+    if state_repo is not None:
+        try:
+            state_ref = refs.parse(state_repo)
+        except RefError as exc:
+            raise ConfigError(f"state_repository: {exc}") from None
+        if state_ref.tag or state_ref.digest or state_ref.registry not in allowed_set:
+            raise ConfigError("state_repository: an allow-listed repository without tag or digest")
+    else:
+        state_ref = None
+    pubsub_project = doc.get("pubsub_project")
+    if pubsub_project is not None and (not isinstance(pubsub_project, str) or not _PROJECT.match(pubsub_project)):
+        raise ConfigError(f"pubsub_project: {pubsub_project!r} is not a project id")
     endpoint = doc.get("cloud_run_endpoint")
     if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
         raise ConfigError("cloud_run_endpoint: must be an http(s) URL")
@@ -160,7 +207,50 @@ def parse(doc: Any) -> Config:
         labels=labels,
         rollout=rollout,
         cloud_run_endpoint=endpoint,
+        pubsub_project=pubsub_project,
+        state_repository=state_ref,
     )
+
+
+def _waves(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError("rollout.waves: a non-empty list of cumulative fractions, e.g. [0.01, 0.1, 0.5, 1.0]")
+    waves = []
+    for w in value:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1:
+            raise ConfigError(f"rollout.waves: {w!r} is not a fraction in (0, 1]")
+        waves.append(float(w))
+    if waves != sorted(set(waves)) or waves[-1] != 1.0:
+        raise ConfigError("rollout.waves: must be strictly increasing and end at 1.0")
+    return tuple(waves)
+
+
+def _budget(value: Any) -> FailureBudget:
+    if isinstance(value, bool):
+        raise ConfigError("rollout.failure_budget: a count (e.g. 1) or a percentage (e.g. '5%')")
+    if isinstance(value, int) and value >= 0:
+        return FailureBudget(count=value)
+    if isinstance(value, str) and value.endswith("%"):
+        try:
+            pct = float(value[:-1])
+        except ValueError:
+            pct = -1
+        if 0 <= pct <= 100:
+            return FailureBudget(count=None, fraction=pct / 100)
+    raise ConfigError(f"rollout.failure_budget: a count (e.g. 1) or a percentage (e.g. '5%'), got {value!r}")
+
+
+def _region_quota(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("rollout.region_quota: a mapping region -> writes per minute")
+    out = {}
+    for region, quota in value.items():
+        if not isinstance(region, str) or not _REGION.match(region):
+            raise ConfigError(f"rollout.region_quota: {region!r} is not a region")
+        if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
+            raise ConfigError(f"rollout.region_quota.{region}: a positive integer")
+        out[region] = quota
+    return out
 
 
 def load(env: Mapping[str, str] | None = None) -> Config:

@@ -49,6 +49,10 @@ def apply(
     """Move `planned`'s containers to `targets` (index → image by digest)."""
     svc = planned
     for attempt in range(MAX_STALE_RETRIES + 1):
+        if svc.annotations.get(ledger.STATE) == "rolled-back" and svc.annotations.get(ledger.BASE_DIGEST) == base_digest:
+            # This target already failed here and was rolled back: never try it a second time.
+            return Outcome(svc.name, "skipped", planned.images, svc.images,
+                           f"already rolled back from this base: {svc.annotations.get(ledger.REASON, '')}")
         if all(svc.images[i] == image for i, image in targets.items()):
             # A redelivered task, or a concurrent worker got here first: never a second update.
             svc, verdict = _wait_settled(fleet, svc, time.monotonic() + timeout_s)

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from . import deploy, ledger, log, plan as planning
 from .catalog import Catalog
@@ -51,27 +51,30 @@ class Report:
         }
 
 
-def discover(fleet: Fleet, cfg: Config) -> list[ServiceView]:
+def discover(fleet: Fleet, cfg: Config, *, quiet: bool = False) -> list[ServiceView]:
     """List services in every configured project × region (ListServices needs a concrete region)."""
     pairs = [(p, r) for p in cfg.projects for r in cfg.regions]
     with ThreadPoolExecutor(max_workers=min(8, len(pairs))) as pool:
         chunks = list(pool.map(lambda pr: list(fleet.list_services(*pr)), pairs))
     services = [s for chunk in chunks for s in chunk]
-    log.info("fleet.discovered", services=len(services), locations=len(pairs))
+    if not quiet:
+        log.info("fleet.discovered", services=len(services), locations=len(pairs))
     return services
 
 
-def build_plan(cfg: Config, fleet: Fleet, catalog: Catalog, request: RollRequest, new_base: ImageRef) -> Plan:
+def build_plan(cfg: Config, fleet: Fleet, catalog: Catalog, request: RollRequest, new_base: ImageRef,
+               *, quiet: bool = False) -> Plan:
+    """Discover, inspect and match. `quiet` for re-plans mid-rollout: the first plan logged every decision."""
     new_version = catalog.version(new_base)
     known = catalog.base_versions(request.image)
-    services = discover(fleet, cfg)
+    services = discover(fleet, cfg, quiet=quiet)
     wanted = planning.images_to_inspect(services, cfg.labels, cfg.allowed_registries)
     facts = catalog.facts_many(wanted)
     result = planning.make_plan(
         track_image=request.image, new_base=new_base, new_version=new_version, known_versions=known,
         services=services, facts=facts, labels=cfg.labels, allowed=cfg.allowed_registries,
     )
-    for sp in result.services:
+    for sp in [] if quiet else result.services:
         log.info("service.planned", service=sp.service.name, action=sp.action, reason=sp.reason,
                  images=list(sp.service.images))
     return result
@@ -86,6 +89,24 @@ def resolve_new_base(client: RegistryClient, request: RollRequest) -> ImageRef:
     if request.digest and request.digest != current:
         log.notice("base.superseded", image=str(request.image), event_digest=request.digest, current=current)
     return request.image.with_digest(current)
+
+
+def rebase_jobs_for(jobs: Iterable[RebaseJob], new_base: ImageRef, rebase: Rebase) -> dict[RebaseJob, ImageRef | str]:
+    """One rebase per unique app image × old base: the rebased image, or why it was refused."""
+    out: dict[RebaseJob, ImageRef | str] = {}
+    for job in jobs:
+        try:
+            out[job] = rebase(job, new_base)
+            log.info("image.rebased", app=str(job.app), old_base=str(job.old_base), new_base=str(new_base),
+                     result=str(out[job]))
+        except (RebaseError, RegistryError) as exc:
+            out[job] = str(exc)
+            log.error("image.rebase_failed", app=str(job.app), old_base=str(job.old_base), reason=str(exc))
+    return out
+
+
+def rebase_jobs(plan: Plan, new_base: ImageRef, rebase: Rebase) -> dict[RebaseJob, ImageRef | str]:
+    return rebase_jobs_for(plan.jobs, new_base, rebase)
 
 
 def run(cfg: Config, fleet: Fleet, client: RegistryClient, request: RollRequest, rebase: Rebase) -> Report:
@@ -105,16 +126,8 @@ def run(cfg: Config, fleet: Fleet, client: RegistryClient, request: RollRequest,
         log.notice("rollout.dry_run", rollout_id=rollout, **report.counts(), planned=report.planned)
         return report
 
-    rebased: dict[RebaseJob, ImageRef | str] = {}
-    for job in the_plan.jobs:  # one rebase per unique app image × old base
-        try:
-            rebased[job] = rebase(job, new_base)
-            report.rebased[str(job.app)] = str(rebased[job])
-            log.info("image.rebased", app=str(job.app), old_base=str(job.old_base), new_base=str(new_base),
-                     result=str(rebased[job]))
-        except (RebaseError, RegistryError) as exc:
-            rebased[job] = str(exc)
-            log.error("image.rebase_failed", app=str(job.app), old_base=str(job.old_base), reason=str(exc))
+    rebased = rebase_jobs(the_plan, new_base, rebase)
+    report.rebased = {str(job.app): str(r) for job, r in rebased.items() if isinstance(r, ImageRef)}
 
     def roll(sp: planning.ServicePlan) -> deploy.Outcome:
         failures = [r for r in (rebased[j] for j in sp.containers.values()) if isinstance(r, str)]

@@ -2,36 +2,45 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
-from . import config as config_mod
+from . import config as config_mod, rebaser
+from .bus import PubSubBus
 from .config import Config
-from .fleet import CloudRunFleet, Fleet
+from .coordinator import Deps
+from .fleet import CloudRunFleet
 from .plan import RebaseJob
+from .records import RegistryRecordStore
 from .refs import ImageRef
 from .registry import RegistryClient
-from . import rebaser
 
 
-@dataclass
-class Runtime:
-    config: Config
-    fleet: Fleet
-    registry: RegistryClient
-
-    def rebase(self, job: RebaseJob, new_base: ImageRef) -> ImageRef:
-        result = rebaser.rebase_image(
-            self.registry, job.app, job.old_base, new_base, drift_policy=self.config.rollout.drift_policy
-        )
-        return result.ref
+def state_repository(cfg: Config) -> ImageRef:
+    """Where rollout records live: configured, else `rollouts` beside the first base track's repository."""
+    if cfg.state_repository is not None:
+        return cfg.state_repository
+    first = cfg.base_tracks[0].image
+    parent = first.repository.rsplit("/", 1)[0] if "/" in first.repository else first.repository
+    return ImageRef(first.registry, f"{parent}/baseroll-rollouts")
 
 
-def build(cfg: Config) -> Runtime:
+def build(cfg: Config) -> Deps:
     registry = RegistryClient(plain_http_hosts=cfg.plain_http_registries, allowed_hosts=cfg.allowed_registries)
-    return Runtime(cfg, CloudRunFleet.connect(cfg.cloud_run_endpoint), registry)
+
+    def rebase(job: RebaseJob, new_base: ImageRef) -> ImageRef:
+        return rebaser.rebase_image(registry, job.app, job.old_base, new_base,
+                                    drift_policy=cfg.rollout.drift_policy).ref
+
+    return Deps(
+        config=cfg,
+        fleet=CloudRunFleet.connect(cfg.cloud_run_endpoint),
+        registry=registry,
+        bus=PubSubBus(cfg.topic_project),
+        records=RegistryRecordStore(registry, state_repository(cfg)),
+        rebase=rebase,
+    )
 
 
 @functools.lru_cache(maxsize=1)
-def from_environment() -> Runtime:
-    """One runtime per function instance, built on first use and reused across invocations."""
+def from_environment() -> Deps:
+    """One set of clients per function instance, built on first use and reused across invocations."""
     return build(config_mod.load())

@@ -32,19 +32,23 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with LocalStack() as stack:
         console.print(f"[bold]local stack[/] registry {stack.registry.url}  cloud run {stack.cloudrun.url}  "
-                      f"function {stack.function_url('on_artifact_push')}")
+                      f"pubsub {stack.pubsub.host}  functions: {', '.join(stack.targets)}")
         fleet = scenario.seed_fleet(stack, args.services)
         console.print(f"seeded {len(fleet.services)} services over 2 projects x 2 regions, "
                       f"{len(fleet.apps)} app images on 3 bases")
         new_base = scenario.push_new_base(stack, fleet, args.base)
         track = fleet.base_track(args.base)
-        console.print(f"pushed {track} -> {new_base.digest[:19]}; delivering the Artifact Registry event")
+        console.print(f"pushed {track} -> {new_base.digest[:19]}; publishing the Artifact Registry event on `gcr`")
         t0 = time.monotonic()
-        response = scenario.deliver_push(stack, new_base, track.tag)
+        scenario.publish_push(stack, new_base, track.tag)
+        rollout_id = scenario.rollout_id(args.base, new_base)
+        with console.status(f"rolling out {rollout_id} (planner -> waves of tasks -> workers -> coordinator)"):
+            record = scenario.wait_rollout(stack, rollout_id, timeout=240)
         roll_s = time.monotonic() - t0
-        if response.status_code != 200:
-            console.print(f"[red]function answered {response.status_code}[/]; log: {stack.function_log('on_artifact_push')}")
-            return 1
+        for w in record["waves"]:
+            console.print(f"wave {w['wave']}: {w['size']} services, {w['done']} done, {w['failed']} failed, "
+                          f"{w['skipped']} skipped")
+        console.print(f"rollout {rollout_id}: [bold]{record['status']}[/] {record['reason']}")
         rows = scenario.results(stack, fleet)
         table = Table(title=f"rollout of {track}")
         for col in ("service", "project/region", "app", "base", "before", "after", "outcome"):
@@ -67,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(parts[5], f"{parts[1]}/{parts[3]}", r.seeded.app, r.seeded.base, short(r.seeded.image), short(r.image) if r.changed else "=",
                           f"[green]{outcome}[/]" if good else f"[red]{outcome}[/]")
         console.print(table)
-        summary = {"ok": ok, "roll_seconds": round(roll_s, 2), "total_seconds": round(time.monotonic() - started, 2),
+        ok &= record["status"] == "finished"
+        summary = {"ok": ok, "rollout": record["status"], "roll_seconds": round(roll_s, 2), "total_seconds": round(time.monotonic() - started, 2),
                    **counts}
         console.print(f"[bold]summary[/] {json.dumps(summary)}")
         if not ok:
-            console.print(f"function log: {stack.function_log('on_artifact_push')}")
+            for target in stack.targets:
+                console.print(f"{target} log: {stack.function_log(target)}")
         return 0 if ok else 1
 
 

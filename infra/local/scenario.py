@@ -1,12 +1,15 @@
 """Steps shared by `make demo` and the e2e tests: seed, push a new base, deliver its event, read the outcome."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import httpx
 
-from baseroll import ledger
+from baseroll import config as config_mod, ledger
+from baseroll.records import TERMINAL, RegistryRecordStore
 from baseroll.refs import ImageRef, parse
+from baseroll.runtime import state_repository
 
 from . import eventarc, seed
 from .seed import SeededFleet, SeededService
@@ -30,12 +33,34 @@ def push_new_base(stack: LocalStack, fleet: SeededFleet, base: str) -> ImageRef:
     return ref
 
 
+def push_event_data(new_base: ImageRef, tag: str | None) -> bytes:
+    return eventarc.artifact_push_data(str(new_base), str(new_base.with_tag(tag)) if tag else None)
+
+
 def deliver_push(stack: LocalStack, new_base: ImageRef, tag: str | None, *, message_id: str | None = None,
                  target: str = "on_artifact_push") -> httpx.Response:
-    """The Artifact Registry INSERT notification for that push, delivered as Eventarc would."""
-    data = eventarc.artifact_push_data(str(new_base), str(new_base.with_tag(tag)) if tag else None)
-    event = eventarc.message_event(GCR_PROJECT, "gcr", data, message_id=message_id)
+    """The Artifact Registry INSERT notification for that push, posted straight to the function as Eventarc would."""
+    event = eventarc.message_event(GCR_PROJECT, "gcr", push_event_data(new_base, tag), message_id=message_id)
     return eventarc.deliver(stack.function_url(target), event)
+
+
+def publish_push(stack: LocalStack, new_base: ImageRef, tag: str | None) -> str:
+    """The same notification published on topic `gcr`, as Artifact Registry does; Pub/Sub pushes it on."""
+    return stack.publish("gcr", push_event_data(new_base, tag))
+
+
+def wait_rollout(stack: LocalStack, rollout_id: str, *, timeout: float = 120.0) -> dict:
+    """Until the rollout record is terminal and Pub/Sub is idle (bounded); returns the record."""
+    cfg = config_mod.parse(stack.config())
+    store = RegistryRecordStore(stack.registry_client(), state_repository(cfg))
+    deadline = time.monotonic() + timeout
+    record = None
+    while time.monotonic() < deadline:
+        record = store.get(rollout_id)
+        if record is not None and record.status in TERMINAL and stack.wait_idle(1.0):
+            return record.__dict__
+        time.sleep(0.2)
+    raise TimeoutError(f"rollout {rollout_id} not finished within {timeout:.0f}s: {record}")
 
 
 @dataclass
@@ -49,6 +74,10 @@ class ServiceResult:
     @property
     def changed(self) -> bool:
         return self.image != self.seeded.image
+
+
+def rollout_id(track: str, new_base: ImageRef) -> str:
+    return ledger.rollout_id(track, new_base.digest or "")
 
 
 def results(stack: LocalStack, fleet: SeededFleet) -> list[ServiceResult]:

@@ -23,21 +23,41 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
+from google.cloud import pubsub_v1
+
+from baseroll import topics
 from baseroll.registry import RegistryClient
 
 from .cloudrun_standin import CloudRunStandin
+from .pubsub_standin import PubSubStandin
 from .procs import LOOPBACK, free_port, stop, wait_until
 from .registry_server import RegistryServer
 from .seed import BASES, COHORT_LABEL, OPT_OUT_LABEL, PROJECTS, REGIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "functions" / "main.py"
+TOPIC_PROJECT = "baseroll-host"  # the project holding the topics, as in a real deployment
+# Each entry point and the topic whose push subscription delivers to it (infra/terraform mirrors this).
+TRIGGERS = {
+    "on_artifact_push": topics.ARTIFACT_PUSHES,
+    "roll_service": topics.TASKS,
+    "on_roll_result": topics.RESULTS,
+}
 
 
 class LocalStack:
-    def __init__(self, *, targets: Iterable[str] = ("on_artifact_push",), deploy_latency_s: float = 0.05,
-                 ready_timeout_s: float = 30.0, concurrency: int = 8, workdir: Path | None = None) -> None:
+    def __init__(self, *, targets: Iterable[str] = tuple(TRIGGERS), deploy_latency_s: float = 0.05,
+                 ready_timeout_s: float = 30.0, concurrency: int = 8, workdir: Path | None = None,
+                 rollout: dict | None = None, write_quota_per_min: int | None = None,
+                 pubsub_faults: dict | None = None) -> None:
         self.targets = tuple(targets)
+        self.rollout_overrides = rollout or {}
+        self.write_quota_per_min = write_quota_per_min
+        self.pubsub_faults = pubsub_faults or {}
+        self.pubsub = PubSubStandin(min_backoff_s=0.2, max_backoff_s=2.0, push_concurrency=24,
+                                    push_timeout_s=120, max_delivery_attempts=20)
+        self._saved_emulator_env: str | None = None
+        self.publisher: pubsub_v1.PublisherClient | None = None
         self.deploy_latency_s = deploy_latency_s
         self.ready_timeout_s = ready_timeout_s
         self.concurrency = concurrency
@@ -71,24 +91,57 @@ class LocalStack:
             "plain_http_registries": [host],
             "base_tracks": [{"name": b.name, "image": f"{host}/{b.repository}:{b.tag}"} for b in BASES if b.tracked],
             "labels": {"opt_out": OPT_OUT_LABEL, "cohort": COHORT_LABEL},
-            "rollout": {"ready_timeout_s": self.ready_timeout_s, "concurrency": self.concurrency},
+            "rollout": {"ready_timeout_s": self.ready_timeout_s, "concurrency": self.concurrency,
+                        "waves": [0.1, 0.5, 1.0], "failure_budget": 1, "write_quota_per_min": 600,
+                        "invocation_budget_s": 60, "poll_interval_s": 0.3, **self.rollout_overrides},
             "cloud_run_endpoint": self.cloudrun.url if self.cloudrun else None,
+            "pubsub_project": TOPIC_PROJECT,
         }
 
     # --- lifecycle
     def start(self) -> "LocalStack":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.registry.start()
-        self.cloudrun = CloudRunStandin(registry_host=self.registry.host, deploy_latency_s=self.deploy_latency_s)
+        self.cloudrun = CloudRunStandin(registry_host=self.registry.host, deploy_latency_s=self.deploy_latency_s,
+                                        write_quota_per_min=self.write_quota_per_min, workers=8)
         self.cloudrun.start()
+        self.pubsub.start()
+        # The unmodified Pub/Sub clients here and in every function process reach the stand-in.
+        self._saved_emulator_env = os.environ.get("PUBSUB_EMULATOR_HOST")
+        os.environ["PUBSUB_EMULATOR_HOST"] = self.pubsub.host
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        self.publisher = pubsub_v1.PublisherClient()
+        for topic in {*TRIGGERS.values(), *topics.PUBLISHED}:
+            self.publisher.create_topic(name=self.publisher.topic_path(self.topic_project(topic), topic))
+        subscriber = pubsub_v1.SubscriberClient()
         for target in self.targets:
             self.start_function(target)
+            topic = TRIGGERS[target]
+            subscriber.create_subscription(request={
+                "name": subscriber.subscription_path(TOPIC_PROJECT, f"eventarc-{target.replace('_', '-')}"),
+                "topic": self.publisher.topic_path(self.topic_project(topic), topic),
+                "push_config": {"push_endpoint": self.function_url(target)},
+            })
+        if self.pubsub_faults:
+            self.pubsub.set_faults(**self.pubsub_faults)
         return self
+
+    @staticmethod
+    def topic_project(topic: str) -> str:
+        # Artifact Registry and Cloud Build publish in the registry's / build's project.
+        return "baseroll-registry" if topic in (topics.ARTIFACT_PUSHES, topics.BUILDS) else TOPIC_PROJECT
+
+    def publish(self, topic: str, data: bytes, **attributes: str) -> str:
+        path = self.publisher.topic_path(self.topic_project(topic), topic)
+        return self.publisher.publish(path, data, **attributes).result(timeout=30)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until no message is queued or in flight in the Pub/Sub stand-in (bounded)."""
+        return self.pubsub.wait_idle(timeout)
 
     def start_function(self, target: str) -> None:
         port = free_port()
-        env = {**os.environ, "BASEROLL_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "BASEROLL_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1", "THREADS": "32"}
         env.pop("BASEROLL_CONFIG_YAML", None)
         binary = shutil.which("functions-framework", path=str(Path(sys.executable).parent)) or "functions-framework"
         log = open(self.function_log(target), "ab")
@@ -111,8 +164,14 @@ class LocalStack:
         stop(proc)
 
     def stop(self) -> None:
+        # Deliveries first, so no function is pushed to while it stops.
+        self.pubsub.stop()
         for target in list(self.functions):
             self.stop_function(target)
+        if self._saved_emulator_env is None:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        else:
+            os.environ["PUBSUB_EMULATOR_HOST"] = self._saved_emulator_env
         if self.cloudrun is not None:
             self.cloudrun.stop()
             self.cloudrun = None
@@ -139,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cloud run:  {stack.cloudrun.url if stack.cloudrun else '-'}")
         for target in stack.targets:
             print(f"{target}: {stack.function_url(target)}  (log {stack.function_log(target)})")
+        print(f"pubsub:     PUBSUB_EMULATOR_HOST={stack.pubsub.host}")
         print(f"config:     {stack.config_path}")
         try:
             time.sleep(args.seconds)

@@ -1,0 +1,236 @@
+"""Fan-out rollout over Pub/Sub: the planner starts a rollout, the coordinator walks it one step at a time.
+
+A step ("wave W from position C") re-plans from the live fleet (membership is stable, see
+`waves`), releases that wave's tasks to `baseroll-tasks` at the Admin API write quota of each
+project × region, waits for the wave to settle, checks the failure budget, and hands over to the
+next step by publishing it. Every step fits in one invocation (`invocation_budget_s`); a step that
+runs out of time publishes its own continuation. A rollout record (see `records`) makes duplicate
+step deliveries harmless: a step already done is dropped, a step another invocation holds is
+redelivered later.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from . import bus as bus_mod, ledger, log, pacing, topics, waves
+from .catalog import Catalog
+from .config import Config
+from .events import RollRequest
+from .fleet import Fleet, ServiceView
+from .messages import Rollout, Step, Task
+from .plan import Plan, RebaseJob
+from .records import TERMINAL, RecordStore, RolloutRecord
+from .refs import ImageRef, parse
+from .registry import RegistryClient
+from . import rollout as engine
+
+CLAIM_SETTLE_S = 0.3  # let a concurrent claimant's write land before re-reading the record
+LEASE_GRACE_S = 60.0
+
+
+class Busy(Exception):
+    """Another invocation holds this step: raise, so the trigger redelivers it later."""
+
+
+@dataclass
+class Deps:
+    config: Config
+    fleet: Fleet
+    registry: RegistryClient
+    bus: bus_mod.Bus
+    records: RecordStore
+    rebase: engine.Rebase
+    clock: Callable[[], float] = time.time
+
+
+# ---------------------------------------------------------------- planner
+
+
+def start(deps: Deps, request: RollRequest) -> dict:
+    """Plan a rollout and hand its first step to the coordinator. Safe to repeat."""
+    cfg = deps.config
+    track = cfg.track_for(request.image)
+    assert track is not None
+    new_base = engine.resolve_new_base(deps.registry, request)
+    assert new_base.digest
+    rollout_id = ledger.rollout_id(track.name, new_base.digest)
+    plan = engine.build_plan(cfg, deps.fleet, Catalog(deps.registry), request, new_base)
+    summary = {"rollout_id": rollout_id, "to_roll": len(plan.to_roll),
+               "skipped": len(plan.services) - len(plan.to_roll), "dry_run": request.dry_run}
+    if request.dry_run:
+        log.notice("rollout.dry_run", **summary)
+        return summary
+    existing = deps.records.get(rollout_id)
+    if existing is not None:
+        log.info("rollout.already_started", rollout_id=rollout_id, status=existing.status)
+        return {**summary, "status": existing.status}
+    # Rebase before anything is released, so a refused rebase shows up in the plan's log at once.
+    engine.rebase_jobs(plan, new_base, deps.rebase)
+    deps.records.put(RolloutRecord(rollout_id, track.name, new_base.digest))
+    ro = Rollout(rollout_id, track.name, str(track.image), new_base.digest)
+    bus_mod.send(deps.bus, topics.RESULTS, Step(ro, wave=0, cursor=0, seq=1))
+    log.notice("rollout.started", **summary, new_base=str(new_base))
+    return {**summary, "status": "running"}
+
+
+# ---------------------------------------------------------------- coordinator
+
+
+def _claim(deps: Deps, step: Step, delivery: str) -> RolloutRecord | None:
+    """The rollout record if this invocation may run `step`; None when the step is stale or over."""
+    rec = deps.records.get(step.rollout.rollout_id)
+    if rec is None:
+        log.warning("step.unknown_rollout", rollout_id=step.rollout.rollout_id, seq=step.seq)
+        return None
+    if rec.status in TERMINAL:
+        log.info("step.dropped", rollout_id=rec.rollout_id, seq=step.seq, reason=f"rollout {rec.status}")
+        return None
+    if rec.seq > step.seq or (rec.seq == step.seq and rec.owner.endswith(":done")):
+        log.info("step.dropped", rollout_id=rec.rollout_id, seq=step.seq, reason="already done (duplicate delivery)")
+        return None
+    lease = deps.config.rollout.invocation_budget_s + LEASE_GRACE_S
+    if rec.seq == step.seq and rec.owner and deps.clock() - rec.updated < lease:
+        raise Busy(f"step {step.seq} of {rec.rollout_id} is held by another invocation")
+    me = f"{delivery}:{uuid.uuid4().hex[:8]}"
+    rec.seq, rec.owner = step.seq, me
+    deps.records.put(rec)
+    time.sleep(CLAIM_SETTLE_S)
+    rec = deps.records.get(step.rollout.rollout_id)
+    if rec is None or rec.owner != me:
+        raise Busy(f"step {step.seq} of {step.rollout.rollout_id} was claimed concurrently")
+    return rec
+
+
+def _finish_step(deps: Deps, rec: RolloutRecord, step: Step, nxt: Step | None, **changes: object) -> None:
+    for key, value in changes.items():
+        setattr(rec, key, value)
+    rec.owner = f"{rec.owner}:done"
+    deps.records.put(rec)
+    if nxt is not None:
+        bus_mod.send(deps.bus, topics.RESULTS, nxt)
+
+
+def _members(plan: Plan, fleet: list[ServiceView], rollout_id: str) -> list[ServiceView]:
+    """Who belongs to the rollout: services still to roll, and services it already touched."""
+    names = {sp.service.name for sp in plan.to_roll}
+    return [s for s in fleet if s.name in names or s.annotations.get(ledger.ROLLOUT_ID) == rollout_id]
+
+
+def handle_step(deps: Deps, step: Step, delivery: str) -> None:
+    rec = _claim(deps, step, delivery)
+    if rec is None:
+        return
+    cfg, ro = deps.config, step.rollout
+    deadline = time.monotonic() + cfg.rollout.invocation_budget_s
+    track_image = parse(ro.track_image)
+    current = deps.registry.head_manifest(track_image)
+    if current != ro.base_digest:
+        log.notice("rollout.superseded", rollout_id=ro.rollout_id, base_digest=ro.base_digest, now=current)
+        _finish_step(deps, rec, step, None, status="superseded", reason=f"{track_image} moved to {current}")
+        return
+    new_base = track_image.with_digest(ro.base_digest)
+    request = RollRequest("base", track_image, ro.base_digest, "step", delivery)
+    catalog = Catalog(deps.registry)
+    plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, quiet=True)
+    fleet_now = [sp.service for sp in plan.services]
+    all_waves = waves.assign(_members(plan, fleet_now, ro.rollout_id), cfg.rollout.waves,
+                             cohort_label=cfg.labels.cohort)
+    if step.wave >= len(all_waves):
+        log.notice("rollout.finished", rollout_id=ro.rollout_id, waves=rec.waves)
+        _finish_step(deps, rec, step, None, status="finished", wave=step.wave)
+        return
+    wave = all_waves[step.wave]
+    if step.cursor < len(wave):
+        cursor = _release(deps, plan, new_base, ro, step, wave, deadline)
+        if cursor < len(wave):  # out of time: continue in a fresh invocation
+            _finish_step(deps, rec, step, Step(ro, step.wave, cursor, None, step.seq + 1, step.halted_failures))
+            return
+        step = Step(ro, step.wave, cursor, deps.clock(), step.seq, step.halted_failures)
+    released_at = step.released_at or deps.clock()
+    status = _await_wave(deps, catalog, request, new_base, ro, wave, released_at, deadline)
+    if not status.settled:
+        log.info("wave.waiting", rollout_id=ro.rollout_id, wave=step.wave, pending=len(status.pending))
+        _finish_step(deps, rec, step, Step(ro, step.wave, len(wave), released_at, step.seq + 1, step.halted_failures))
+        return
+    counts = {"wave": step.wave, "size": len(wave), "done": len(status.done), "failed": len(status.failed),
+              "skipped": len(status.skipped)}
+    log.notice("wave.settled", rollout_id=ro.rollout_id, **counts, failed_services=status.failed[:50])
+    wave_log = [w for w in rec.waves if w.get("wave") != step.wave] + [counts]
+    failures = max(0, len(status.failed) - step.halted_failures)
+    if cfg.rollout.failure_budget.exceeded(failures, len(wave)):
+        reason = f"wave {step.wave}: {len(status.failed)} of {len(wave)} failed, over the failure budget"
+        log.error("rollout.halted", rollout_id=ro.rollout_id, reason=reason, failed_services=status.failed[:50],
+                  untouched_waves=len(all_waves) - step.wave - 1)
+        _finish_step(deps, rec, step, None, status="halted", reason=reason, waves=wave_log, wave=step.wave)
+        return
+    last = step.wave + 1 >= len(all_waves)
+    if last:
+        log.notice("rollout.finished", rollout_id=ro.rollout_id, waves=wave_log)
+        _finish_step(deps, rec, step, None, status="finished", waves=wave_log, wave=step.wave)
+        return
+    _finish_step(deps, rec, step, Step(ro, step.wave + 1, 0, None, step.seq + 1), waves=wave_log, wave=step.wave + 1)
+
+
+def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step, wave: list[str],
+             deadline: float) -> int:
+    """Publish tasks for wave[step.cursor:] at the write quota; return the new cursor."""
+    cfg = deps.config
+    to_roll = {sp.service.name: sp for sp in plan.to_roll}
+    rebased: dict[RebaseJob, ImageRef | str] = {}
+    names = wave[step.cursor:]
+    timed = pacing.schedule(names, lambda n: (n.split("/")[1], n.split("/")[3]),
+                            lambda loc: cfg.rollout.quota_for(loc[1]), start=time.monotonic())
+    released: set[str] = set()
+    batch: list[Task] = []
+
+    def flush() -> None:
+        if batch:
+            bus_mod.send(deps.bus, topics.TASKS, *batch)
+            released.update(t.service for t in batch)
+            batch.clear()
+
+    for at, name in timed:
+        if at > deadline - cfg.rollout.poll_interval_s:
+            break
+        if at > time.monotonic():
+            flush()
+            time.sleep(at - time.monotonic())
+        sp = to_roll.get(name)
+        if sp is None:
+            released.add(name)  # already rolled, or no longer needs it: nothing to send
+            continue
+        for job in sp.containers.values():
+            if job not in rebased:
+                rebased.update(engine.rebase_jobs_for([job], new_base, deps.rebase))
+        targets = {str(i): rebased[j] for i, j in sp.containers.items()}
+        bad = [t for t in targets.values() if isinstance(t, str)]
+        if bad:
+            log.warning("service.skipped", service=name, reason=f"rebase failed: {bad[0]}")
+            released.add(name)
+            continue
+        batch.append(Task(ro, name, step.wave, sp.service.images, {k: str(v) for k, v in targets.items()}))
+    flush()
+    # The cursor only moves past a prefix that is entirely released.
+    cursor = step.cursor
+    while cursor < len(wave) and wave[cursor] in released:
+        cursor += 1
+    log.info("wave.released", rollout_id=ro.rollout_id, wave=step.wave, released=len(released),
+             cursor=cursor, size=len(wave))
+    return cursor
+
+
+def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: ImageRef, ro: Rollout,
+                wave: list[str], released_at: float, deadline: float) -> waves.WaveStatus:
+    cfg = deps.config
+    settle_by = released_at + cfg.rollout.ready_timeout_s * 2 + LEASE_GRACE_S  # an update and its rollback
+    while True:
+        plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, quiet=True)
+        views = {sp.service.name: sp.service for sp in plan.services}
+        outdated = {sp.service.name for sp in plan.to_roll}
+        st = waves.status(wave, views, ro.rollout_id, outdated, deadline_passed=deps.clock() > settle_by)
+        if st.settled or time.monotonic() + cfg.rollout.poll_interval_s > deadline:
+            return st
+        time.sleep(cfg.rollout.poll_interval_s)

@@ -1,0 +1,143 @@
+"""baseroll's own messages on `baseroll-tasks` and `baseroll-results`: versioned JSON, parsed strictly.
+
+- `Task`: roll one service to its target images (worker).
+- `Result`: what the worker did (coordinator logs and counts it).
+- `Step`: the coordinator's own continuation: "work on wave W of rollout R from position C".
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from . import refs
+from .events import EventError, PubSubMessage, json_object
+
+SCHEMA = "baseroll.dev/v1"
+_ROLLOUT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_SERVICE = re.compile(r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z]+-[a-z]+[0-9]+/services/[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What identifies a rollout in every message: its id, its track and the base digest it rolls to."""
+
+    rollout_id: str
+    track: str  # base track name
+    track_image: str  # host/repo:tag
+    base_digest: str
+
+
+@dataclass(frozen=True)
+class Task:
+    rollout: Rollout
+    service: str
+    wave: int
+    expected: tuple[str, ...]  # container images when planned
+    targets: Mapping[str, str]  # container index (as string, JSON keys) -> image by digest
+
+    kind = "task"
+
+
+@dataclass(frozen=True)
+class Result:
+    rollout: Rollout
+    service: str
+    wave: int
+    outcome: str
+    reason: str = ""
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+
+    kind = "result"
+
+
+@dataclass(frozen=True)
+class Step:
+    rollout: Rollout
+    wave: int
+    cursor: int = 0  # how many of the wave's members were already released
+    released_at: float | None = None  # when the whole wave was released (epoch seconds)
+    seq: int = 0  # increases with every step; a stale duplicate carries an old one
+    halted_failures: int = 0  # failures already accepted by a `resume`
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    kind = "step"
+
+
+def encode(msg: Task | Result | Step) -> tuple[bytes, dict[str, str]]:
+    body = {"schema": SCHEMA, "kind": msg.kind, **asdict(msg)}
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode(), {
+        "schema": SCHEMA, "kind": msg.kind, "rollout_id": msg.rollout.rollout_id,
+    }
+
+
+def _str(doc: Mapping[str, Any], key: str, pattern: re.Pattern | None = None) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value or (pattern is not None and not pattern.match(value)):
+        raise EventError(f"{key}: missing or malformed")
+    return value
+
+
+def _int(doc: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EventError(f"{key}: a non-negative integer")
+    return value
+
+
+def _images(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = doc.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 32:
+        raise EventError(f"{key}: a list of image references")
+    return tuple(value)
+
+
+def _rollout(doc: Any) -> Rollout:
+    if not isinstance(doc, Mapping):
+        raise EventError("rollout: an object")
+    track_image = _str(doc, "track_image")
+    try:
+        refs.parse(track_image)
+    except refs.RefError as exc:
+        raise EventError(f"rollout.track_image: {exc}") from None
+    digest = _str(doc, "base_digest")
+    if not refs.DIGEST.match(digest):
+        raise EventError("rollout.base_digest: a sha256 digest")
+    return Rollout(_str(doc, "rollout_id", _ROLLOUT_ID), _str(doc, "track"), track_image, digest)
+
+
+def decode(message: PubSubMessage) -> Task | Result | Step:
+    doc = json_object(message.data, "baseroll message")
+    if doc.get("schema") != SCHEMA:
+        raise EventError(f"schema: expected {SCHEMA!r}, got {doc.get('schema')!r}")
+    kind = doc.get("kind")
+    rollout = _rollout(doc.get("rollout"))
+    if kind == "task":
+        targets = doc.get("targets")
+        if not isinstance(targets, Mapping) or not targets:
+            raise EventError("targets: a non-empty object")
+        for index, image in targets.items():
+            if not str(index).isdigit() or not isinstance(image, str):
+                raise EventError("targets: container index -> image")
+            try:
+                if refs.parse(image).digest is None:
+                    raise EventError(f"targets.{index}: must be pinned by digest")
+            except refs.RefError as exc:
+                raise EventError(f"targets.{index}: {exc}") from None
+        return Task(rollout, _str(doc, "service", _SERVICE), _int(doc, "wave"), _images(doc, "expected"), dict(targets))
+    if kind == "result":
+        reason = doc.get("reason", "")
+        return Result(rollout, _str(doc, "service", _SERVICE), _int(doc, "wave"), _str(doc, "outcome"),
+                      reason if isinstance(reason, str) else "", _images(doc, "before"), _images(doc, "after"))
+    if kind == "step":
+        released = doc.get("released_at")
+        if released is not None and (isinstance(released, bool) or not isinstance(released, (int, float))):
+            raise EventError("released_at: epoch seconds")
+        extra = doc.get("extra") or {}
+        if not isinstance(extra, Mapping):
+            raise EventError("extra: an object")
+        return Step(rollout, _int(doc, "wave"), _int(doc, "cursor", 0), released, _int(doc, "seq", 0),
+                    _int(doc, "halted_failures", 0), dict(extra))
+    raise EventError(f"kind: one of task, result, step; got {kind!r}")

@@ -1,0 +1,70 @@
+"""Rollout records: one small JSON document per rollout, stored as an OCI artifact tagged with the
+rollout id in a configured repository of an allow-listed registry.
+
+Services carry their own state (the ledger annotations); the record holds what belongs to the
+rollout as a whole: its status (running, halted, aborted, superseded, finished), the wave and
+step it is at (so a duplicate coordinator step is recognised and dropped), and per-wave counts.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from . import oci
+from .refs import ImageRef
+from .registry import RegistryClient, RegistryError
+
+ARTIFACT_TYPE = "application/vnd.baseroll.rollout.v1+json"
+TERMINAL = ("halted", "aborted", "superseded", "finished")
+
+
+@dataclass
+class RolloutRecord:
+    rollout_id: str
+    track: str
+    base_digest: str
+    status: str = "running"  # running | halted | aborted | superseded | finished
+    wave: int = 0
+    seq: int = 0
+    owner: str = ""  # message id of the step that holds the rollout now
+    reason: str = ""
+    waves: list[dict[str, Any]] = field(default_factory=list)  # per wave: size, done, failed, skipped
+    updated: float = field(default_factory=time.time)
+
+
+class RecordStore(Protocol):
+    def get(self, rollout_id: str) -> RolloutRecord | None: ...
+
+    def put(self, record: RolloutRecord) -> None: ...
+
+
+class RegistryRecordStore:
+    def __init__(self, client: RegistryClient, repository: ImageRef) -> None:
+        self._client = client
+        self._repo = repository
+
+    def get(self, rollout_id: str) -> RolloutRecord | None:
+        try:
+            manifest = self._client.get_manifest(self._repo.with_tag(rollout_id))
+        except RegistryError as exc:
+            if exc.status == 404 or exc.code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"):
+                return None
+            raise
+        raw = self._client.get_blob(self._repo, manifest.data["config"]["digest"], max_bytes=1024 * 1024)
+        doc = json.loads(raw)
+        return RolloutRecord(**{k: v for k, v in doc.items() if k in RolloutRecord.__dataclass_fields__})
+
+    def put(self, record: RolloutRecord) -> None:
+        record.updated = time.time()
+        config = oci.canonical_json(asdict(record))
+        digest = self._client.put_blob(self._repo, config)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_MANIFEST,
+            "artifactType": ARTIFACT_TYPE,
+            "config": {"mediaType": ARTIFACT_TYPE, "digest": digest, "size": len(config)},
+            "layers": [],
+        }
+        self._client.put_manifest(self._repo.with_tag(record.rollout_id), oci.canonical_json(manifest), oci.OCI_MANIFEST)

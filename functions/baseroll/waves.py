@@ -1,0 +1,80 @@
+"""Pure wave logic: who goes in which wave, and whether a wave has settled.
+
+Membership is stable across re-planning: the canary cohort first, then every other member in
+an order fixed by a hash of its name (so a re-plan mid-rollout puts each service in the same
+wave and at the same position), cut at the configured cumulative fractions.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from . import health, ledger
+from .fleet import ServiceView
+
+ROLLED = "rolled"
+ROLLED_BACK = "rolled-back"
+
+
+def _order_key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def assign(members: Sequence[ServiceView], fractions: Sequence[float], *, cohort_label: str,
+           canary_value: str = "canary") -> list[list[str]]:
+    """Waves of service names. Wave 0 is the canary cohort when there is one; empty waves are dropped."""
+    canaries = sorted((s.name for s in members if s.labels.get(cohort_label) == canary_value), key=_order_key)
+    rest = sorted((s.name for s in members if s.labels.get(cohort_label) != canary_value), key=_order_key)
+    waves: list[list[str]] = [canaries] if canaries else []
+    start = 0
+    for fraction in fractions:
+        end = max(start + 1, math.ceil(fraction * len(rest))) if rest else 0
+        end = min(end, len(rest))
+        if end > start:
+            waves.append(rest[start:end])
+        start = end
+    return waves
+
+
+@dataclass
+class WaveStatus:
+    done: list[str] = field(default_factory=list)  # on the new base
+    failed: list[str] = field(default_factory=list)  # rolled back, or no result by the deadline
+    skipped: list[str] = field(default_factory=list)  # changed by someone else, or gone
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def settled(self) -> bool:
+        return not self.pending
+
+
+def status(wave: Sequence[str], fleet: Mapping[str, ServiceView], rollout_id: str, still_outdated: set[str],
+           *, deadline_passed: bool) -> WaveStatus:
+    """Read a wave's state from the live fleet (the ledger annotations) and the current plan."""
+    st = WaveStatus()
+    for name in wave:
+        svc = fleet.get(name)
+        if svc is None:
+            st.skipped.append(name)
+            continue
+        mine = svc.annotations.get(ledger.ROLLOUT_ID) == rollout_id
+        state = svc.annotations.get(ledger.STATE, "")
+        if mine and state == ROLLED and name not in still_outdated:
+            verdict = health.assess(svc).state
+            if verdict == "ready":
+                st.done.append(name)
+            elif verdict == "failed" or deadline_passed:
+                st.failed.append(name)  # on a failed revision and not restored: never counted as done
+            else:
+                st.pending.append(name)
+        elif mine and state == ROLLED_BACK:
+            st.failed.append(name)
+        elif name not in still_outdated and not mine:
+            st.skipped.append(name)  # no longer needs this rollout (changed elsewhere, or already current)
+        elif deadline_passed:
+            st.failed.append(name)
+        else:
+            st.pending.append(name)
+    return st
