@@ -31,9 +31,10 @@ def updates(stack) -> dict[str, int]:
 
 def log_records(stack) -> list[dict]:
     out = []
-    for line in stack.function_log("on_artifact_push").read_text().splitlines():
-        if line.startswith("{"):
-            out.append(json.loads(line))
+    for target in stack.targets:
+        for line in stack.function_log(target).read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
     return out
 
 
@@ -46,6 +47,8 @@ def test_base_push_rolls_eligible_services_and_rolls_back_a_failure(stack, fleet
     new_base = scenario.push_new_base(stack, fleet, "python")
     response = scenario.deliver_push(stack, new_base, "3.12", message_id="push-1")
     assert response.status_code == 200, response.text
+    record = scenario.wait_rollout(stack, scenario.rollout_id("python", new_base))
+    assert record["status"] == "finished", record  # one failure is within the budget of 1
 
     after = updates(stack)
     for r in scenario.results(stack, fleet):
@@ -62,7 +65,7 @@ def test_base_push_rolls_eligible_services_and_rolls_back_a_failure(stack, fleet
             assert not r.changed and delta == 0, f"{r.seeded.name} should be untouched"
 
     # One rebase per unique app image, not per service.
-    rebased = [rec for rec in log_records(stack) if rec["message"] == "image.rebased"]
+    rebased = [rec for rec in log_records(stack) if rec["message"] == "rebase.done" and rec.get("pushed")]
     assert len(rebased) == len({s.app for s in eligible})
     assert all(rec["severity"] for rec in log_records(stack))
 
@@ -72,6 +75,8 @@ def test_redelivered_event_updates_nothing(stack, fleet):
     before = updates(stack)
     images_before = {r.seeded.name: r.image for r in scenario.results(stack, fleet)}
     assert scenario.deliver_push(stack, new_base, "3.12", message_id="push-1").status_code == 200
+    assert scenario.publish_push(stack, new_base, "3.12")  # and once more through Pub/Sub
+    assert stack.wait_idle(30)
     assert updates(stack) == before
     assert {r.seeded.name: r.image for r in scenario.results(stack, fleet)} == images_before
 
