@@ -1,0 +1,259 @@
+# ---------------------------------------------------------------------------------------------
+# Where baseroll itself runs
+# ---------------------------------------------------------------------------------------------
+
+variable "project_id" {
+  description = "Host project: topics, functions, scheduler and service accounts live here."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the functions, the Eventarc triggers and the scheduler job."
+  type        = string
+  default     = "us-central1"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The fleet baseroll rolls (rendered into BASEROLL_CONFIG_YAML)
+# ---------------------------------------------------------------------------------------------
+
+variable "fleet_projects" {
+  description = "Projects whose Cloud Run services baseroll discovers and rolls."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.fleet_projects) > 0 && alltrue([for p in var.fleet_projects : can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", p))])
+    error_message = "fleet_projects: at least one project id (6-30 chars, lowercase letters, digits, hyphens)."
+  }
+}
+
+variable "fleet_regions" {
+  description = "Regions to list services in (Cloud Run has no region wildcard)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.fleet_regions) > 0 && alltrue([for r in var.fleet_regions : can(regex("^[a-z]+-[a-z]+[0-9]+$", r))])
+    error_message = "fleet_regions: at least one region such as us-central1."
+  }
+}
+
+variable "base_tracks" {
+  description = "Base images baseroll follows: a name and the tag it tracks (host/repository:tag)."
+  type = list(object({
+    name  = string
+    image = string
+  }))
+
+  validation {
+    condition     = length(var.base_tracks) > 0 && alltrue([for t in var.base_tracks : can(regex("^[^/@]+/[^@]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", t.image))])
+    error_message = "base_tracks: each image must follow a tag, e.g. us-docker.pkg.dev/p/bases/python:3.12 (no digest)."
+  }
+
+  validation {
+    condition     = length(distinct([for t in var.base_tracks : t.name])) == length(var.base_tracks)
+    error_message = "base_tracks: names must be unique."
+  }
+}
+
+variable "allowed_registries" {
+  description = "Registry hosts baseroll may read from and write to (host[:port]); every base track's host must be listed."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.allowed_registries) > 0 && alltrue([for h in var.allowed_registries : length(h) > 0 && !strcontains(h, "/")])
+    error_message = "allowed_registries: host[:port] entries, no paths."
+  }
+}
+
+variable "base_repositories" {
+  description = "Artifact Registry repositories holding base images (read by the planner)."
+  type = list(object({
+    project    = string
+    location   = string
+    repository = string
+  }))
+  default = []
+}
+
+variable "app_repositories" {
+  description = "Artifact Registry repositories holding the fleet's app images (rebased by the planner, read by the worker)."
+  type = list(object({
+    project    = string
+    location   = string
+    repository = string
+  }))
+  default = []
+}
+
+variable "fleet_runtime_service_accounts" {
+  description = "Emails of the service accounts the fleet's Cloud Run services run as; the worker must act as them to deploy a new revision."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for e in var.fleet_runtime_service_accounts : can(regex("^[^@]+@[^@]+\\.gserviceaccount\\.com$", e))])
+    error_message = "fleet_runtime_service_accounts: service account emails (...@....gserviceaccount.com)."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Labels on fleet services
+# ---------------------------------------------------------------------------------------------
+
+variable "opt_out_label" {
+  description = "Service label key; value \"true\" opts a service out of every roll."
+  type        = string
+  default     = "baseroll-opt-out"
+}
+
+variable "canary_label" {
+  description = "Service label key; value \"canary\" puts a service in the first wave."
+  type        = string
+  default     = "baseroll-cohort"
+}
+
+variable "base_label" {
+  description = "Service label key naming the base track explicitly, for images without base annotations."
+  type        = string
+  default     = "baseroll-base"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Rollout pacing and safety
+# ---------------------------------------------------------------------------------------------
+
+variable "waves" {
+  description = "Cumulative fraction of the matched fleet rolled by the end of each wave; the last wave is 1.0."
+  type        = list(number)
+  default     = [0.01, 0.1, 0.5, 1.0]
+
+  validation {
+    condition = (
+      length(var.waves) > 0
+      && alltrue([for w in var.waves : w > 0 && w <= 1])
+      && var.waves[length(var.waves) - 1] == 1
+      && alltrue([for i in range(1, length(var.waves)) : var.waves[i] > var.waves[i - 1]])
+    )
+    error_message = "waves: strictly increasing fractions in (0, 1], ending at 1.0."
+  }
+}
+
+variable "failure_budget" {
+  description = "Failed (rolled-back) services a wave tolerates before the rollout halts: a count (1) or a percentage of the wave (\"5%\")."
+  type        = any
+  default     = 1
+
+  validation {
+    condition = (
+      can(regex("^[0-9]+(\\.[0-9]+)?%$", var.failure_budget))
+      || try(var.failure_budget >= 0 && floor(var.failure_budget) == var.failure_budget, false)
+    )
+    error_message = "failure_budget: a whole number >= 0, or a percentage string such as \"5%\"."
+  }
+}
+
+variable "write_quota_per_minute" {
+  description = "Cloud Run Admin API writes per minute baseroll allows itself, per project and region."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.write_quota_per_minute >= 1
+    error_message = "write_quota_per_minute: must be >= 1."
+  }
+}
+
+variable "region_write_quota" {
+  description = "Per-region overrides of write_quota_per_minute (region => writes per minute)."
+  type        = map(number)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for r, q in var.region_write_quota : can(regex("^[a-z]+-[a-z]+[0-9]+$", r)) && q >= 1 && floor(q) == q])
+    error_message = "region_write_quota: region => whole number >= 1."
+  }
+}
+
+variable "ready_timeout_seconds" {
+  description = "How long the worker waits for a new revision to become ready before rolling back; must fit in one 540 s invocation."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.ready_timeout_seconds >= 1 && var.ready_timeout_seconds <= 480
+    error_message = "ready_timeout_seconds: between 1 and 480 (the worker also needs time to roll back within 540 s)."
+  }
+}
+
+variable "rollout_concurrency" {
+  description = "Services a planner invocation works on at once."
+  type        = number
+  default     = 8
+
+  validation {
+    condition     = var.rollout_concurrency >= 1 && var.rollout_concurrency <= 256
+    error_message = "rollout_concurrency: between 1 and 256."
+  }
+}
+
+variable "drift_policy" {
+  description = "What to do when the new base changed Env/Entrypoint/Cmd/User/WorkingDir: apply-or-refuse, keep-app or ignore."
+  type        = string
+  default     = "apply-or-refuse"
+
+  validation {
+    condition     = contains(["apply-or-refuse", "keep-app", "ignore"], var.drift_policy)
+    error_message = "drift_policy: one of apply-or-refuse, keep-app, ignore."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Triggers, scheduling, sizing
+# ---------------------------------------------------------------------------------------------
+
+variable "create_source_topics" {
+  description = "Create the `gcr` (Artifact Registry) and `cloud-builds` (Cloud Build) topics. Set false when they already exist in the host project; they are then read as data sources."
+  type        = bool
+  default     = true
+}
+
+variable "sweep_schedule" {
+  description = "Cron (UTC) of the reconciling sweep published to baseroll-requests."
+  type        = string
+  default     = "0 */6 * * *"
+}
+
+variable "max_instances" {
+  description = "Maximum instances per function (entry point name => count). Missing entries use 3."
+  type        = map(number)
+  default = {
+    on_artifact_push  = 3
+    on_build_complete = 3
+    on_roll_request   = 3
+    roll_service      = 10
+    on_roll_result    = 3
+  }
+}
+
+variable "function_memory" {
+  description = "Memory of each function instance."
+  type        = string
+  default     = "512Mi"
+}
+
+variable "attach_dead_letter_policies" {
+  description = "Run gcloud (must be on PATH with credentials) after apply to attach the dead-letter topics to the subscriptions Eventarc creates, which Terraform cannot address."
+  type        = bool
+  default     = false
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of one message before it is dead-lettered (5-100); used with attach_dead_letter_policies."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "max_delivery_attempts: between 5 and 100 (Pub/Sub limits)."
+  }
+}
