@@ -123,6 +123,16 @@ def handle_step(deps: Deps, step: Step, delivery: str) -> None:
     rec = _claim(deps, step, delivery)
     if rec is None:
         return
+    try:
+        _run_step(deps, rec, step, delivery)
+    except Exception:
+        # Give the step back so its redelivery can run it at once rather than after the lease.
+        rec.owner = ""
+        deps.records.put(rec)
+        raise
+
+
+def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None:
     cfg, ro = deps.config, step.rollout
     deadline = time.monotonic() + cfg.rollout.invocation_budget_s
     track_image = parse(ro.track_image)
@@ -197,7 +207,7 @@ def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step
             break
         if at > time.monotonic():
             flush()
-            time.sleep(at - time.monotonic())
+            time.sleep(max(0.0, at - time.monotonic()))
         sp = to_roll.get(name)
         if sp is None:
             released.add(name)  # already rolled, or no longer needs it: nothing to send

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                    **counts}
         console.print(f"[bold]summary[/] {json.dumps(summary)}")
         if not ok:
+            stack.keep = True
             for target in stack.targets:
                 console.print(f"{target} log: {stack.function_log(target)}")
         return 0 if ok else 1

@@ -18,9 +18,10 @@ from .stack import LocalStack
 GCR_PROJECT = "baseroll-registry"
 
 
-def seed_fleet(stack: LocalStack, services: int = 40) -> SeededFleet:
+def seed_fleet(stack: LocalStack, services: int = 40, canaries: int = 4) -> SeededFleet:
     fleet = seed.seed_images(stack.registry_client(), stack.registry.host)
-    seed.seed_services(fleet, stack.run_client(), count=services)
+    seed.seed_services(fleet, stack.run_client(), count=services, projects=stack.projects, regions=stack.regions,
+                       canaries=canaries)
     return fleet
 
 
@@ -49,10 +50,13 @@ def publish_push(stack: LocalStack, new_base: ImageRef, tag: str | None) -> str:
     return stack.publish("gcr", push_event_data(new_base, tag))
 
 
+def record_store(stack: LocalStack) -> RegistryRecordStore:
+    return RegistryRecordStore(stack.registry_client(), state_repository(config_mod.parse(stack.config())))
+
+
 def wait_rollout(stack: LocalStack, rollout_id: str, *, timeout: float = 120.0) -> dict:
     """Until the rollout record is terminal and Pub/Sub is idle (bounded); returns the record."""
-    cfg = config_mod.parse(stack.config())
-    store = RegistryRecordStore(stack.registry_client(), state_repository(cfg))
+    store = record_store(stack)
     deadline = time.monotonic() + timeout
     record = None
     while time.monotonic() < deadline:

@@ -114,10 +114,12 @@ def seed_images(client: RegistryClient, registry: str) -> SeededFleet:
     return fleet
 
 
-def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int = 40, timeout: float = 60) -> None:
+def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int = 40, timeout: float = 120,
+                  projects: tuple[str, ...] = PROJECTS, regions: tuple[str, ...] = REGIONS,
+                  canaries: int = 4) -> None:
     """Create `count` tenant services round-robin over apps and locations, waiting for each to be ready."""
     app_names = list(APPS)
-    locations = [(p, r) for p in PROJECTS for r in REGIONS]
+    locations = [(p, r) for p in projects for r in regions]
     operations = []
     for i in range(count):
         app = app_names[i % len(app_names)]
@@ -130,7 +132,7 @@ def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int 
         labels = {"tenant": f"t{i:03d}"}
         if opted_out:
             labels[OPT_OUT_LABEL] = "true"
-        if i < 4:
+        if i < canaries:
             labels[COHORT_LABEL] = "canary"
         service = run_v2.Service(
             labels=labels,

@@ -49,19 +49,25 @@ class LocalStack:
     def __init__(self, *, targets: Iterable[str] = tuple(TRIGGERS), deploy_latency_s: float = 0.05,
                  ready_timeout_s: float = 30.0, concurrency: int = 8, workdir: Path | None = None,
                  rollout: dict | None = None, write_quota_per_min: int | None = None,
-                 pubsub_faults: dict | None = None) -> None:
+                 pubsub_faults: dict | None = None, projects: tuple[str, ...] = PROJECTS,
+                 regions: tuple[str, ...] = REGIONS) -> None:
+        self.projects, self.regions = projects, regions
         self.targets = tuple(targets)
         self.rollout_overrides = rollout or {}
         self.write_quota_per_min = write_quota_per_min
         self.pubsub_faults = pubsub_faults or {}
-        self.pubsub = PubSubStandin(min_backoff_s=0.2, max_backoff_s=2.0, push_concurrency=24,
-                                    push_timeout_s=120, max_delivery_attempts=20)
+        # Eventarc retries for days with up to 600 s between attempts; scaled down, but long enough
+        # to outlast a crashed coordinator step's lease.
+        self.pubsub = PubSubStandin(min_backoff_s=0.2, max_backoff_s=5.0, push_concurrency=24,
+                                    push_timeout_s=120, max_delivery_attempts=100)
         self._saved_emulator_env: str | None = None
         self.publisher: pubsub_v1.PublisherClient | None = None
         self.deploy_latency_s = deploy_latency_s
         self.ready_timeout_s = ready_timeout_s
         self.concurrency = concurrency
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="baseroll-stack-"))
+        # Logs are kept for a look after a failure: set `keep`, or BASEROLL_KEEP_STACK=1.
+        self.keep = workdir is not None or os.environ.get("BASEROLL_KEEP_STACK") == "1"
         self.registry = RegistryServer(workdir=self.workdir / "registry")
         self.cloudrun: CloudRunStandin | None = None
         self.functions: dict[str, tuple[subprocess.Popen, int]] = {}
@@ -85,8 +91,8 @@ class LocalStack:
     def config(self) -> dict:
         host = self.registry.host
         return {
-            "projects": list(PROJECTS),
-            "regions": list(REGIONS),
+            "projects": list(self.projects),
+            "regions": list(self.regions),
             "allowed_registries": [host],
             "plain_http_registries": [host],
             "base_tracks": [{"name": b.name, "image": f"{host}/{b.repository}:{b.tag}"} for b in BASES if b.tracked],
@@ -176,6 +182,8 @@ class LocalStack:
             self.cloudrun.stop()
             self.cloudrun = None
         self.registry.stop()
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "LocalStack":
         try:
