@@ -25,3 +25,15 @@ def roll_service(event: CloudEvent) -> None:
 def on_roll_result(event: CloudEvent) -> None:
     """Topic `baseroll-results`: worker results and coordinator steps."""
     handlers.on_roll_result(event.data, event["id"], runtime.from_environment)
+
+
+@functions_framework.cloud_event
+def on_roll_request(event: CloudEvent) -> None:
+    """Topic `baseroll-requests`: roll requests (CLI, Cloud Build step, by hand, the scheduled sweep)."""
+    handlers.on_roll_request(event.data, event["id"], runtime.from_environment)
+
+
+@functions_framework.cloud_event
+def on_build_complete(event: CloudEvent) -> None:
+    """Topic `cloud-builds`: a successful build rolls the bases it pushed and redeploys the apps it pushed."""
+    handlers.on_build_complete(event.data, event["id"], runtime.from_environment)

@@ -41,7 +41,7 @@ class BaseTrack:
 class Labels:
     opt_out: str = "baseroll-opt-out"  # value "true" opts a service out
     cohort: str = "baseroll-cohort"  # value "canary" puts a service in the first wave
-    base: str = "baseroll-base"  # explicit base track name, when images carry no annotations
+    app_tag: str = "baseroll-app-tag"  # the app tag a digest-pinned service was deployed from
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,8 @@ def parse(doc: Any) -> Config:
     label_doc = doc.get("labels") or {}
     if not isinstance(label_doc, Mapping):
         raise ConfigError("labels: must be a mapping")
-    labels = Labels(**{k: label_doc[k] for k in ("opt_out", "cohort", "base") if k in label_doc})
-    for key in (labels.opt_out, labels.cohort, labels.base):
+    labels = Labels(**{k: label_doc[k] for k in ("opt_out", "cohort", "app_tag") if k in label_doc})
+    for key in (labels.opt_out, labels.cohort, labels.app_tag):
         if not isinstance(key, str) or not _LABEL_KEY.match(key):
             raise ConfigError(f"labels: {key!r} is not a valid Cloud Run label key")
     ro = doc.get("rollout") or {}

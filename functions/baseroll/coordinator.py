@@ -10,6 +10,8 @@ redelivered later.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from .plan import Plan, RebaseJob
 from .records import TERMINAL, RecordStore, RolloutRecord
 from .refs import ImageRef, parse
 from .registry import RegistryClient
+from .requests import ServiceFilter, parse_filter
 from . import rollout as engine
 
 CLAIM_SETTLE_S = 0.3  # let a concurrent claimant's write land before re-reading the record
@@ -49,34 +52,144 @@ class Deps:
 # ---------------------------------------------------------------- planner
 
 
-def start(deps: Deps, request: RollRequest) -> dict:
-    """Plan a rollout and hand its first step to the coordinator. Safe to repeat."""
-    cfg = deps.config
+def rollout_id_for(request: RollRequest, track_name: str, digest: str, scope: ServiceFilter) -> str:
+    """Deterministic: every redelivery of the same event names the same rollout; a filtered request
+    is a rollout of its own."""
+    base = ledger.rollout_id(track_name, digest)
+    if scope.is_empty:
+        return base
+    return f"{base}-{hashlib.sha256(json.dumps(scope.to_json(), sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def track_name(cfg: Config, request: RollRequest) -> str:
+    if request.kind == "app":
+        return "app-" + request.image.repository.rsplit("/", 1)[-1][:30]
     track = cfg.track_for(request.image)
-    assert track is not None
-    new_base = engine.resolve_new_base(deps.registry, request)
-    assert new_base.digest
-    rollout_id = ledger.rollout_id(track.name, new_base.digest)
-    plan = engine.build_plan(cfg, deps.fleet, Catalog(deps.registry), request, new_base)
-    summary = {"rollout_id": rollout_id, "to_roll": len(plan.to_roll),
-               "skipped": len(plan.services) - len(plan.to_roll), "dry_run": request.dry_run}
+    if track is None:
+        raise ValueError(f"{request.image} is not a configured base track")
+    return track.name
+
+
+def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) -> dict:
+    """Plan a rollout and hand its first step to the coordinator. Safe to repeat. A dry run returns
+    the whole plan (per service: current image, strategy, target, wave, or why it is skipped)."""
+    cfg = deps.config
+    scope = scope or ServiceFilter()
+    name = track_name(cfg, request)
+    new_ref = engine.resolve_new_ref(deps.registry, request)
+    assert new_ref.digest
+    rollout_id = rollout_id_for(request, name, new_ref.digest, scope)
+    plan = engine.build_plan(cfg, deps.fleet, Catalog(deps.registry), request, new_ref, scope=scope.matches)
+    summary = {"rollout_id": rollout_id, "kind": request.kind, "image": str(request.image), "target": str(new_ref),
+               "to_roll": len(plan.to_roll), "skipped": len(plan.services) - len(plan.to_roll),
+               "dry_run": request.dry_run}
     if request.dry_run:
-        log.notice("rollout.dry_run", **summary)
-        return summary
+        report = dry_run_report(cfg, plan, new_ref, deps.rebase)
+        log.notice("rollout.dry_run", **summary, waves=[len(w) for w in report["waves"]])
+        return {**summary, **report}
     existing = deps.records.get(rollout_id)
     if existing is not None:
         log.info("rollout.already_started", rollout_id=rollout_id, status=existing.status)
         return {**summary, "status": existing.status}
+    if not plan.to_roll:
+        log.info("rollout.nothing_to_do", **summary)
+        return {**summary, "status": "nothing-to-do"}
     # Rebase before anything is released, so a refused rebase shows up in the plan's log at once.
-    engine.rebase_jobs(plan, new_base, deps.rebase)
-    deps.records.put(RolloutRecord(rollout_id, track.name, new_base.digest))
-    ro = Rollout(rollout_id, track.name, str(track.image), new_base.digest)
+    engine.rebase_jobs_for(plan.jobs, new_ref, deps.rebase)
+    ro = Rollout(rollout_id, name, str(request.image), new_ref.digest, request.kind, scope.to_json())
+    deps.records.put(RolloutRecord(rollout_id, name, new_ref.digest, ro.track_image, ro.kind, dict(ro.scope)))
     bus_mod.send(deps.bus, topics.RESULTS, Step(ro, wave=0, cursor=0, seq=1))
-    log.notice("rollout.started", **summary, new_base=str(new_base))
+    log.notice("rollout.started", **summary)
     return {**summary, "status": "running"}
 
 
+def _rollout_of(rec: RolloutRecord) -> Rollout:
+    return Rollout(rec.rollout_id, rec.track, rec.track_image, rec.base_digest, rec.kind, rec.scope)
+
+
+def control(deps: Deps, action: str, rollout_id: str) -> dict:
+    """`abort`: stop a rollout (steps are dropped, queued tasks become no-ops; rolled services stay
+    rolled). `resume`: continue a halted rollout from the wave it halted in, accepting its failures."""
+    rec = deps.records.get(rollout_id)
+    if rec is None:
+        log.warning("request.unknown_rollout", action=action, rollout_id=rollout_id)
+        return {"status": "unknown-rollout", "rollout_id": rollout_id}
+    if action == "abort":
+        if rec.status in TERMINAL:
+            log.info("rollout.abort_ignored", rollout_id=rollout_id, status=rec.status)
+            return {"status": rec.status, "rollout_id": rollout_id}
+        rec.status, rec.reason = "aborted", "aborted by request"
+        deps.records.put(rec)
+        log.notice("rollout.aborted", rollout_id=rollout_id, wave=rec.wave)
+        return {"status": "aborted", "rollout_id": rollout_id}
+    if rec.status != "halted":
+        log.info("rollout.resume_ignored", rollout_id=rollout_id, status=rec.status)
+        return {"status": rec.status, "rollout_id": rollout_id}
+    accepted = next((w.get("failed", 0) for w in rec.waves if w.get("wave") == rec.wave), 0)
+    rec.status, rec.reason, rec.owner = "running", f"resumed at wave {rec.wave}", ""
+    rec.seq += 1
+    deps.records.put(rec)
+    bus_mod.send(deps.bus, topics.RESULTS, Step(_rollout_of(rec), rec.wave, 0, None, rec.seq + 1, accepted))
+    log.notice("rollout.resumed", rollout_id=rollout_id, wave=rec.wave, accepted_failures=accepted)
+    return {"status": "running", "rollout_id": rollout_id}
+
+
+def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
+    """Reconcile what a lost event or a lost step missed: for each base track, start the rollout
+    to its current digest if none exists, and restart a running rollout whose steps went quiet or a
+    finished one that has stragglers. Halted and aborted rollouts are left to the operator."""
+    cfg = deps.config
+    lease = cfg.rollout.invocation_budget_s + LEASE_GRACE_S
+    out = []
+    for track in cfg.base_tracks:
+        request = RollRequest("base", track.image, None, "sweep", f"sweep:{track.name}")
+        result = start(deps, request, scope)
+        rec = deps.records.get(result["rollout_id"])
+        quiet = rec is not None and deps.clock() - rec.updated > lease
+        if rec is not None and ((rec.status == "running" and quiet) or (rec.status == "finished" and result["to_roll"])):
+            rec.status, rec.owner, rec.reason = "running", "", "restarted by sweep"
+            rec.seq += 1
+            deps.records.put(rec)
+            wave = rec.wave if result.get("status") == "running" and quiet else 0
+            bus_mod.send(deps.bus, topics.RESULTS, Step(_rollout_of(rec), wave, 0, None, rec.seq + 1))
+            log.notice("rollout.swept", rollout_id=rec.rollout_id, wave=wave, to_roll=result["to_roll"])
+            result = {**result, "status": "restarted"}
+        out.append(result)
+    return {"status": "swept", "rollouts": out}
+
+
+def dry_run_report(cfg: Config, plan: Plan, new_ref: ImageRef, rebase: engine.Rebase) -> dict:
+    """The full plan as data: nothing is pushed (rebases run with dry_run) and nothing is deployed."""
+    rebased = engine.rebase_jobs_for(plan.jobs, new_ref, rebase, dry_run=True)
+    fleet_now = [sp.service for sp in plan.services]
+    all_waves = waves.assign(_members(plan, fleet_now, ""), cfg.rollout.waves, cohort_label=cfg.labels.cohort)
+    wave_of = {name: i for i, w in enumerate(all_waves) for name in w}
+    services = []
+    for sp in plan.services:
+        row: dict = {"service": sp.service.name, "images": list(sp.service.images), "action": sp.action,
+                     "reason": sp.reason}
+        if sp.action == "roll":
+            targets = engine.targets_for(sp, rebased)
+            row.update(strategy=sp.strategy, wave=wave_of.get(sp.service.name))
+            if isinstance(targets, str):
+                row.update(action="skip", reason=targets)
+            else:
+                row.update(targets={str(i): v for i, v in targets[0].items()},
+                           base_uris={str(i): v for i, v in targets[1].items()})
+        services.append(row)
+    return {"waves": all_waves, "services": services}
+
+
 # ---------------------------------------------------------------- coordinator
+
+
+def current_digest(registry: RegistryClient, ro: Rollout) -> str | None:
+    """What the followed tag points at now (a newer digest supersedes the rollout); an untagged
+    target cannot be superseded."""
+    image = parse(ro.track_image)
+    if image.tag is None:
+        return ro.base_digest
+    return registry.head_manifest(image)
 
 
 def _claim(deps: Deps, step: Step, delivery: str) -> RolloutRecord | None:
@@ -136,15 +249,16 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
     cfg, ro = deps.config, step.rollout
     deadline = time.monotonic() + cfg.rollout.invocation_budget_s
     track_image = parse(ro.track_image)
-    current = deps.registry.head_manifest(track_image)
+    current = current_digest(deps.registry, ro)
     if current != ro.base_digest:
         log.notice("rollout.superseded", rollout_id=ro.rollout_id, base_digest=ro.base_digest, now=current)
         _finish_step(deps, rec, step, None, status="superseded", reason=f"{track_image} moved to {current}")
         return
     new_base = track_image.with_digest(ro.base_digest)
-    request = RollRequest("base", track_image, ro.base_digest, "step", delivery)
+    request = RollRequest(ro.kind, track_image, ro.base_digest, "step", delivery)  # type: ignore[arg-type]
+    scope = parse_filter(dict(ro.scope)).matches
     catalog = Catalog(deps.registry)
-    plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, quiet=True)
+    plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, scope=scope, quiet=True)
     fleet_now = [sp.service for sp in plan.services]
     all_waves = waves.assign(_members(plan, fleet_now, ro.rollout_id), cfg.rollout.waves,
                              cohort_label=cfg.labels.cohort)
@@ -160,7 +274,7 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
             return
         step = Step(ro, step.wave, cursor, deps.clock(), step.seq, step.halted_failures)
     released_at = step.released_at or deps.clock()
-    status = _await_wave(deps, catalog, request, new_base, ro, wave, released_at, deadline)
+    status = _await_wave(deps, catalog, request, new_base, ro, wave, released_at, deadline, scope)
     if not status.settled:
         log.info("wave.waiting", rollout_id=ro.rollout_id, wave=step.wave, pending=len(status.pending))
         _finish_step(deps, rec, step, Step(ro, step.wave, len(wave), released_at, step.seq + 1, step.halted_failures))
@@ -212,16 +326,16 @@ def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step
         if sp is None:
             released.add(name)  # already rolled, or no longer needs it: nothing to send
             continue
-        for job in sp.containers.values():
-            if job not in rebased:
-                rebased.update(engine.rebase_jobs_for([job], new_base, deps.rebase))
-        targets = {str(i): rebased[j] for i, j in sp.containers.items()}
-        bad = [t for t in targets.values() if isinstance(t, str)]
-        if bad:
-            log.warning("service.skipped", service=name, reason=f"rebase failed: {bad[0]}")
+        missing = [c.job for c in sp.containers.values() if c.job is not None and c.job not in rebased]
+        rebased.update(engine.rebase_jobs_for(missing, new_base, deps.rebase))
+        targets = engine.targets_for(sp, rebased)
+        if isinstance(targets, str):
+            log.warning("service.skipped", service=name, reason=targets)
             released.add(name)
             continue
-        batch.append(Task(ro, name, step.wave, sp.service.images, {k: str(v) for k, v in targets.items()}))
+        images, uris = targets
+        batch.append(Task(ro, name, step.wave, sp.service.images, {str(i): v for i, v in images.items()},
+                          {str(i): v for i, v in uris.items()}))
     flush()
     # The cursor only moves past a prefix that is entirely released.
     cursor = step.cursor
@@ -233,11 +347,11 @@ def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step
 
 
 def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: ImageRef, ro: Rollout,
-                wave: list[str], released_at: float, deadline: float) -> waves.WaveStatus:
+                wave: list[str], released_at: float, deadline: float, scope: engine.Scope) -> waves.WaveStatus:
     cfg = deps.config
     settle_by = released_at + cfg.rollout.ready_timeout_s * 2 + LEASE_GRACE_S  # an update and its rollback
     while True:
-        plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, quiet=True)
+        plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, scope=scope, quiet=True)
         views = {sp.service.name: sp.service for sp in plan.services}
         outdated = {sp.service.name for sp in plan.to_roll}
         st = waves.status(wave, views, ro.rollout_id, outdated, deadline_passed=deps.clock() > settle_by)

@@ -1,12 +1,13 @@
 """One service, one target: update by digest, gate on health, roll back on failure.
 
 This is the unit a worker applies; it is safe to repeat (a service already on its target is
-left alone) and never leaves a service on a failed revision while a rollback is possible.
+left alone, a target that failed here once is never tried again) and never leaves a service on a
+failed revision while a rollback is possible.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 from . import health, ledger, log
@@ -17,12 +18,32 @@ POLL_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
+class Target:
+    """Container index → image by digest, and → base_image_uri by digest."""
+
+    images: Mapping[int, str] = field(default_factory=dict)
+    base_uris: Mapping[int, str] = field(default_factory=dict)
+
+    def reached(self, svc: ServiceView) -> bool:
+        return (all(i < len(svc.images) and svc.images[i] == v for i, v in self.images.items())
+                and all(i < len(svc.base_image_uris) and svc.base_image_uris[i] == v for i, v in self.base_uris.items()))
+
+    def indexes(self) -> set[int]:
+        return {*self.images, *self.base_uris}
+
+
+@dataclass(frozen=True)
 class Outcome:
     service: str
     result: Literal["updated", "already-current", "rolled-back", "rollback-failed", "failed", "skipped"]
     before: tuple[str, ...]
     after: tuple[str, ...]
     reason: str = ""
+
+
+def _containers(svc: ServiceView, indexes: set[int]) -> tuple[tuple[str, str], ...]:
+    uris = svc.base_image_uris
+    return tuple((svc.images[i], uris[i] if i < len(uris) else "") for i in sorted(indexes) if i < len(svc.images))
 
 
 def _wait_settled(fleet: Fleet, svc: ServiceView, deadline: float) -> tuple[ServiceView, health.Health]:
@@ -37,79 +58,75 @@ def _wait_settled(fleet: Fleet, svc: ServiceView, deadline: float) -> tuple[Serv
     return svc, verdict
 
 
-def apply(
-    fleet: Fleet,
-    planned: ServiceView,
-    targets: Mapping[int, str],
-    *,
-    rollout: str,
-    base_digest: str,
-    timeout_s: float,
-) -> Outcome:
-    """Move `planned`'s containers to `targets` (index → image by digest)."""
+def apply(fleet: Fleet, planned: ServiceView, target: Target, *, rollout: str, base_digest: str,
+          timeout_s: float) -> Outcome:
+    """Move `planned`'s containers to `target`."""
     svc = planned
+    watched = target.indexes()
     for attempt in range(MAX_STALE_RETRIES + 1):
         if svc.annotations.get(ledger.STATE) == "rolled-back" and svc.annotations.get(ledger.BASE_DIGEST) == base_digest:
             # This target already failed here and was rolled back: never try it a second time.
             return Outcome(svc.name, "skipped", planned.images, svc.images,
-                           f"already rolled back from this base: {svc.annotations.get(ledger.REASON, '')}")
-        if all(svc.images[i] == image for i, image in targets.items()):
+                           f"already rolled back from this target: {svc.annotations.get(ledger.REASON, '')}")
+        if target.reached(svc):
             # A redelivered task, or a concurrent worker got here first: never a second update.
             svc, verdict = _wait_settled(fleet, svc, time.monotonic() + timeout_s)
             if verdict.state == "ready":
-                return Outcome(svc.name, "already-current", planned.images, svc.images, "already on the target image")
+                return Outcome(svc.name, "already-current", planned.images, svc.images, "already on the target")
             return Outcome(svc.name, "failed", planned.images, svc.images, f"on the target but {verdict.reason}")
-        if any(svc.images[i] != planned.images[i] for i in targets):
-            return Outcome(svc.name, "skipped", planned.images, svc.images, "image changed since planning")
+        if _containers(svc, watched) != _containers(planned, watched):
+            return Outcome(svc.name, "skipped", planned.images, svc.images, "changed since planning")
         try:
-            return _update_and_gate(fleet, svc, targets, rollout, base_digest, timeout_s)
+            return _update_and_gate(fleet, svc, target, rollout, base_digest, timeout_s)
         except StaleService:
             log.info("service.stale", service=svc.name, attempt=attempt + 1)
             svc = fleet.get_service(planned.name)
     return Outcome(svc.name, "failed", planned.images, svc.images, "service kept changing (etag conflicts)")
 
 
-def _update_and_gate(
-    fleet: Fleet, svc: ServiceView, targets: Mapping[int, str], rollout: str, base_digest: str, timeout_s: float
-) -> Outcome:
+def _update_and_gate(fleet: Fleet, svc: ServiceView, target: Target, rollout: str, base_digest: str,
+                     timeout_s: float) -> Outcome:
     deadline = time.monotonic() + timeout_s
-    before = svc.images
+    before = svc
     try:
-        after = fleet.update_images(
-            svc, targets, annotations=ledger.rolled(rollout, base_digest, before), timeout=timeout_s
-        )
+        after = fleet.update_images(svc, target.images, base_uris=target.base_uris, timeout=timeout_s,
+                                    annotations=ledger.rolled(rollout, base_digest, svc.images, svc.base_image_uris))
     except FleetError as exc:
         log.error("service.update_failed", service=svc.name, reason=str(exc))
-        return Outcome(svc.name, "failed", before, before, str(exc))
+        return Outcome(svc.name, "failed", svc.images, svc.images, str(exc))
     after, verdict = _wait_settled(fleet, after, deadline)
     if verdict.state == "ready":
-        log.notice("service.updated", service=svc.name, before=list(before), after=list(after.images),
+        log.notice("service.updated", service=svc.name, before=list(before.images), after=list(after.images),
+                   base_image_uris=[u for u in after.base_image_uris if u] or None,
                    revision=after.latest_ready_revision, rollout_id=rollout)
-        return Outcome(svc.name, "updated", before, after.images)
+        return Outcome(svc.name, "updated", before.images, after.images)
     log.warning("service.unhealthy", service=svc.name, reason=verdict.reason, revision=after.latest_created_revision)
-    return _roll_back(fleet, after, before, rollout, base_digest, verdict.reason, timeout_s)
+    return _roll_back(fleet, after, before, target.indexes(), rollout, base_digest, verdict.reason, timeout_s)
 
 
-def _roll_back(
-    fleet: Fleet, svc: ServiceView, previous: tuple[str, ...], rollout: str, base_digest: str, reason: str, timeout_s: float
-) -> Outcome:
-    restore = {i: image for i, image in enumerate(previous) if svc.images[i] != image}
+def _roll_back(fleet: Fleet, svc: ServiceView, previous: ServiceView, indexes: set[int], rollout: str,
+               base_digest: str, reason: str, timeout_s: float) -> Outcome:
+    restore = Target({i: previous.images[i] for i in indexes},
+                     {i: previous.base_image_uris[i] for i in indexes if i < len(previous.base_image_uris)})
     annotations = ledger.rolled_back(rollout, base_digest, reason)
+    restored = svc
     for _ in range(MAX_STALE_RETRIES + 1):
         try:
-            restored = fleet.update_images(svc, restore, annotations=annotations, timeout=timeout_s)
+            restored = fleet.update_images(svc, restore.images, base_uris=restore.base_uris,
+                                           annotations=annotations, timeout=timeout_s)
             break
         except StaleService:
             svc = fleet.get_service(svc.name)
         except FleetError as exc:
             log.error("service.rollback_failed", service=svc.name, reason=str(exc), failed_reason=reason)
-            return Outcome(svc.name, "rollback-failed", previous, svc.images, f"{reason}; rollback: {exc}")
+            return Outcome(svc.name, "rollback-failed", previous.images, svc.images, f"{reason}; rollback: {exc}")
     else:
-        return Outcome(svc.name, "rollback-failed", previous, svc.images, f"{reason}; rollback: etag conflicts")
+        return Outcome(svc.name, "rollback-failed", previous.images, svc.images, f"{reason}; rollback: etag conflicts")
     restored, verdict = _wait_settled(fleet, restored, time.monotonic() + timeout_s)
     if verdict.state != "ready":
         log.error("service.rollback_failed", service=svc.name, reason=verdict.reason, failed_reason=reason)
-        return Outcome(svc.name, "rollback-failed", previous, restored.images, f"{reason}; rollback: {verdict.reason}")
+        return Outcome(svc.name, "rollback-failed", previous.images, restored.images,
+                       f"{reason}; rollback: {verdict.reason}")
     log.warning("service.rolled_back", service=svc.name, reason=reason, image=list(restored.images),
                 revision=restored.latest_ready_revision, rollout_id=rollout)
-    return Outcome(svc.name, "rolled-back", previous, restored.images, reason)
+    return Outcome(svc.name, "rolled-back", previous.images, restored.images, reason)

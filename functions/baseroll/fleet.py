@@ -66,11 +66,12 @@ class Fleet(Protocol):
     def get_service(self, name: str) -> ServiceView: ...
 
     def update_images(
-        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float
+        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float,
+        base_uris: Mapping[int, str] = {},
     ) -> ServiceView:
-        """Set container images (by index) and service annotations, based on `current` (its etag);
-        clear template.revision; wait for the operation; return the service as it then is.
-        Raises StaleService when the service changed since `current` was read."""
+        """Set container images and base_image_uris (by index) and service annotations, based on
+        `current` (its etag); clear template.revision; wait for the operation; return the service as
+        it then is. Raises StaleService when the service changed since `current` was read."""
         ...
 
 
@@ -137,15 +138,19 @@ class CloudRunFleet:
             raise FleetError(f"service {name} not found") from exc
 
     def update_images(
-        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float
+        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float,
+        base_uris: Mapping[int, str] = {},
     ) -> ServiceView:
         svc = self._get(current.name)
         if svc.etag != current.etag:
             raise StaleService(current.name)
-        for index, image in images.items():
+        for index in {*images, *base_uris}:
             if index >= len(svc.template.containers):
                 raise FleetError(f"{current.name} has no container #{index}")
+        for index, image in images.items():
             svc.template.containers[index].image = image
+        for index, uri in base_uris.items():
+            svc.template.containers[index].base_image_uri = uri
         # A named revision with a different config is refused (409): let Cloud Run name it.
         svc.template.revision = ""
         for key, value in annotations.items():

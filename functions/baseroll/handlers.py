@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import coordinator, events, log, messages, worker
+from . import builds, coordinator, events, log, messages, refs, requests, worker
 from .coordinator import Deps
 from .events import EventError, Ignored
 
@@ -63,3 +63,54 @@ def on_roll_result(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any
         return {"status": "logged"}
     coordinator.handle_step(deps(), msg, message.message_id or event_id)
     return {"status": "stepped"}
+
+
+def on_roll_request(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any]:
+    """`baseroll-requests` → roll (or dry-run) a base or app image, resume, abort, or sweep."""
+    try:
+        message = events.pubsub_message(data)
+        req = requests.parse_request(message)
+    except EventError as exc:
+        return _reject(event_id, "request", exc)
+    d = deps()
+    log.info("request.accepted", event_id=event_id, action=req.action, image=str(req.image) if req.image else None,
+             digest=req.digest, dry_run=req.dry_run, rollout_id=req.rollout_id, reason=req.reason)
+    if req.action == "roll":
+        scoped = requests.to_roll_request(req, message.message_id or event_id)
+        if scoped.roll.kind == "base" and d.config.track_for(scoped.roll.image) is None:
+            return _reject(event_id, "request", EventError(f"base: {scoped.roll.image} is not a configured base track"))
+        return coordinator.start(d, scoped.roll, scoped.filter)
+    if req.action in ("resume", "abort"):
+        assert req.rollout_id
+        return coordinator.control(d, req.action, req.rollout_id)
+    return coordinator.sweep(d, req.filter)
+
+
+def on_build_complete(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any]:
+    """`cloud-builds` → for a successful build: roll each tracked base it pushed, and redeploy the
+    services that run each app image it pushed (the multi-tenant case)."""
+    try:
+        build = builds.parse_build(events.pubsub_message(data))
+    except EventError as exc:
+        return _reject(event_id, "cloud-build", exc)
+    if not builds.is_success(build):
+        log.info("event.ignored", event_id=event_id, trigger="cloud-build", build_id=build.build_id,
+                 reason=f"build status {build.status}, not SUCCESS")
+        return {"status": "ignored", "reason": f"status {build.status}"}
+    d = deps()
+    started = []
+    for image in build.images:
+        ref = image.name_ref
+        if not refs.is_allowed(ref, d.config.allowed_registries):
+            log.warning("event.ignored", event_id=event_id, trigger="cloud-build", image=str(ref),
+                        reason=f"registry {ref.registry} is not allow-listed")
+            continue
+        kind = "base" if ref.tag and d.config.track_for(ref) is not None else "app"
+        roll = events.RollRequest(kind, ref, image.digest, "cloud-build", f"{build.build_id}:{ref}")
+        log.info("event.accepted", event_id=event_id, trigger="cloud-build", build_id=build.build_id,
+                 image=str(ref), digest=image.digest, kind=kind)
+        started.append(coordinator.start(d, roll))
+    if not build.images:
+        log.info("event.ignored", event_id=event_id, trigger="cloud-build", build_id=build.build_id,
+                 reason="the build pushed no image listed under images:")
+    return {"status": "done", "rollouts": started}

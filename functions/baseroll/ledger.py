@@ -12,6 +12,7 @@ PREFIX = "baseroll.dev/"
 ROLLOUT_ID = PREFIX + "rollout-id"
 BASE_DIGEST = PREFIX + "base-digest"
 PREVIOUS_IMAGES = PREFIX + "previous-images"
+PREVIOUS_BASE_URIS = PREFIX + "previous-base-image-uris"
 STATE = PREFIX + "state"  # rolled | rolled-back
 REASON = PREFIX + "reason"
 MAX_REASON = 500
@@ -22,14 +23,17 @@ def rollout_id(track_name: str, base_digest: str) -> str:
     return f"{track_name}-{base_digest.removeprefix('sha256:')[:12]}"
 
 
-def rolled(rollout: str, base_digest: str, previous: tuple[str, ...]) -> dict[str, str]:
-    return {
+def rolled(rollout: str, base_digest: str, previous: tuple[str, ...], previous_uris: tuple[str, ...] = ()) -> dict[str, str]:
+    out = {
         ROLLOUT_ID: rollout,
         BASE_DIGEST: base_digest,
         PREVIOUS_IMAGES: json.dumps(list(previous), separators=(",", ":")),
         STATE: "rolled",
         REASON: "",
     }
+    if any(previous_uris):
+        out[PREVIOUS_BASE_URIS] = json.dumps(list(previous_uris), separators=(",", ":"))
+    return out
 
 
 def rolled_back(rollout: str, base_digest: str, reason: str) -> dict[str, str]:

@@ -24,9 +24,11 @@ class Rollout:
     """What identifies a rollout in every message: its id, its track and the base digest it rolls to."""
 
     rollout_id: str
-    track: str  # base track name
-    track_image: str  # host/repo:tag
-    base_digest: str
+    track: str  # base track name, or "app" for a redeploy of a rebuilt app image
+    track_image: str  # host/repo:tag of the track (or app image) being followed
+    base_digest: str  # the digest rolled to
+    kind: str = "base"  # base | app
+    scope: Mapping[str, Any] = field(default_factory=dict)  # the request's service filter, as JSON
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Task:
     wave: int
     expected: tuple[str, ...]  # container images when planned
     targets: Mapping[str, str]  # container index (as string, JSON keys) -> image by digest
+    base_uris: Mapping[str, str] = field(default_factory=dict)  # container index -> base_image_uri by digest
 
     kind = "task"
 
@@ -105,7 +108,28 @@ def _rollout(doc: Any) -> Rollout:
     digest = _str(doc, "base_digest")
     if not refs.DIGEST.match(digest):
         raise EventError("rollout.base_digest: a sha256 digest")
-    return Rollout(_str(doc, "rollout_id", _ROLLOUT_ID), _str(doc, "track"), track_image, digest)
+    kind = doc.get("kind", "base")
+    if kind not in ("base", "app"):
+        raise EventError("rollout.kind: base or app")
+    scope = doc.get("scope") or {}
+    if not isinstance(scope, Mapping):
+        raise EventError("rollout.scope: an object")
+    return Rollout(_str(doc, "rollout_id", _ROLLOUT_ID), _str(doc, "track"), track_image, digest, kind, dict(scope))
+
+
+def _pinned_map(doc: Mapping[str, Any], key: str, *, required: bool) -> dict[str, str]:
+    value = doc.get(key) or {}
+    if not isinstance(value, Mapping) or (required and not value) or len(value) > 32:
+        raise EventError(f"{key}: an object of container index -> image by digest")
+    for index, image in value.items():
+        if not str(index).isdigit() or not isinstance(image, str):
+            raise EventError(f"{key}: container index -> image")
+        try:
+            if refs.parse(image).digest is None:
+                raise EventError(f"{key}.{index}: must be pinned by digest")
+        except refs.RefError as exc:
+            raise EventError(f"{key}.{index}: {exc}") from None
+    return dict(value)
 
 
 def decode(message: PubSubMessage) -> Task | Result | Step:
@@ -115,18 +139,14 @@ def decode(message: PubSubMessage) -> Task | Result | Step:
     kind = doc.get("kind")
     rollout = _rollout(doc.get("rollout"))
     if kind == "task":
-        targets = doc.get("targets")
-        if not isinstance(targets, Mapping) or not targets:
-            raise EventError("targets: a non-empty object")
-        for index, image in targets.items():
-            if not str(index).isdigit() or not isinstance(image, str):
-                raise EventError("targets: container index -> image")
-            try:
-                if refs.parse(image).digest is None:
-                    raise EventError(f"targets.{index}: must be pinned by digest")
-            except refs.RefError as exc:
-                raise EventError(f"targets.{index}: {exc}") from None
-        return Task(rollout, _str(doc, "service", _SERVICE), _int(doc, "wave"), _images(doc, "expected"), dict(targets))
+        targets = _pinned_map(doc, "targets", required=False)
+        base_uris = _pinned_map(doc, "base_uris", required=False)
+        if not targets and not base_uris:
+            raise EventError("targets: a task changes at least one container")
+        expected = _images(doc, "expected")
+        if any(int(i) >= len(expected) for i in [*targets, *base_uris]):
+            raise EventError("targets: container index beyond the expected images")
+        return Task(rollout, _str(doc, "service", _SERVICE), _int(doc, "wave"), expected, targets, base_uris)
     if kind == "result":
         reason = doc.get("reason", "")
         return Result(rollout, _str(doc, "service", _SERVICE), _int(doc, "wave"), _str(doc, "outcome"),

@@ -25,6 +25,9 @@ class RolloutRecord:
     rollout_id: str
     track: str
     base_digest: str
+    track_image: str = ""
+    kind: str = "base"
+    scope: dict[str, Any] = field(default_factory=dict)
     status: str = "running"  # running | halted | aborted | superseded | finished
     wave: int = 0
     seq: int = 0

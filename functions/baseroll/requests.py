@@ -170,7 +170,7 @@ def parse_document(doc: Any) -> Request:
     if action == "roll":
         return Request(**common, **_roll_fields(doc))
     if action == "sweep":
-        return Request(**common, filter=_filter(doc.get("filter")), dry_run=_bool(doc.get("dry_run"), "dry_run"))
+        return Request(**common, filter=parse_filter(doc.get("filter")), dry_run=_bool(doc.get("dry_run"), "dry_run"))
     return Request(**common, rollout_id=_rollout_id(doc.get("rollout_id")))
 
 
@@ -220,7 +220,7 @@ def _roll_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
         "kind": kind,
         "image": ImageRef(ref.registry, ref.repository, ref.tag, None),
         "digest": digest,
-        "filter": _filter(doc.get("filter")),
+        "filter": parse_filter(doc.get("filter")),
         "dry_run": _bool(doc.get("dry_run"), "dry_run"),
     }
 
@@ -270,7 +270,8 @@ def _rollout_id(value: Any) -> str:
     return value
 
 
-def _filter(value: Any) -> ServiceFilter:
+def parse_filter(value: Any) -> ServiceFilter:
+    """A filter object (as in a request, or carried in a rollout's messages) → ServiceFilter."""
     if value is None:
         return ServiceFilter()
     if not isinstance(value, dict):

@@ -26,8 +26,8 @@ def state_repository(cfg: Config) -> ImageRef:
 def build(cfg: Config) -> Deps:
     registry = RegistryClient(plain_http_hosts=cfg.plain_http_registries, allowed_hosts=cfg.allowed_registries)
 
-    def rebase(job: RebaseJob, new_base: ImageRef) -> ImageRef:
-        return rebaser.rebase_image(registry, job.app, job.old_base, new_base,
+    def rebase(job: RebaseJob, new_base: ImageRef, dry_run: bool = False) -> ImageRef:
+        return rebaser.rebase_image(registry, job.app, job.old_base, new_base, dry_run=dry_run,
                                     drift_policy=cfg.rollout.drift_policy).ref
 
     return Deps(

@@ -6,15 +6,14 @@ whose service already changed is a no-op; `deploy.apply` never updates a service
 from __future__ import annotations
 
 from . import bus as bus_mod, deploy, log, topics
-from .coordinator import Deps
+from .coordinator import Deps, current_digest
 from .messages import Result, Task
 from .records import TERMINAL
-from .refs import parse
 
 
 def roll_service(deps: Deps, task: Task) -> Result:
     ro = task.rollout
-    current = deps.registry.head_manifest(parse(ro.track_image))
+    current = current_digest(deps.registry, ro)
     if current != ro.base_digest:
         result = Result(ro, task.service, task.wave, "superseded", f"{ro.track_image} now points at {current}")
     else:
@@ -33,11 +32,11 @@ def roll_service(deps: Deps, task: Task) -> Result:
 def _apply(deps: Deps, task: Task) -> Result:
     ro = task.rollout
     svc = deps.fleet.get_service(task.service)
-    targets = {int(i): image for i, image in task.targets.items()}
-    for i, image in targets.items():
-        if i >= len(svc.images) or (svc.images[i] != image and svc.images[i] != task.expected[i]):
+    target = deploy.Target({int(i): v for i, v in task.targets.items()}, {int(i): v for i, v in task.base_uris.items()})
+    for i in target.images:
+        if i >= len(svc.images) or (svc.images[i] != target.images[i] and svc.images[i] != task.expected[i]):
             return Result(ro, task.service, task.wave, "skipped", "image changed since planning",
                           svc.images, svc.images)
-    outcome = deploy.apply(deps.fleet, svc, targets, rollout=ro.rollout_id, base_digest=ro.base_digest,
+    outcome = deploy.apply(deps.fleet, svc, target, rollout=ro.rollout_id, base_digest=ro.base_digest,
                            timeout_s=deps.config.rollout.ready_timeout_s)
     return Result(ro, task.service, task.wave, outcome.result, outcome.reason, outcome.before, outcome.after)

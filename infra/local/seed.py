@@ -22,6 +22,7 @@ PROJECTS = ("tenants-prod-a", "tenants-prod-b")
 REGIONS = ("us-central1", "europe-west1")
 OPT_OUT_LABEL = "baseroll-opt-out"
 COHORT_LABEL = "baseroll-cohort"
+APP_TAG_LABEL = "baseroll-app-tag"  # the app tag a digest-pinned tenant was deployed from
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int 
         # Every seventh service runs a tag, as teams that deploy `:v1` do.
         image = str(pinned.with_tag("v1")) if i % 7 == 3 else str(pinned)
         opted_out = base == "python" and i % 5 == 0
-        labels = {"tenant": f"t{i:03d}"}
+        labels = {"tenant": f"t{i:03d}", APP_TAG_LABEL: "v1"}
         if opted_out:
             labels[OPT_OUT_LABEL] = "true"
         if i < canaries:

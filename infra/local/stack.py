@@ -42,6 +42,8 @@ TRIGGERS = {
     "on_artifact_push": topics.ARTIFACT_PUSHES,
     "roll_service": topics.TASKS,
     "on_roll_result": topics.RESULTS,
+    "on_roll_request": topics.REQUESTS,
+    "on_build_complete": topics.BUILDS,
 }
 
 
@@ -50,15 +52,18 @@ class LocalStack:
                  ready_timeout_s: float = 30.0, concurrency: int = 8, workdir: Path | None = None,
                  rollout: dict | None = None, write_quota_per_min: int | None = None,
                  pubsub_faults: dict | None = None, projects: tuple[str, ...] = PROJECTS,
-                 regions: tuple[str, ...] = REGIONS) -> None:
+                 regions: tuple[str, ...] = REGIONS, cloudrun_workers: int = 8, push_concurrency: int = 24,
+                 function_threads: int = 32) -> None:
         self.projects, self.regions = projects, regions
+        self.cloudrun_workers = cloudrun_workers  # the stand-in's deploy workers (each holds a deploy for its latency)
+        self.function_threads = function_threads  # functions-framework (gunicorn gthread) threads per function
         self.targets = tuple(targets)
         self.rollout_overrides = rollout or {}
         self.write_quota_per_min = write_quota_per_min
         self.pubsub_faults = pubsub_faults or {}
         # Eventarc retries for days with up to 600 s between attempts; scaled down, but long enough
         # to outlast a crashed coordinator step's lease.
-        self.pubsub = PubSubStandin(min_backoff_s=0.2, max_backoff_s=5.0, push_concurrency=24,
+        self.pubsub = PubSubStandin(min_backoff_s=0.2, max_backoff_s=5.0, push_concurrency=push_concurrency,
                                     push_timeout_s=120, max_delivery_attempts=100)
         self._saved_emulator_env: str | None = None
         self.publisher: pubsub_v1.PublisherClient | None = None
@@ -109,7 +114,8 @@ class LocalStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.registry.start()
         self.cloudrun = CloudRunStandin(registry_host=self.registry.host, deploy_latency_s=self.deploy_latency_s,
-                                        write_quota_per_min=self.write_quota_per_min, workers=8)
+                                        write_quota_per_min=self.write_quota_per_min,
+                                        workers=self.cloudrun_workers)
         self.cloudrun.start()
         self.pubsub.start()
         # The unmodified Pub/Sub clients here and in every function process reach the stand-in.
@@ -147,7 +153,8 @@ class LocalStack:
 
     def start_function(self, target: str) -> None:
         port = free_port()
-        env = {**os.environ, "BASEROLL_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1", "THREADS": "32"}
+        env = {**os.environ, "BASEROLL_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1",
+               "THREADS": str(self.function_threads)}
         env.pop("BASEROLL_CONFIG_YAML", None)
         binary = shutil.which("functions-framework", path=str(Path(sys.executable).parent)) or "functions-framework"
         log = open(self.function_log(target), "ab")

@@ -60,6 +60,7 @@ def test_plan_dedups_rebases_and_explains_skips():
     by = {p.service.short_name: p for p in plan.services}
     assert [p.service.short_name for p in plan.to_roll] == ["s1", "s2"]
     assert len(plan.jobs) == 1 and plan.jobs[0].old_base == ImageRef(H, "bases/python", None, V1.digest)
+    assert by["s1"].containers[0].strategy == "rebase" and by["s1"].containers[0].job == plan.jobs[0]
     assert "opted out" in by["s3"].reason
     assert "not allow-listed" in by["s4"].reason
     assert "s5" in by and by["s5"].action == "skip"
