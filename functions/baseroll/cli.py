@@ -90,6 +90,9 @@ def emit_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, json_output: bool) -> None:
     """Roll Cloud Run fleets onto new base image digests."""
+    from . import log
+
+    log.to_stderr()  # stdout is for tables and --json; the decision log goes to stderr
     ctx.obj = CliState(config_path=config_path, json_output=json_output)
 
 
@@ -225,3 +228,232 @@ def _close(client: Any) -> None:
 
 if __name__ == "__main__":  # python -m baseroll.cli
     main()
+
+
+# --------------------------------------------------------------------------------------------- operator commands
+# plan, roll and status run the same pipeline as the functions, in-process, with the configured
+# clients (Cloud Run, the registry, Pub/Sub); roll hands the rollout to the deployed coordinator.
+
+EXIT_HALTED = 4  # roll: the rollout halted, was aborted or superseded
+EXIT_FAILED = 1
+
+
+def _deps(state: CliState, projects: tuple[str, ...], regions: tuple[str, ...]) -> Any:
+    import dataclasses
+
+    from . import runtime
+
+    cfg = state.config()
+    if projects:
+        cfg = dataclasses.replace(cfg, projects=projects)
+    if regions:
+        cfg = dataclasses.replace(cfg, regions=regions)
+    return runtime.build(cfg)
+
+
+def _roll_request(cfg: configuration.Config, base: str | None, app: str | None, digest: str | None,
+                  dry_run: bool) -> Any:
+    from . import refs
+    from .events import RollRequest
+
+    if bool(base) == bool(app):
+        fail(EXIT_INVALID, "give exactly one of --base or --app")
+    try:
+        ref = refs.parse(base or app or "")
+    except refs.RefError as exc:
+        fail(EXIT_INVALID, str(exc))
+    image = refs.ImageRef(ref.registry, ref.repository, ref.tag)
+    if base and cfg.track_for(image) is None:
+        fail(EXIT_INVALID, f"--base: {base} is not a configured base track (host/repo:tag)")
+    if app and not (digest or ref.digest):
+        fail(EXIT_INVALID, "--app: needs a digest (in the reference or --digest)")
+    return RollRequest("app" if app else "base", image, digest or ref.digest, "cli", "cli", dry_run)
+
+
+location_options = [
+    click.option("--project", "projects", multiple=True, help="Override the configured projects."),
+    click.option("--region", "regions", multiple=True, help="Override the configured regions."),
+]
+
+
+def with_locations(fn: Any) -> Any:
+    for option in reversed(location_options):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.option("--base", metavar="REF", help="A configured base track, host/repo:tag.")
+@click.option("--app", metavar="REF", help="An app image to redeploy, host/repo[:tag]@sha256:...")
+@click.option("--digest", help="The digest to roll to (default: what the tag points at now).")
+@with_locations
+@click.pass_obj
+def plan(state: CliState, base: str | None, app: str | None, digest: str | None,
+         projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
+    """Show what a rollout would do, changing nothing (a dry run of the whole pipeline)."""
+    from . import coordinator
+
+    deps = _deps(state, projects, regions)
+    report = coordinator.start(deps, _roll_request(deps.config, base, app, digest, dry_run=True))
+    if state.json_output:
+        emit_json(report)
+        return
+    rows = [(r["service"].split("/services/")[-1], "/".join(r["service"].split("/")[1:4:2]), r["action"],
+             r.get("strategy", ""), r.get("wave", ""), _short(next(iter((r.get("targets") or r.get("base_uris") or {}).values()), "")),
+             r["reason"]) for r in report["services"]]
+    emit_table(f"plan {report['rollout_id']} -> {report['target']}",
+               ("service", "project/region", "action", "strategy", "wave", "target", "reason"), rows)
+    click.echo(f"{report['to_roll']} to roll in {len(report['waves'])} waves, {report['skipped']} skipped")
+
+
+def _short(image: str) -> str:
+    name, _, digest = image.partition("@")
+    return f"{name.rsplit('/', 1)[-1]}@{digest[7:19]}" if digest else name
+
+
+@main.command()
+@click.option("--base", metavar="REF", help="A configured base track, host/repo:tag.")
+@click.option("--app", metavar="REF", help="An app image to redeploy, host/repo[:tag]@sha256:...")
+@click.option("--digest", help="The digest to roll to (default: what the tag points at now).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the rollout until it ends.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True)
+@with_locations
+@click.pass_obj
+def roll(state: CliState, base: str | None, app: str | None, digest: str | None, wait: bool, timeout: float,
+         projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
+    """Start a rollout (planned here, executed by the deployed coordinator and workers) and follow it."""
+    import time
+
+    from rich.progress import Progress
+
+    from . import coordinator
+    from .records import TERMINAL
+
+    deps = _deps(state, projects, regions)
+    started = coordinator.start(deps, _roll_request(deps.config, base, app, digest, dry_run=False))
+    rollout_id, total = started["rollout_id"], max(1, started["to_roll"])
+    if not wait or started.get("status") == "nothing-to-do":
+        emit_json(started) if state.json_output else click.echo(f"{rollout_id}: {started.get('status')}")
+        return
+    deadline = time.monotonic() + timeout
+    record = None
+    with Progress(disable=state.json_output) as progress:
+        bar = progress.add_task(rollout_id, total=total)
+        while time.monotonic() < deadline:
+            record = deps.records.get(rollout_id)
+            if record is not None:
+                done = sum(w.get("done", 0) + w.get("failed", 0) + w.get("skipped", 0) for w in record.waves)
+                progress.update(bar, completed=done, description=f"{rollout_id} wave {record.wave} {record.status}")
+                if record.status in TERMINAL:
+                    break
+            time.sleep(2.0)
+    if record is None or record.status not in TERMINAL:
+        fail(EXIT_FAILED, f"{rollout_id}: not finished within {timeout:.0f}s (still {record.status if record else 'unknown'})")
+    if state.json_output:
+        emit_json(record.__dict__)
+    else:
+        click.echo(f"{rollout_id}: {record.status} {record.reason}".rstrip())
+    if record.status != "finished":
+        raise click.exceptions.Exit(EXIT_HALTED)
+
+
+@main.command()
+@click.option("--base", "track_names", multiple=True, metavar="TRACK", help="Only these base tracks (by name).")
+@click.option("--services", "show_services", is_flag=True, help="List every service, not only the counts.")
+@with_locations
+@click.pass_obj
+def status(state: CliState, track_names: tuple[str, ...], show_services: bool,
+           projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
+    """Per base track and base digest: how many services are on it, in flight, failed, opted out."""
+    from . import plan as planning, rollout
+    from . import status as status_mod
+    from .catalog import Catalog
+
+    deps = _deps(state, projects, regions)
+    cfg = deps.config
+    unknown = set(track_names) - {t.name for t in cfg.base_tracks}
+    if unknown:
+        fail(EXIT_INVALID, f"--base: unknown track(s) {', '.join(sorted(unknown))}")
+    services = rollout.discover(deps.fleet, cfg, quiet=True)
+    catalog = Catalog(deps.registry)
+    facts = catalog.facts_many(planning.images_to_inspect(services, cfg.labels, cfg.allowed_registries,
+                                                          include_opted_out=True))
+    out = []
+    for track in cfg.base_tracks:
+        if track_names and track.name not in track_names:
+            continue
+        current = catalog.version(track.image)
+        st = status_mod.summarize(track.name, track.image, current, catalog.base_versions(track.image),
+                                  services, facts, cfg.labels)
+        out.append(st)
+    if state.json_output:
+        emit_json([{"track": s.track, "current_digest": s.current_digest, "on_digest": dict(s.on_digest),
+                    "on_current": s.on_current, "outdated": s.outdated, "in_flight": s.in_flight,
+                    "failed": s.failed, "opted_out": s.opted_out,
+                    **({"services": s.services} if show_services else {})} for s in out])
+        return
+    rows = [(s.track, d[:19] + (" (current)" if d == s.current_digest else ""), n, "", "", "")
+            for s in out for d, n in sorted(s.on_digest.items(), key=lambda kv: -kv[1])]
+    rows += [(s.track, "total", sum(s.on_digest.values()), s.in_flight, s.failed, s.opted_out) for s in out]
+    emit_table("fleet status", ("track", "base digest", "services", "in flight", "failed", "opted out"), rows)
+    if show_services:
+        emit_table("services", ("service", "base digest", "state", "rollout", "reason"),
+                   [(r["service"], r["base_digest"][:19], r["state"], r.get("rollout_id"), r.get("reason"))
+                    for s in out for r in s.services])
+
+
+@main.command()
+@click.argument("app")
+@click.option("--old-base", required=True, metavar="REF", help="The base the app was built on (tag or digest).")
+@click.option("--new-base", required=True, metavar="REF", help="The base to move it onto (tag or digest).")
+@click.option("--tag", help="Also tag the result in the app's repository.")
+@click.option("--platform", help="Rebase only this platform (os/arch[/variant]) of a multi-platform app.")
+@click.option("--drift-policy", type=click.Choice(configuration.DRIFT_POLICIES), default="apply-or-refuse",
+              show_default=True, help="When the new base changed Env/Entrypoint/Cmd/User/WorkingDir/ExposedPorts.")
+@click.option("--plain-http", "plain_http", multiple=True, metavar="HOST[:PORT]",
+              help="Registries to reach over plain HTTP (local registries only).")
+@click.option("--dry-run", is_flag=True, help="Compute the result and its digest; push nothing.")
+@click.pass_obj
+def rebase(state: CliState, app: str, old_base: str, new_base: str, tag: str | None, platform: str | None,
+           drift_policy: str, plain_http: tuple[str, ...], dry_run: bool) -> None:
+    """Rebase APP from --old-base onto --new-base in the registry (like `crane rebase`, but
+    multi-platform, drift-aware, verified, and moving no layer: only manifests and configs)."""
+    from . import rebaser, refs
+    from .oci import OCIError
+    from .rebase import RebaseError
+    from .registry import RegistryClient, RegistryError
+
+    try:
+        app_ref, old_ref, new_ref = refs.parse(app), refs.parse(old_base), refs.parse(new_base)
+    except refs.RefError as exc:
+        fail(EXIT_INVALID, str(exc))
+    hosts = {app_ref.registry, old_ref.registry, new_ref.registry}
+    client = RegistryClient(plain_http_hosts=plain_http, allowed_hosts=hosts)
+    target = refs.ImageRef(app_ref.registry, app_ref.repository, tag) if tag else None
+    try:
+        result = rebaser.rebase_image(client, app_ref, old_ref, new_ref, target=target, platform=platform,
+                                      dry_run=dry_run, drift_policy=drift_policy)
+    except (RebaseError, OCIError, ValueError) as exc:
+        fail(EXIT_INVALID, f"refused: {exc}")
+    except RegistryError as exc:
+        fail(EXIT_FAILED, f"registry: {exc}")
+    stats = client.stats
+    payload = {"image": str(result.ref), "digest": result.digest, "platforms": list(result.platforms),
+               "pushed": result.pushed, "mounted_layers": result.mounted_layers, "warnings": list(result.warnings),
+               "bytes_downloaded": stats.bytes_downloaded, "bytes_uploaded": stats.bytes_uploaded, "dry_run": dry_run}
+    if state.json_output:
+        emit_json(payload)
+    else:
+        click.echo(str(result.ref))
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
+
+
+@main.command()
+def demo() -> None:
+    """Run the local demo (needs a checkout: it starts the local stack from infra/local)."""
+    try:
+        from infra.local import demo as demo_mod  # type: ignore[import-not-found]
+    except ImportError:
+        fail(EXIT_INVALID, "the demo runs from a baseroll checkout: `make demo`")
+    raise click.exceptions.Exit(demo_mod.main([]))

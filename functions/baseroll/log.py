@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 _lock = threading.Lock()
+_use_stderr = False  # stdout is what Cloud Logging reads from a function; the CLI logs to stderr
 # Never let a credential reach a log line, whatever a caller passes in.
 _SECRET_KEYS = re.compile(r"(authorization|token|password|secret|credential)", re.I)
 _BEARER = re.compile(r"(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.I)
@@ -34,10 +35,16 @@ def emit(event: str, severity: str = "INFO", *, stream: TextIO | None = None, **
     record.update(_scrub({k: v for k, v in fields.items() if v is not None}))
     line = json.dumps(record, default=str, separators=(",", ":"))
     with _lock:
-        out = stream or sys.stdout
+        out = stream or (sys.stderr if _use_stderr else sys.stdout)
         out.write(line + "\n")
         out.flush()
     return record
+
+
+def to_stderr(enabled: bool = True) -> None:
+    """Send log lines to stderr (the CLI keeps stdout for its tables and --json)."""
+    global _use_stderr
+    _use_stderr = enabled
 
 
 def info(event: str, **fields: Any) -> dict[str, Any]:

@@ -70,11 +70,11 @@ def opted_out(svc: ServiceView, labels: Labels) -> bool:
 
 
 def images_to_inspect(services: Sequence[ServiceView], labels: Labels, allowed: frozenset[str],
-                      scope: Scope = everything) -> set[str]:
+                      scope: Scope = everything, *, include_opted_out: bool = False) -> set[str]:
     """The distinct container images worth reading from the registry (opted-out, out-of-scope and foreign ones are not)."""
     wanted: set[str] = set()
     for svc in services:
-        if opted_out(svc, labels) or not scope(svc.name, svc.labels):
+        if (opted_out(svc, labels) and not include_opted_out) or not scope(svc.name, svc.labels):
             continue
         for index, image in enumerate(svc.images):
             if index < len(svc.base_image_uris) and svc.base_image_uris[index]:
