@@ -5,12 +5,14 @@ image is matched through its linux/amd64 child while the service keeps the index
 """
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
 from . import log, refs
-from .match import BaseVersion, ImageFacts
+from .match import ANN_BASE_DIGEST, ANN_BASE_NAME, BaseVersion, ImageFacts
+from .oci import MAX_CONFIG_BYTES
 from .refs import ImageRef
 from .registry import RegistryClient, RegistryError
 
@@ -41,14 +43,15 @@ class Catalog:
             return digest, cached[0], cached[1]
         manifest = self._client.get_manifest(ref.with_digest(digest))
         annotations = dict(manifest.data.get("annotations") or {})
+        image = manifest
         if manifest.is_index:
-            child = _platform_child(manifest.data, ref)
-            child_manifest = self._client.get_manifest(ref.with_digest(child))
+            image = self._client.get_manifest(ref.with_digest(_platform_child(manifest.data, ref)))
             # Base annotations may sit on the index, the child or both; the index wins.
-            annotations = {**dict(child_manifest.data.get("annotations") or {}), **annotations}
-            layers = tuple(layer["digest"] for layer in child_manifest.data.get("layers", []))
-        else:
-            layers = tuple(layer["digest"] for layer in manifest.data.get("layers", []))
+            annotations = {**dict(image.data.get("annotations") or {}), **annotations}
+        layers = tuple(layer["digest"] for layer in image.data.get("layers", []))
+        if ANN_BASE_NAME not in annotations:
+            # `docker build --label` (e.g. infra/cloudbuild/app.Dockerfile) puts them in the config instead.
+            annotations = {**_config_labels(self._client, ref, image.data), **annotations}
         with self._lock:
             self._by_digest[digest] = (layers, annotations)
         return digest, layers, annotations
@@ -65,7 +68,7 @@ class Catalog:
         def one(image: str) -> ImageFacts | str:
             try:
                 return self.facts(image)
-            except (RegistryError, refs.RefError, KeyError, TypeError) as exc:
+            except (RegistryError, refs.RefError, KeyError, TypeError, ValueError) as exc:
                 log.warning("image.unreadable", image=image, reason=str(exc))
                 return str(exc)
 
@@ -101,6 +104,15 @@ class Catalog:
             found = [v for v in pool.map(one, wanted) if v is not None]
         unique = {v.digest: v for v in found}
         return list(unique.values())
+
+
+def _config_labels(client: RegistryClient, ref: ImageRef, manifest: dict) -> dict[str, str]:
+    digest = (manifest.get("config") or {}).get("digest")
+    if not digest:
+        return {}
+    config = json.loads(client.get_blob(ref, digest, max_bytes=MAX_CONFIG_BYTES))
+    labels = ((config.get("config") or {}).get("Labels") or {}) if isinstance(config, dict) else {}
+    return {k: v for k, v in labels.items() if k in (ANN_BASE_NAME, ANN_BASE_DIGEST) and isinstance(v, str)}
 
 
 def _platform_child(index: dict, ref: ImageRef) -> str:
