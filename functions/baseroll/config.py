@@ -127,6 +127,7 @@ def parse(doc: Any) -> Config:
     """Validate a parsed YAML document into a Config; raise ConfigError naming the bad field."""
     if not isinstance(doc, Mapping):
         raise ConfigError("config must be a mapping")
+    _known(doc, "", TOP_LEVEL_KEYS)
     projects = _list(doc, "projects")
     for p in projects:
         if not isinstance(p, str) or not _PROJECT.match(p):
@@ -161,6 +162,7 @@ def parse(doc: Any) -> Config:
     label_doc = doc.get("labels") or {}
     if not isinstance(label_doc, Mapping):
         raise ConfigError("labels: must be a mapping")
+    _known(label_doc, "labels.", ("opt_out", "cohort", "app_tag"))
     labels = Labels(**{k: label_doc[k] for k in ("opt_out", "cohort", "app_tag") if k in label_doc})
     for key in (labels.opt_out, labels.cohort, labels.app_tag):
         if not isinstance(key, str) or not _LABEL_KEY.match(key):
@@ -168,6 +170,7 @@ def parse(doc: Any) -> Config:
     ro = doc.get("rollout") or {}
     if not isinstance(ro, Mapping):
         raise ConfigError("rollout: must be a mapping")
+    _known(ro, "rollout.", ROLLOUT_KEYS)
     drift = ro.get("drift_policy", "apply-or-refuse")
     if drift not in DRIFT_POLICIES:
         raise ConfigError(f"rollout.drift_policy: one of {DRIFT_POLICIES}, got {drift!r}")
@@ -210,6 +213,18 @@ def parse(doc: Any) -> Config:
         pubsub_project=pubsub_project,
         state_repository=state_ref,
     )
+
+
+TOP_LEVEL_KEYS = ("projects", "regions", "allowed_registries", "plain_http_registries", "base_tracks", "labels",
+                  "rollout", "cloud_run_endpoint", "pubsub_project", "state_repository")
+ROLLOUT_KEYS = ("ready_timeout_s", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min",
+                "region_quota", "invocation_budget_s", "poll_interval_s")
+
+
+def _known(doc: Mapping[str, Any], prefix: str, keys: tuple[str, ...]) -> None:
+    unknown = sorted(set(doc) - set(keys))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown setting (known: {', '.join(keys)})")
 
 
 def _waves(value: Any) -> tuple[float, ...]:

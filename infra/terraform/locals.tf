@@ -64,7 +64,7 @@ locals {
     labels = {
       opt_out = var.opt_out_label
       cohort  = var.canary_label
-      base    = var.base_label
+      app_tag = var.app_tag_label
     }
     rollout = {
       ready_timeout_s     = var.ready_timeout_seconds

@@ -112,10 +112,10 @@ variable "canary_label" {
   default     = "baseroll-cohort"
 }
 
-variable "base_label" {
-  description = "Service label key naming the base track explicitly, for images without base annotations."
+variable "app_tag_label" {
+  description = "Service label key naming the app tag a digest-pinned service was deployed from (multi-tenant redeploys)."
   type        = string
-  default     = "baseroll-base"
+  default     = "baseroll-app-tag"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -50,3 +50,24 @@ def test_environment_overrides(tmp_path):
         config.load({})
     with pytest.raises(ConfigError, match="cannot read"):
         config.load({"BASEROLL_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+@pytest.mark.parametrize("patch, needle", [
+    ({"regoins": ["us-central1"]}, "regoins: unknown setting"),
+    ({"labels": {"base": "x"}}, "labels.base: unknown setting"),
+    ({"rollout": {"wave": [1.0]}}, "rollout.wave: unknown setting"),
+    ({"rollout": {"waves": [0.5, 0.2, 1.0]}}, "strictly increasing"),
+    ({"rollout": {"waves": [0.5]}}, "end at 1.0"),
+    ({"rollout": {"failure_budget": "101%"}}, "failure_budget"),
+    ({"rollout": {"region_quota": {"moon": 5}}}, "region_quota"),
+])
+def test_unknown_and_bad_rollout_settings(patch, needle):
+    with pytest.raises(ConfigError, match=needle):
+        config.parse({**GOOD, **patch})
+
+
+def test_failure_budget_count_and_percentage():
+    assert config.parse({**GOOD, "rollout": {"failure_budget": 2}}).rollout.failure_budget.exceeded(3, 100)
+    assert not config.parse({**GOOD, "rollout": {"failure_budget": 2}}).rollout.failure_budget.exceeded(2, 100)
+    pct = config.parse({**GOOD, "rollout": {"failure_budget": "5%"}}).rollout.failure_budget
+    assert not pct.exceeded(5, 100) and pct.exceeded(6, 100)
