@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 from .procs import LOOPBACK, free_port, stop, wait_http
 

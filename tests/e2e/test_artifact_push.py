@@ -7,7 +7,6 @@ import json
 import httpx
 import pytest
 
-from baseroll import ledger
 from infra.local import eventarc, scenario
 from infra.local.stack import LocalStack
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any
 
 import pytest
@@ -327,13 +326,11 @@ _inputs = st.one_of(
     st.binary(max_size=64),
     st.text(max_size=64).map(str.encode),
 )
-_started: list[float] = []
 
 
 @settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=_inputs, attributes=_attributes)
 def test_parse_request_raises_only_event_error(data: bytes, attributes: dict[str, str]) -> None:
-    _started.append(time.monotonic())
     try:
         req = requests.parse_request(requests.message(data, attributes))
     except EventError as exc:
@@ -341,14 +338,6 @@ def test_parse_request_raises_only_event_error(data: bytes, attributes: dict[str
         return
     # Whatever is accepted survives the canonical round trip.
     assert requests.parse_request(requests.message(requests.to_message(req))) == req
-
-
-def test_property_test_ran_enough_examples_quickly() -> None:
-    # Runs after the property test in file order; guards against a silently shrunk run.
-    if not _started:
-        pytest.skip("property test not run in this session")
-    assert len(_started) >= 2000
-    assert _started[-1] - _started[0] < 20.0
 
 
 # ------------------------------------------------------------------------------------------ the documentation

@@ -1,0 +1,56 @@
+from baseroll import ledger, pacing, waves
+from baseroll.fleet import ServiceView
+
+
+def svc(i: int, *, canary: bool = False, **ann) -> ServiceView:
+    labels = {"baseroll-cohort": "canary"} if canary else {}
+    return ServiceView(name=f"projects/p-aaaaa/locations/r-east{i % 3}/services/s{i}", images=("x",),
+                       labels=labels, annotations=ann, generation=2, observed_generation=2,
+                       latest_created_revision="r2", latest_ready_revision="r2", terminal_state="CONDITION_SUCCEEDED")
+
+
+def test_canaries_first_then_cumulative_fractions():
+    members = [svc(i, canary=i < 3) for i in range(103)]
+    ws = waves.assign(members, (0.01, 0.1, 0.5, 1.0), cohort_label="baseroll-cohort")
+    assert set(ws[0]) == {m.name for m in members[:3]}
+    assert [len(w) for w in ws] == [3, 1, 9, 40, 50]
+    assert sorted(n for w in ws for n in w) == sorted(m.name for m in members)
+
+
+def test_wave_membership_is_stable_under_replanning():
+    members = [svc(i) for i in range(50)]
+    a = waves.assign(members, (0.1, 1.0), cohort_label="c")
+    b = waves.assign(list(reversed(members)), (0.1, 1.0), cohort_label="c")
+    assert a == b
+
+
+def test_tiny_fleets_get_no_empty_waves():
+    assert waves.assign([svc(1)], (0.01, 0.1, 1.0), cohort_label="c") == [[svc(1).name]]
+    assert waves.assign([], (0.5, 1.0), cohort_label="c") == []
+
+
+def test_status_reads_the_ledger():
+    r = "py-abc"
+    done = svc(1, **{ledger.ROLLOUT_ID: r, ledger.STATE: "rolled"})
+    back = svc(2, **{ledger.ROLLOUT_ID: r, ledger.STATE: "rolled-back"})
+    pending = svc(3)
+    moved = svc(4)  # no longer outdated, never touched by this rollout: someone else changed it
+    failed_rev = ServiceView(**{**done.__dict__, "name": done.name + "x", "latest_ready_revision": "r1",
+                                "terminal_state": "CONDITION_FAILED"})
+    fleet = {s.name: s for s in (done, back, pending, moved, failed_rev)}
+    st = waves.status(list(fleet) + ["gone"], fleet, r, still_outdated={pending.name}, deadline_passed=False)
+    assert (st.done, st.failed, st.pending) == ([done.name], [back.name, failed_rev.name], [pending.name])
+    assert set(st.skipped) == {moved.name, "gone"} and not st.settled
+    late = waves.status([pending.name], fleet, r, still_outdated={pending.name}, deadline_passed=True)
+    assert late.failed == [pending.name] and late.settled
+
+
+def test_schedule_paces_each_location_at_its_quota():
+    names = [f"projects/p/locations/{r}/services/s{i}" for i in range(10) for r in ("a", "b")]
+    timed = pacing.schedule(names, lambda n: n.split("/")[3], lambda loc: 60 if loc == "a" else 120,
+                            start=100.0, burst=2)
+    a = [t for t, n in timed if "/a/" in n]
+    b = [t for t, n in timed if "/b/" in n]
+    assert a[:2] == [100.0, 100.0] and a[2] == 101.0 and a[-1] == 108.0  # 1 per second after the burst
+    assert b[-1] == 104.0  # twice the quota, half the time: locations proceed in parallel
+    assert [t for t, _ in timed] == sorted(t for t, _ in timed)
