@@ -111,7 +111,7 @@ def _base_uri_change(uri: str, base_repo: ImageRef, new_base: ImageRef) -> Chang
         return f"base_image_uri {uri} follows a tag: Cloud Run's automatic base image updates manage it"
     if ref.digest == new_base.digest:
         return "current"
-    return Change("base-uri", target=new_base.with_tag(None))
+    return Change("base-uri", target=new_base.pinned())
 
 
 def make_plan(
@@ -218,7 +218,7 @@ def make_app_plan(
             if ref.digest == new_image.digest:
                 current = True
             else:
-                containers[index] = Change("redeploy", target=new_image.with_tag(None))
+                containers[index] = Change("redeploy", target=new_image.pinned())
         if containers:
             plans.append(ServicePlan(svc, "roll", f"runs {app}", containers))
         elif current:

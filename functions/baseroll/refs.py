@@ -49,6 +49,12 @@ class ImageRef:
             raise RefError(f"not a sha256 digest: {digest!r}")
         return ImageRef(self.registry, self.repository, None, digest)
 
+    def pinned(self) -> "ImageRef":
+        """Exactly this digest, without the tag (what gets deployed)."""
+        if not self.digest:
+            raise RefError(f"{self} is not pinned by a digest")
+        return ImageRef(self.registry, self.repository, None, self.digest)
+
     def with_tag(self, tag: str | None) -> "ImageRef":
         return ImageRef(self.registry, self.repository, tag, None)
 

@@ -76,3 +76,44 @@ def test_plan_never_retries_a_rolled_back_target():
                      services=[rolled_back], facts={a: app([d("a"), d("b"), d("e")])}, labels=Labels(),
                      allowed=frozenset({H}))
     assert plan.to_roll == [] and "rolled back" in plan.services[0].reason
+
+
+def test_base_image_uri_pins_move_and_tags_are_left_to_cloud_run():
+    old_pin = ServiceView(name="projects/p-aaaaa/locations/us-central1/services/pinned", images=(f"{H}/apps/x:1",),
+                          base_image_uris=(f"{H}/bases/python@{V1.digest}",))
+    on_tag = ServiceView(name="projects/p-aaaaa/locations/us-central1/services/tagged", images=(f"{H}/apps/x:1",),
+                         base_image_uris=(f"{H}/bases/python:3.12",))
+    current = ServiceView(name="projects/p-aaaaa/locations/us-central1/services/current", images=(f"{H}/apps/x:1",),
+                          base_image_uris=(f"{H}/bases/python@{V2.digest}",))
+    new_base = TRACK.with_digest(V2.digest)
+    plan = make_plan(track_image=TRACK, new_base=new_base, new_version=V2, known_versions=[V1],
+                     services=[old_pin, on_tag, current], facts={}, labels=Labels(), allowed=frozenset({H}))
+    by = {p.service.short_name: p for p in plan.services}
+    change = by["pinned"].containers[0]
+    assert by["pinned"].action == "roll" and change.strategy == "base-uri"
+    assert change.target == ImageRef(H, "bases/python", None, V2.digest) and plan.jobs == ()
+    assert by["tagged"].action == "skip" and "automatic base image updates" in by["tagged"].reason
+    assert by["current"].reason == "already on the new base"
+
+
+def test_app_plan_redeploys_services_that_follow_the_built_tag():
+    from baseroll.plan import make_app_plan
+
+    app = ImageRef(H, "apps/shop", "main")
+    new = app.with_digest(d("9"))
+    services = [
+        ServiceView(name="projects/p-aaaaa/locations/us-central1/services/by-tag", images=(f"{H}/apps/shop:main",)),
+        ServiceView(name="projects/p-aaaaa/locations/us-central1/services/by-digest", images=(f"{H}/apps/shop@{d('1')}",),
+                    labels={"baseroll-app-tag": "main"}),
+        ServiceView(name="projects/p-aaaaa/locations/us-central1/services/other-tag", images=(f"{H}/apps/shop:v2",)),
+        ServiceView(name="projects/p-aaaaa/locations/us-central1/services/done", images=(f"{H}/apps/shop@{d('9')}",),
+                    labels={"baseroll-app-tag": "main"}),
+        ServiceView(name="projects/p-aaaaa/locations/europe-west1/services/elsewhere", images=(f"{H}/apps/shop:main",)),
+    ]
+    in_us = lambda name, labels: "/us-central1/" in name  # noqa: E731 - a request filter
+    plan = make_app_plan(app=app, new_image=new, services=services, labels=Labels(), scope=in_us)
+    by = {p.service.short_name: p for p in plan.services}
+    assert {p.service.short_name for p in plan.to_roll} == {"by-tag", "by-digest"}
+    assert by["by-tag"].containers[0].target == ImageRef(H, "apps/shop", None, d("9"))
+    assert by["other-tag"].action == "skip" and by["done"].reason == "already on the new build"
+    assert by["elsewhere"].reason == "outside the request's filter"
