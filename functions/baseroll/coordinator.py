@@ -254,7 +254,7 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
         log.notice("rollout.superseded", rollout_id=ro.rollout_id, base_digest=ro.base_digest, now=current)
         _finish_step(deps, rec, step, None, status="superseded", reason=f"{track_image} moved to {current}")
         return
-    new_base = track_image.with_digest(ro.base_digest)
+    new_base = track_image.at(ro.base_digest)
     request = RollRequest(ro.kind, track_image, ro.base_digest, "step", delivery)  # type: ignore[arg-type]
     scope = parse_filter(dict(ro.scope)).matches
     catalog = Catalog(deps.registry)

@@ -49,6 +49,12 @@ class ImageRef:
             raise RefError(f"not a sha256 digest: {digest!r}")
         return ImageRef(self.registry, self.repository, None, digest)
 
+    def at(self, digest: str) -> "ImageRef":
+        """The tag's image at `digest`: tag kept for naming (e.g. OCI base annotations), digest for fetching."""
+        if not DIGEST.match(digest):
+            raise RefError(f"not a sha256 digest: {digest!r}")
+        return ImageRef(self.registry, self.repository, self.tag, digest)
+
     def pinned(self) -> "ImageRef":
         """Exactly this digest, without the tag (what gets deployed)."""
         if not self.digest:

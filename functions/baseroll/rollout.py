@@ -68,7 +68,7 @@ def resolve_new_ref(client: RegistryClient, request: RollRequest) -> ImageRef:
         raise RegistryError(f"{request.image} does not exist")
     if request.digest and request.digest != current:
         log.notice("target.superseded", image=str(request.image), event_digest=request.digest, current=current)
-    return request.image.with_digest(current)
+    return request.image.at(current)
 
 
 def rebase_jobs_for(jobs: Iterable[RebaseJob], new_base: ImageRef, rebase: Rebase, *,

@@ -7,6 +7,8 @@ import json
 import httpx
 import pytest
 
+from baseroll.match import ANN_BASE_DIGEST, ANN_BASE_NAME
+from baseroll.refs import parse
 from infra.local import eventarc, scenario
 from infra.local.stack import LocalStack
 
@@ -60,6 +62,9 @@ def test_base_push_rolls_eligible_services_and_rolls_back_a_failure(stack, fleet
             assert r.changed and "@sha256:" in r.image, f"{r.seeded.name} not rolled by digest: {r.image}"
             assert scenario.on_base(stack, r.image, new_base)
             assert r.state == "rolled" and delta == 1
+            annotations = stack.registry_client().get_manifest(parse(r.image)).data["annotations"]
+            assert annotations[ANN_BASE_NAME] == f"{stack.registry.host}/bases/python:3.12"  # fully qualified, tag form
+            assert annotations[ANN_BASE_DIGEST] == new_base.digest
         else:
             assert not r.changed and delta == 0, f"{r.seeded.name} should be untouched"
 
