@@ -1,0 +1,92 @@
+"""Operator control through roll requests on `baseroll-requests`: resume a halted rollout, abort a
+running one, and sweep up a base push whose event was lost."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from baseroll import requests
+from infra.local import scenario
+from infra.local.stack import LocalStack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack():
+    # Slow deploys and many small waves, so there is time to act between waves.
+    with LocalStack(deploy_latency_s=0.4, rollout={"waves": [0.25, 0.5, 0.75, 1.0], "failure_budget": 0}) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def fleet(stack):
+    return scenario.seed_fleet(stack, services=40)
+
+
+def request(stack, **fields) -> None:
+    data = requests.to_message(**fields)
+    stack.publish("baseroll-requests", data, schema=requests.SCHEMA, action=fields.get("action", "roll"))
+
+
+def updates(stack) -> dict[str, int]:
+    return {n: v["updates"] for n, v in stack.cloudrun.stats()["services"].items()}
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{what} within {timeout:.0f}s")
+
+
+def test_resume_a_halted_rollout(stack, fleet):
+    eligible = [s for s in fleet.services if s.eligible_for("python")]
+    canary = next(s for s in eligible if fleet.services.index(s) < 4)
+    stack.cloudrun.inject_fault({"service": canary.name, "reason": "HEALTH_CHECK_CONTAINER_ERROR", "times": 1})
+    new_base = scenario.push_new_base(stack, fleet, "python")
+    scenario.publish_push(stack, new_base, "3.12")
+    rid = scenario.rollout_id("python", new_base)
+    assert scenario.wait_rollout(stack, rid)["status"] == "halted"
+
+    request(stack, action="resume", rollout_id=rid)
+    record = scenario.wait_rollout(stack, rid, timeout=180)
+    assert record["status"] == "finished", record
+    final = {r.seeded.name: r for r in scenario.results(stack, fleet)}
+    for s in eligible:
+        if s.name == canary.name:
+            assert final[s.name].image == s.image and final[s.name].state == "rolled-back"
+        else:
+            assert scenario.on_base(stack, final[s.name].image, new_base)
+
+
+def test_abort_stops_a_running_rollout(stack, fleet):
+    eligible = [s for s in fleet.services if s.eligible_for("node")]
+    before = updates(stack)
+    new_base = scenario.push_new_base(stack, fleet, "node")
+    scenario.publish_push(stack, new_base, "22")
+    rid = scenario.rollout_id("node", new_base)
+    store = scenario.record_store(stack)
+    wait_for(lambda: (store.get(rid) is not None and store.get(rid).waves), 120, "the first wave settled")
+    request(stack, action="abort", rollout_id=rid)
+    record = scenario.wait_rollout(stack, rid, timeout=120)
+    assert record["status"] == "aborted"
+    stack.wait_idle(30)
+    changed = [s for s in eligible if updates(stack)[s.name] != before[s.name]]
+    assert 0 < len(changed) < len(eligible), "some waves rolled before the abort, the rest never started"
+    for r in scenario.results(stack, fleet):
+        if r.seeded in changed:
+            assert scenario.on_base(stack, r.image, new_base)  # rolled services stay rolled, nothing half-done
+
+
+def test_sweep_rolls_a_push_whose_event_was_lost(stack, fleet):
+    v = scenario.push_new_base(stack, fleet, "python")  # no event published: it was lost
+    request(stack, action="sweep")
+    record = scenario.wait_rollout(stack, scenario.rollout_id("python", v), timeout=180)
+    assert record["status"] == "finished"
+    for r in scenario.results(stack, fleet):
+        if r.seeded.eligible_for("python"):
+            assert scenario.on_base(stack, r.image, v) or r.state == "rolled-back"
