@@ -8,7 +8,8 @@ Re-running with the same inputs yields the same digest and costs a few HEADs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 from . import log, oci
 from .rebase import ImageParts, RebaseError, RebaseOutput, child_descriptor, rebase, rebuild_index
@@ -76,10 +77,11 @@ def rebase_image(
     """
     dest = target or ImageRef(app.registry, app.repository)
     want = oci.Platform.parse(platform) if platform else None
-    app_m = client.get_manifest(app)
+    # Independent reads go out together: a rebase is a handful of small round trips, so latency is its cost.
+    app_m, old_top, new_top = _parallel([lambda: client.get_manifest(app), lambda: client.get_manifest(old_base),
+                                         lambda: client.get_manifest(new_base)])
     app_pinned = app.with_digest(app_m.digest)
-    ctx = _Context(client, app_pinned, old_base, new_base, client.get_manifest(old_base),
-                   client.get_manifest(new_base), drift_policy)
+    ctx = _Context(client, app_pinned, old_base, new_base, old_top, new_top, drift_policy)
     warnings: list[str] = []
 
     if app_m.is_index:
@@ -150,6 +152,10 @@ def _rebase_index_children(ctx: _Context, index: Manifest, want: oci.Platform | 
 def _rebase_one(ctx: _Context, app_m: Manifest, want: oci.Platform | None) -> _Child:
     if app_m.is_index:
         raise RebaseError(f"{ctx.app}: expected a manifest, got an index")
+    if not ctx.old_top.is_index and not ctx.new_top.is_index:
+        # Single-platform bases need no platform choice first: fetch the three configs together.
+        _parallel([lambda: _config(ctx, ctx.app, app_m), lambda: _config(ctx, ctx.old_base, ctx.old_top),
+                   lambda: _config(ctx, ctx.new_base, ctx.new_top)])
     o_cfg = _config(ctx, ctx.app, app_m)
     plat = oci.config_platform(o_cfg)
     if plat is None:
@@ -206,18 +212,25 @@ def _push_blobs(ctx: _Context, dest: ImageRef, child: _Child) -> int:
     if (dest.registry, dest.repository) != (ctx.app.registry, ctx.app.repository):
         app_layers = oci.load_json(child.output.manifest, max_bytes=len(child.output.manifest), what="manifest")["layers"]
         sources += [(d["digest"], ctx.app) for d in app_layers[child.n_new_base_layers:]]
-    seen: set[str] = set()
-    for digest, source in sources:
-        if digest in seen:
-            continue
-        seen.add(digest)
+    unique = list(dict(sources).items())
+
+    def mount(digest: str, source: ImageRef) -> int:
         try:
-            outcome = client.mount_blob(dest, digest, source)
+            return client.mount_blob(dest, digest, source) != "exists"
         except RegistryError as e:
             raise RegistryError(f"layer {digest} cannot be made present in {dest.name}: {e}", e.status, e.code) from e
-        moved += outcome != "exists"
-    client.put_blob(dest, child.output.config)
-    return moved
+
+    results = _parallel([lambda d=d, src=src: mount(d, src) for d, src in unique]
+                        + [lambda: client.put_blob(dest, child.output.config)])
+    return sum(results[:-1])
+
+
+def _parallel(calls: list[Callable[[], Any]], max_workers: int = 8) -> list[Any]:
+    """Run independent registry calls together; results in order; the first error is raised."""
+    if len(calls) <= 1:
+        return [c() for c in calls]
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(calls))) as pool:
+        return [f.result() for f in [pool.submit(c) for c in calls]]
 
 
 def _push_manifest(client: RegistryClient, ref: ImageRef, raw: bytes, media_type: str) -> bool:
