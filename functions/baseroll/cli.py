@@ -367,7 +367,6 @@ def status(state: CliState, track_names: tuple[str, ...], show_services: bool,
     """Per base track and base digest: how many services are on it, in flight, failed, opted out."""
     from . import plan as planning, rollout
     from . import status as status_mod
-    from .catalog import Catalog
 
     deps = _deps(state, projects, regions)
     cfg = deps.config
@@ -375,7 +374,7 @@ def status(state: CliState, track_names: tuple[str, ...], show_services: bool,
     if unknown:
         fail(EXIT_INVALID, f"--base: unknown track(s) {', '.join(sorted(unknown))}")
     services = rollout.discover(deps.fleet, cfg, quiet=True)
-    catalog = Catalog(deps.registry)
+    catalog = deps.catalog()
     facts = catalog.facts_many(planning.images_to_inspect(services, cfg.labels, cfg.allowed_registries,
                                                           include_opted_out=True))
     out = []

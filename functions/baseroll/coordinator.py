@@ -47,6 +47,11 @@ class Deps:
     records: RecordStore
     rebase: engine.Rebase
     clock: Callable[[], float] = time.time
+    # Lists every version of an Artifact Registry base (tags alone miss untagged old versions).
+    version_lister: Callable[[ImageRef], list[str]] | None = None
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.registry, version_lister=self.version_lister)
 
 
 # ---------------------------------------------------------------- planner
@@ -79,7 +84,7 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
     new_ref = engine.resolve_new_ref(deps.registry, request)
     assert new_ref.digest
     rollout_id = rollout_id_for(request, name, new_ref.digest, scope)
-    plan = engine.build_plan(cfg, deps.fleet, Catalog(deps.registry), request, new_ref, scope=scope.matches)
+    plan = engine.build_plan(cfg, deps.fleet, deps.catalog(), request, new_ref, scope=scope.matches)
     summary = {"rollout_id": rollout_id, "kind": request.kind, "image": str(request.image), "target": str(new_ref),
                "to_roll": len(plan.to_roll), "skipped": len(plan.services) - len(plan.to_roll),
                "dry_run": request.dry_run}
@@ -257,7 +262,7 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
     new_base = track_image.at(ro.base_digest)
     request = RollRequest(ro.kind, track_image, ro.base_digest, "step", delivery)  # type: ignore[arg-type]
     scope = parse_filter(dict(ro.scope)).matches
-    catalog = Catalog(deps.registry)
+    catalog = deps.catalog()
     plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, scope=scope, quiet=True)
     fleet_now = [sp.service for sp in plan.services]
     all_waves = waves.assign(_members(plan, fleet_now, ro.rollout_id), cfg.rollout.waves,

@@ -207,7 +207,7 @@ def _config(ctx: _Context, repo: ImageRef, m: Manifest) -> dict[str, Any]:
 
 def _push_blobs(ctx: _Context, dest: ImageRef, child: _Child) -> int:
     """Mount the new base's layers (and the app's, when the target is another repo), upload the config."""
-    client, moved = ctx.client, 0
+    client = ctx.client
     sources = [(d["digest"], ctx.new_base) for d in child.output.base_layers]
     if (dest.registry, dest.repository) != (ctx.app.registry, ctx.app.repository):
         app_layers = oci.load_json(child.output.manifest, max_bytes=len(child.output.manifest), what="manifest")["layers"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 from . import config as config_mod, rebaser
+from .artifact_registry import ArtifactRegistryVersions
 from .bus import PubSubBus
 from .config import Config
 from .coordinator import Deps
@@ -37,6 +38,7 @@ def build(cfg: Config) -> Deps:
         bus=PubSubBus(cfg.topic_project),
         records=RegistryRecordStore(registry, state_repository(cfg)),
         rebase=rebase,
+        version_lister=ArtifactRegistryVersions(),
     )
 
 
