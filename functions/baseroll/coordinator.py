@@ -222,7 +222,22 @@ def _claim(deps: Deps, step: Step, delivery: str) -> RolloutRecord | None:
     return rec
 
 
+class Stopped(Exception):
+    """The rollout was aborted (or otherwise ended) while this step ran."""
+
+
+def _stopped(deps: Deps, rollout_id: str) -> RolloutRecord | None:
+    """The record when an operator (or a newer step) ended the rollout meanwhile, else None."""
+    now = deps.records.get(rollout_id)
+    return now if now is not None and now.status in TERMINAL else None
+
+
 def _finish_step(deps: Deps, rec: RolloutRecord, step: Step, nxt: Step | None, **changes: object) -> None:
+    ended = _stopped(deps, rec.rollout_id)
+    if ended is not None:
+        # Never write a stale copy over an abort, and never hand over to a next step.
+        log.info("step.stopped", rollout_id=rec.rollout_id, seq=step.seq, status=ended.status)
+        return
     for key, value in changes.items():
         setattr(rec, key, value)
     rec.owner = f"{rec.owner}:done"
@@ -243,10 +258,13 @@ def handle_step(deps: Deps, step: Step, delivery: str) -> None:
         return
     try:
         _run_step(deps, rec, step, delivery)
+    except Stopped:
+        log.info("step.stopped", rollout_id=rec.rollout_id, seq=step.seq, status="aborted")
     except Exception:
         # Give the step back so its redelivery can run it at once rather than after the lease.
-        rec.owner = ""
-        deps.records.put(rec)
+        if _stopped(deps, rec.rollout_id) is None:
+            rec.owner = ""
+            deps.records.put(rec)
         raise
 
 
@@ -321,11 +339,16 @@ def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step
             released.update(t.service for t in batch)
             batch.clear()
 
+    checked = time.monotonic()
     for at, name in timed:
         if at > deadline - cfg.rollout.poll_interval_s:
             break
         if at > time.monotonic():
             flush()
+            if time.monotonic() - checked > cfg.rollout.poll_interval_s:
+                checked = time.monotonic()
+                if _stopped(deps, ro.rollout_id):
+                    raise Stopped()
             time.sleep(max(0.0, at - time.monotonic()))
         sp = to_roll.get(name)
         if sp is None:
@@ -362,4 +385,6 @@ def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: Im
         st = waves.status(wave, views, ro.rollout_id, outdated, deadline_passed=deps.clock() > settle_by)
         if st.settled or time.monotonic() + cfg.rollout.poll_interval_s > deadline:
             return st
+        if _stopped(deps, ro.rollout_id):
+            raise Stopped()
         time.sleep(cfg.rollout.poll_interval_s)

@@ -1,6 +1,7 @@
 """Steps shared by `make demo` and the e2e tests: seed, push a new base, deliver its event, read the outcome."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -107,3 +108,71 @@ def on_base(stack: LocalStack, image: str, base: ImageRef) -> bool:
     app = client.get_manifest(parse(image)).data.get("layers", [])
     new = client.get_manifest(base).data.get("layers", [])
     return [l["digest"] for l in app[: len(new)]] == [l["digest"] for l in new]
+
+
+BUILD_PROJECT = "baseroll-ci"  # the project Cloud Build runs in (and publishes `cloud-builds` from)
+
+
+def rebuild_app(stack: LocalStack, fleet: SeededFleet, app: str, revision: int, *, tag: str = "v1") -> ImageRef:
+    """Push build `revision` of a seeded app (a changed app layer) on the newest version of its base
+    and move `tag` to it, as the app's pipeline would; returns the new build pinned by digest."""
+    base_name, annotated = seed.APPS[app]
+    base = next(b for b in seed.BASES if b.name == base_name)
+    versions = fleet.base_versions[base_name]
+    return seed.push_app(stack.registry_client(), stack.registry.host, app, base, len(versions), versions[-1],
+                         annotated=annotated, revision=revision, tags=(tag,))
+
+
+def cloud_build_message(build_id: str, status: str, built: list[tuple[str, str]] = (), *,
+                        project: str = BUILD_PROJECT, substitutions: dict[str, str] | None = None,
+                        trigger_id: str | None = "0b1d6c4e-7a53-4f0e-9a57-6f2c1c9b7d10",
+                        with_results: bool | None = None) -> tuple[bytes, dict[str, str]]:
+    """A Cloud Build notification (topic `cloud-builds`, REFERENCE.md §2) as Cloud Build publishes it:
+    attributes `buildId` and `status`, data the Build resource as camelCase JSON. `built` lists
+    (name as under `images:`, digest) for what the build pushed; it reaches `results.images` only
+    once the build has pushed: by default on SUCCESS only (`with_results` forces it either way,
+    e.g. a FAILURE in a step after the push)."""
+    created = "2026-01-01T10:00:00.000000Z"
+    build: dict = {
+        "id": build_id,
+        "name": f"projects/{project}/locations/global/builds/{build_id}",
+        "projectId": project,
+        "status": status,
+        "source": {"storageSource": {"bucket": f"{project}_cloudbuild", "object": f"source/{build_id}.tgz"}},
+        "steps": [
+            {"name": "gcr.io/cloud-builders/docker", "args": ["build", "-t", name, "."], "id": f"build-{i}"}
+            for i, (name, _) in enumerate(built)
+        ],
+        "createTime": created,
+        "timeout": "600s",
+        "images": [name for name, _ in built],
+        "projectNumber": "123456789012",
+        "logsBucket": f"gs://{project}_cloudbuild/logs",
+        "options": {"logging": "LEGACY", "pool": {}},
+        "logUrl": f"https://console.cloud.google.com/cloud-build/builds/{build_id}?project=123456789012",
+        "substitutions": substitutions or {},
+        "tags": ["baseroll-e2e"],
+        "queueTtl": "3600s",
+        "serviceAccount": f"projects/{project}/serviceAccounts/123456789012@cloudbuild.gserviceaccount.com",
+    }
+    if trigger_id:
+        build["buildTriggerId"] = trigger_id
+    if status != "QUEUED":
+        build["startTime"] = "2026-01-01T10:00:01.000000Z"
+    if status in ("SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED"):
+        build["finishTime"] = "2026-01-01T10:02:00.000000Z"
+    if (status == "SUCCESS") if with_results is None else with_results:
+        build["results"] = {
+            "images": [{"name": name, "digest": digest,
+                        "pushTiming": {"startTime": "2026-01-01T10:01:50.000000Z",
+                                       "endTime": "2026-01-01T10:01:59.000000Z"}}
+                       for name, digest in built],
+            "buildStepImages": ["sha256:" + "0" * 64 for _ in built],
+        }
+    return json.dumps(build).encode(), {"buildId": build_id, "status": status}
+
+
+def publish_build(stack: LocalStack, build_id: str, status: str, built: list[tuple[str, str]] = (), **kw) -> str:
+    """Publish that notification on `cloud-builds`, as Cloud Build does; Pub/Sub pushes it on."""
+    data, attributes = cloud_build_message(build_id, status, built, **kw)
+    return stack.publish("cloud-builds", data, **attributes)

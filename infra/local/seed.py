@@ -90,8 +90,11 @@ def push_base(client: RegistryClient, registry: str, base: BaseDef, version: int
     return images.push(client, repo, base_spec(base, version), tags=(f"{base.tag}-p{version}", base.tag))
 
 
-def app_spec(app: str, base: BaseDef, base_ref: ImageRef, base_layers: list[Layer], annotated: bool) -> ImageSpec:
-    app_layer = images.layer({f"app/{app}/main": f"#!/bin/sh\necho {app}\n"}, executable=(f"app/{app}/main",))
+def app_spec(app: str, base: BaseDef, base_ref: ImageRef, base_layers: list[Layer], annotated: bool,
+             revision: int = 1) -> ImageSpec:
+    """An app on `base_ref` (whose layers are `base_layers`); `revision` > 1 is a rebuild with a changed app layer."""
+    main = f"#!/bin/sh\necho {app}\n" + (f"# build {revision}\n" if revision > 1 else "")
+    app_layer = images.layer({f"app/{app}/main": main}, executable=(f"app/{app}/main",))
     deps_layer = images.layer({f"app/{app}/deps.txt": f"dependencies of {app}\n"})
     annotations = {}
     if annotated:
@@ -147,3 +150,25 @@ def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int 
         ))
     for op in operations:
         op.result(timeout=timeout)
+
+
+def push_app(client: RegistryClient, registry: str, app: str, base: BaseDef, base_version: int, base_ref: ImageRef,
+             *, annotated: bool = True, revision: int = 1, tags: tuple[str, ...] = ("v1",),
+             repository: str | None = None) -> ImageRef:
+    """Push build `revision` of `app` on version `base_version` of `base` (pinned as `base_ref`) to
+    `apps/<app>` (or `repository`) and move `tags` to it, as an app pipeline would; returns it pinned."""
+    spec = app_spec(app, base, base_ref, base_spec(base, base_version).layers, annotated, revision)
+    return images.push(client, ImageRef(registry, repository or f"apps/{app}"), spec, tags=tags)
+
+
+def create_service(run: run_v2.ServicesClient, name: str, image: str, *, labels: dict[str, str] | None = None,
+                   base_image_uri: str | None = None, timeout: float = 60) -> run_v2.Service:
+    """Create one service (`projects/P/locations/R/services/S`) through the Cloud Run client and wait until
+    the operation is done; `base_image_uri` sets Cloud Run's automatic base image updates on its container."""
+    project, region, sid = name.split("/")[1], name.split("/")[3], name.split("/")[5]
+    container = run_v2.Container(image=image)
+    if base_image_uri:
+        container.base_image_uri = base_image_uri
+    service = run_v2.Service(labels=labels or {}, template=run_v2.RevisionTemplate(containers=[container]))
+    op = run.create_service(parent=f"projects/{project}/locations/{region}", service=service, service_id=sid)
+    return op.result(timeout=timeout)

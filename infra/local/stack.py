@@ -53,8 +53,11 @@ class LocalStack:
                  rollout: dict | None = None, write_quota_per_min: int | None = None,
                  pubsub_faults: dict | None = None, projects: tuple[str, ...] = PROJECTS,
                  regions: tuple[str, ...] = REGIONS, cloudrun_workers: int = 8, push_concurrency: int = 24,
-                 function_threads: int = 32) -> None:
+                 function_threads: int = 32, extra_tracks: Iterable[dict] = ()) -> None:
         self.projects, self.regions = projects, regions
+        # More base tracks after the seeded ones: {"name": ..., "image": "{registry}/repo:tag"}, where
+        # `{registry}` stands for the local registry's host:port (not known before the stack exists).
+        self.extra_tracks = [dict(t) for t in extra_tracks]
         self.cloudrun_workers = cloudrun_workers  # the stand-in's deploy workers (each holds a deploy for its latency)
         self.function_threads = function_threads  # functions-framework (gunicorn gthread) threads per function
         self.targets = tuple(targets)
@@ -100,7 +103,8 @@ class LocalStack:
             "regions": list(self.regions),
             "allowed_registries": [host],
             "plain_http_registries": [host],
-            "base_tracks": [{"name": b.name, "image": f"{host}/{b.repository}:{b.tag}"} for b in BASES if b.tracked],
+            "base_tracks": [{"name": b.name, "image": f"{host}/{b.repository}:{b.tag}"} for b in BASES if b.tracked]
+            + [{**t, "image": str(t["image"]).replace("{registry}", host)} for t in self.extra_tracks],
             "labels": {"opt_out": OPT_OUT_LABEL, "cohort": COHORT_LABEL},
             "rollout": {"ready_timeout_s": self.ready_timeout_s, "concurrency": self.concurrency,
                         "waves": [0.1, 0.5, 1.0], "failure_budget": 1, "write_quota_per_min": 600,
@@ -201,6 +205,49 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # --- crash injection (tests/e2e/test_reliability.py)
+    def kill_function(self, target: str) -> int:
+        """SIGKILL a function by its PID, with its gunicorn workers (its own process group, as
+        started): a crash, no cleanup, requests in flight cut. Pub/Sub pushes to it fail (and are
+        redelivered) until `restart_function`. Returns the PID killed."""
+        import signal
+
+        proc, _ = self.functions[target]
+        if proc.poll() is None:
+            try:
+                if os.getpgid(proc.pid) == proc.pid:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        return proc.pid
+
+    def restart_function(self, target: str, *, timeout: float = 30.0) -> None:
+        """Start a killed function again on the same port, so its push subscription reaches it again."""
+        import socket
+
+        proc, port = self.functions[target]
+        if proc.poll() is None:
+            raise RuntimeError(f"{target} is still running (pid {proc.pid}): kill_function it first")
+        env = {**os.environ, "BASEROLL_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1", "THREADS": "32"}
+        env.pop("BASEROLL_CONFIG_YAML", None)
+        binary = shutil.which("functions-framework", path=str(Path(sys.executable).parent)) or "functions-framework"
+        log = open(self.function_log(target), "ab")
+        proc = subprocess.Popen(
+            [binary, "--source", str(MAIN), "--target", target, "--signature-type", "cloudevent",
+             "--host", LOOPBACK, "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), start_new_session=True,
+        )
+        self.functions[target] = (proc, port)
+
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex((LOOPBACK, port)) == 0
+
+        wait_until(listening, timeout=timeout, what=f"function {target} (restarted)", proc=proc)
 
 
 def main(argv: list[str] | None = None) -> int:

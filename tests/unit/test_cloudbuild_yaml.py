@@ -88,8 +88,23 @@ def render(text: str, subs: dict[str, str]) -> str:
     return SUBST.sub(one, text)
 
 
-def example_subs(doc: dict[str, Any]) -> dict[str, str]:
-    return {**BUILTINS, **{k: str(v) for k, v in (doc.get("substitutions") or {}).items()}}
+def dynamic(doc: dict[str, Any]) -> bool:
+    """Whether user substitutions may reference others (`options.dynamicSubstitutions`)."""
+    return bool((doc.get("options") or {}).get("dynamicSubstitutions"))
+
+
+def example_subs(doc: dict[str, Any], **overrides: str) -> dict[str, str]:
+    """The substitutions a build of `doc` gets: built-ins, the file's defaults, then `overrides`
+    (as `--substitutions` gives them). With dynamicSubstitutions, a value that references other
+    substitutions is expanded, as Cloud Build does; without it, a `$` in a value stays literal."""
+    user = {k: str(v) for k, v in (doc.get("substitutions") or {}).items()}
+    user.update(overrides)
+    subs = {**BUILTINS, **user}
+    if dynamic(doc):
+        for _ in range(len(user)):  # enough rounds for any chain of references
+            subs = {k: (render(v, subs) if k in user else v) for k, v in subs.items()}
+        assert not any("$" in v for k, v in subs.items() if k in user), f"unresolved substitution in {subs}"
+    return subs
 
 
 def builder(step: dict[str, Any]) -> tuple[str | None, frozenset[str]]:
@@ -171,6 +186,13 @@ def test_substitutions_are_declared_used_and_escaped(config) -> None:
             if not m[1]:
                 used.add(m[2] or m[3])
         render(text, example_subs(doc))  # raises on an unknown name or a stray '$'
+    for name, value in (doc.get("substitutions") or {}).items():
+        refs_in_value = {m[2] or m[3] for m in SUBST.finditer(str(value)) if not m[1]}
+        if refs_in_value:
+            # Without dynamicSubstitutions Cloud Build would leave `${...}` in the value literally.
+            assert dynamic(doc), f"{path.name}: {name} references {sorted(refs_in_value)}: needs dynamicSubstitutions"
+            assert name in used, f"{path.name}: {name} is only used by other substitutions"
+            used |= refs_in_value
     assert used - set(BUILTINS) <= declared, f"{path.name}: undeclared {sorted(used - set(BUILTINS) - declared)}"
     # Cloud Build refuses a build whose declared substitutions are not all used.
     assert declared <= used, f"{path.name}: declared but unused {sorted(declared - used)}"
@@ -322,3 +344,32 @@ def test_example_substitutions_render_to_valid_refs(config) -> None:
         ref = refs.parse(render(image, example_subs(doc)))
         assert ref.tag and ref.digest is None
 
+
+
+def test_registry_host_is_a_substitution_defaulting_to_artifact_registry() -> None:
+    """`_REGISTRY` moves every image reference of cloudbuild.yaml (build, push, the roll request and
+    `images:`) to another registry host; by default it is `${_REGION}-docker.pkg.dev`."""
+    doc = load(ROOT / "cloudbuild.yaml")
+    assert dynamic(doc)
+    assert example_subs(doc)["_REGISTRY"] == "us-central1-docker.pkg.dev"
+    assert example_subs(doc, _REGION="europe-west4")["_REGISTRY"] == "europe-west4-docker.pkg.dev"
+    subs = example_subs(doc, _REGISTRY="127.0.0.1:5000")
+    tag_ref = "127.0.0.1:5000/example-project/bases/debian:bookworm"
+    assert render(doc["images"][0], subs) == tag_ref
+    rendered = [" ".join(argv) for step in doc["steps"] for argv in commands(step, subs)]
+    assert all("docker.pkg.dev" not in line for line in rendered), rendered
+    assert sum(tag_ref in line for line in rendered) == 3  # docker build -t, docker push, TAG_REF
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_publish_step_names_the_overridden_registry(fake_tools, tmp_path: Path) -> None:
+    env, log = fake_tools
+    doc = load(ROOT / "cloudbuild.yaml")
+    subs = example_subs(doc, _REGISTRY="registry.example.com:5000")
+    step = next(s for s in doc["steps"] if s["id"] == "publish-roll-request")
+    run_step(step, subs, env, tmp_path)
+    describe = [c for c in calls(log) if c[1:5] == ["artifacts", "docker", "images", "describe"]]
+    assert describe[0][5] == "registry.example.com:5000/example-project/bases/debian:bookworm"
+    publish = [c for c in calls(log) if c[1:4] == ["pubsub", "topics", "publish"]]
+    req = requests.parse_request(requests.message(flag_value(publish[0], "--message").encode()))
+    assert req.image == ImageRef("registry.example.com:5000", "example-project/bases/debian", "bookworm")
