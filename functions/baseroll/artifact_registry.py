@@ -54,7 +54,7 @@ class PackagePath:
 
 
 def is_artifact_registry(ref: ImageRef) -> bool:
-    return bool(_AR_HOST.match(ref.registry))
+    return bool(_AR_HOST.fullmatch(ref.registry))
 
 
 def package_path(ref: ImageRef) -> PackagePath:
@@ -63,7 +63,7 @@ def package_path(ref: ImageRef) -> PackagePath:
     A domain-scoped project (``example.com:proj``) appears in Docker paths as ``example.com/proj``;
     project IDs never contain a dot, so a first component with one is such a domain.
     """
-    m = _AR_HOST.match(ref.registry)
+    m = _AR_HOST.fullmatch(ref.registry)
     if not m:
         raise ValueError(f"{ref.name} is not on an Artifact Registry Docker host (LOCATION-docker.pkg.dev)")
     parts = ref.repository.split("/")

@@ -64,7 +64,7 @@ def parse_build(message: PubSubMessage) -> BuildEvent:
     build_id = _agreeing(body.get("id"), message.attributes.get("buildId"), "id", "buildId", _BUILD_ID)
     status = _agreeing(body.get("status"), message.attributes.get("status"), "status", "status", _STATUS)
     project_id = body.get("projectId")
-    if not isinstance(project_id, str) or not _PROJECT.match(project_id):
+    if not isinstance(project_id, str) or not _PROJECT.fullmatch(project_id):
         raise EventError(f"projectId: {_show(project_id)} is not a project id")
     return BuildEvent(
         build_id=build_id,
@@ -94,9 +94,9 @@ def _json_object(data: bytes) -> dict[str, Any]:
 def _agreeing(in_data: Any, in_attrs: str | None, data_name: str, attr_name: str, pattern: re.Pattern[str]) -> str:
     """A value carried both in the data and in an attribute: either may be missing, never both,
     and when both are there they must be the same (a mismatch means a forged or mangled message)."""
-    if in_data is not None and (not isinstance(in_data, str) or not pattern.match(in_data)):
+    if in_data is not None and (not isinstance(in_data, str) or not pattern.fullmatch(in_data)):
         raise EventError(f"{data_name}: {_show(in_data)} is malformed")
-    if in_attrs is not None and not pattern.match(in_attrs):
+    if in_attrs is not None and not pattern.fullmatch(in_attrs):
         raise EventError(f"attributes.{attr_name}: {_show(in_attrs)} is malformed")
     if in_data is None and in_attrs is None:
         raise EventError(f"{data_name}: missing from both the data and attributes.{attr_name}")
@@ -128,7 +128,7 @@ def _built_image(entry: Any, path: str) -> BuiltImage:
         ref = refs.parse(name)
     except RefError as exc:
         raise EventError(f"{path}.name: {exc}") from None
-    if not isinstance(digest, str) or not refs.DIGEST.match(digest):
+    if not isinstance(digest, str) or not refs.DIGEST.fullmatch(digest):
         raise EventError(f"{path}.digest: {_show(digest)} is not a sha256 digest")
     if ref.digest is not None and ref.digest != digest:
         raise EventError(f"{path}: name is pinned to {ref.digest} but digest is {digest}")

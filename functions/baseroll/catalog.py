@@ -91,7 +91,7 @@ class Catalog:
             except RegistryError as exc:  # the tags still give the tagged versions
                 log.warning("base.versions_unlisted", image=str(repo), reason=str(exc))
                 listed = []
-            wanted += [repo.with_digest(d) for d in dict.fromkeys(listed) if refs.DIGEST.match(d)]
+            wanted += [repo.with_digest(d) for d in dict.fromkeys(listed) if refs.DIGEST.fullmatch(d)]
 
         def one(ref: ImageRef) -> BaseVersion | None:
             try:

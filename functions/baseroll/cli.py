@@ -150,9 +150,9 @@ def publish(state: CliState, project: str | None, topic: str, action: str, base:
 
 
 def _topic_path(project: str | None, topic: str) -> str:
-    if _TOPIC_PATH.match(topic):
+    if _TOPIC_PATH.fullmatch(topic):
         return topic
-    if not _TOPIC_ID.match(topic):
+    if not _TOPIC_ID.fullmatch(topic):
         fail(EXIT_INVALID, f"--topic: {topic!r} is not a topic id or projects/P/topics/T")
     if not project:
         fail(EXIT_INVALID, "--project: required (or $GOOGLE_CLOUD_PROJECT, or a full --topic path)")

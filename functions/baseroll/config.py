@@ -130,11 +130,11 @@ def parse(doc: Any) -> Config:
     _known(doc, "", TOP_LEVEL_KEYS)
     projects = _list(doc, "projects")
     for p in projects:
-        if not isinstance(p, str) or not _PROJECT.match(p):
+        if not isinstance(p, str) or not _PROJECT.fullmatch(p):
             raise ConfigError(f"projects: {p!r} is not a project id")
     regions = _list(doc, "regions")
     for r in regions:
-        if not isinstance(r, str) or not _REGION.match(r):
+        if not isinstance(r, str) or not _REGION.fullmatch(r):
             raise ConfigError(f"regions: {r!r} is not a region (e.g. us-central1)")
     allowed = _list(doc, "allowed_registries")
     plain = _list(doc, "plain_http_registries", required=False)
@@ -165,7 +165,7 @@ def parse(doc: Any) -> Config:
     _known(label_doc, "labels.", ("opt_out", "cohort", "app_tag"))
     labels = Labels(**{k: label_doc[k] for k in ("opt_out", "cohort", "app_tag") if k in label_doc})
     for key in (labels.opt_out, labels.cohort, labels.app_tag):
-        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
             raise ConfigError(f"labels: {key!r} is not a valid Cloud Run label key")
     ro = doc.get("rollout") or {}
     if not isinstance(ro, Mapping):
@@ -196,7 +196,7 @@ def parse(doc: Any) -> Config:
     else:
         state_ref = None
     pubsub_project = doc.get("pubsub_project")
-    if pubsub_project is not None and (not isinstance(pubsub_project, str) or not _PROJECT.match(pubsub_project)):
+    if pubsub_project is not None and (not isinstance(pubsub_project, str) or not _PROJECT.fullmatch(pubsub_project)):
         raise ConfigError(f"pubsub_project: {pubsub_project!r} is not a project id")
     endpoint = doc.get("cloud_run_endpoint")
     if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
@@ -260,7 +260,7 @@ def _region_quota(value: Any) -> dict[str, int]:
         raise ConfigError("rollout.region_quota: a mapping region -> writes per minute")
     out = {}
     for region, quota in value.items():
-        if not isinstance(region, str) or not _REGION.match(region):
+        if not isinstance(region, str) or not _REGION.fullmatch(region):
             raise ConfigError(f"rollout.region_quota: {region!r} is not a region")
         if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
             raise ConfigError(f"rollout.region_quota.{region}: a positive integer")

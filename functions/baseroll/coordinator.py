@@ -31,7 +31,9 @@ from .requests import ServiceFilter, parse_filter
 from . import rollout as engine
 
 CLAIM_SETTLE_S = 0.3  # let a concurrent claimant's write land before re-reading the record
-LEASE_GRACE_S = 60.0
+HEARTBEAT_S = 10.0  # a running step renews its hold on the rollout this often
+LEASE_S = 3 * HEARTBEAT_S + 15.0  # a step silent this long is taken to be dead (crashed invocation)
+SETTLE_GRACE_S = 60.0
 
 
 class Busy(Exception):
@@ -144,13 +146,12 @@ def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
     to its current digest if none exists, and restart a running rollout whose steps went quiet or a
     finished one that has stragglers. Halted and aborted rollouts are left to the operator."""
     cfg = deps.config
-    lease = cfg.rollout.invocation_budget_s + LEASE_GRACE_S
     out = []
     for track in cfg.base_tracks:
         request = RollRequest("base", track.image, None, "sweep", f"sweep:{track.name}")
         result = start(deps, request, scope)
         rec = deps.records.get(result["rollout_id"])
-        quiet = rec is not None and deps.clock() - rec.updated > lease
+        quiet = rec is not None and deps.clock() - rec.updated > LEASE_S
         if rec is not None and ((rec.status == "running" and quiet) or (rec.status == "finished" and result["to_roll"])):
             rec.status, rec.owner, rec.reason = "running", "", "restarted by sweep"
             rec.seq += 1
@@ -209,8 +210,7 @@ def _claim(deps: Deps, step: Step, delivery: str) -> RolloutRecord | None:
     if rec.seq > step.seq or (rec.seq == step.seq and rec.owner.endswith(":done")):
         log.info("step.dropped", rollout_id=rec.rollout_id, seq=step.seq, reason="already done (duplicate delivery)")
         return None
-    lease = deps.config.rollout.invocation_budget_s + LEASE_GRACE_S
-    if rec.seq == step.seq and rec.owner and deps.clock() - rec.updated < lease:
+    if rec.seq == step.seq and rec.owner and deps.clock() - rec.updated < LEASE_S:
         raise Busy(f"step {step.seq} of {rec.rollout_id} is held by another invocation")
     me = f"{delivery}:{uuid.uuid4().hex[:8]}"
     rec.seq, rec.owner = step.seq, me
@@ -230,6 +230,25 @@ def _stopped(deps: Deps, rollout_id: str) -> RolloutRecord | None:
     """The record when an operator (or a newer step) ended the rollout meanwhile, else None."""
     now = deps.records.get(rollout_id)
     return now if now is not None and now.status in TERMINAL else None
+
+
+class _Lease:
+    """This step's hold on its rollout: renewed every HEARTBEAT_S, so a crashed step is noticed
+    within LEASE_S; renewing also notices an abort, or another invocation taking the step over."""
+
+    def __init__(self, deps: Deps, rec: RolloutRecord) -> None:
+        self.deps, self.rec, self.at = deps, rec, time.monotonic()
+
+    def renew(self) -> None:
+        if time.monotonic() - self.at < HEARTBEAT_S:
+            return
+        self.at = time.monotonic()
+        now = self.deps.records.get(self.rec.rollout_id)
+        if now is None or now.status in TERMINAL:
+            raise Stopped()
+        if now.owner != self.rec.owner:
+            raise Busy(f"step {self.rec.seq} of {self.rec.rollout_id} was taken over")
+        self.deps.records.put(self.rec)  # `updated` moves: still alive
 
 
 def _finish_step(deps: Deps, rec: RolloutRecord, step: Step, nxt: Step | None, **changes: object) -> None:
@@ -260,6 +279,8 @@ def handle_step(deps: Deps, step: Step, delivery: str) -> None:
         _run_step(deps, rec, step, delivery)
     except Stopped:
         log.info("step.stopped", rollout_id=rec.rollout_id, seq=step.seq, status="aborted")
+    except Busy:
+        raise  # another invocation holds the step now: leave its hold alone
     except Exception:
         # Give the step back so its redelivery can run it at once rather than after the lease.
         if _stopped(deps, rec.rollout_id) is None:
@@ -270,6 +291,7 @@ def handle_step(deps: Deps, step: Step, delivery: str) -> None:
 
 def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None:
     cfg, ro = deps.config, step.rollout
+    lease = _Lease(deps, rec)
     deadline = time.monotonic() + cfg.rollout.invocation_budget_s
     track_image = parse(ro.track_image)
     current = current_digest(deps.registry, ro)
@@ -291,13 +313,13 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
         return
     wave = all_waves[step.wave]
     if step.cursor < len(wave):
-        cursor = _release(deps, plan, new_base, ro, step, wave, deadline)
+        cursor = _release(deps, plan, new_base, ro, step, wave, deadline, lease)
         if cursor < len(wave):  # out of time: continue in a fresh invocation
             _finish_step(deps, rec, step, Step(ro, step.wave, cursor, None, step.seq + 1, step.halted_failures))
             return
         step = Step(ro, step.wave, cursor, deps.clock(), step.seq, step.halted_failures)
     released_at = step.released_at or deps.clock()
-    status = _await_wave(deps, catalog, request, new_base, ro, wave, released_at, deadline, scope)
+    status = _await_wave(deps, catalog, request, new_base, ro, wave, released_at, deadline, scope, lease)
     if not status.settled:
         log.info("wave.waiting", rollout_id=ro.rollout_id, wave=step.wave, pending=len(status.pending))
         _finish_step(deps, rec, step, Step(ro, step.wave, len(wave), released_at, step.seq + 1, step.halted_failures))
@@ -322,7 +344,7 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
 
 
 def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step, wave: list[str],
-             deadline: float) -> int:
+             deadline: float, lease: _Lease) -> int:
     """Publish tasks for wave[step.cursor:] at the write quota; return the new cursor."""
     cfg = deps.config
     to_roll = {sp.service.name: sp for sp in plan.to_roll}
@@ -339,16 +361,12 @@ def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step
             released.update(t.service for t in batch)
             batch.clear()
 
-    checked = time.monotonic()
     for at, name in timed:
         if at > deadline - cfg.rollout.poll_interval_s:
             break
         if at > time.monotonic():
             flush()
-            if time.monotonic() - checked > cfg.rollout.poll_interval_s:
-                checked = time.monotonic()
-                if _stopped(deps, ro.rollout_id):
-                    raise Stopped()
+            lease.renew()
             time.sleep(max(0.0, at - time.monotonic()))
         sp = to_roll.get(name)
         if sp is None:
@@ -375,9 +393,10 @@ def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step
 
 
 def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: ImageRef, ro: Rollout,
-                wave: list[str], released_at: float, deadline: float, scope: engine.Scope) -> waves.WaveStatus:
+                wave: list[str], released_at: float, deadline: float, scope: engine.Scope,
+                lease: _Lease) -> waves.WaveStatus:
     cfg = deps.config
-    settle_by = released_at + cfg.rollout.ready_timeout_s * 2 + LEASE_GRACE_S  # an update and its rollback
+    settle_by = released_at + cfg.rollout.ready_timeout_s * 2 + SETTLE_GRACE_S  # an update and its rollback
     while True:
         plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, scope=scope, quiet=True)
         views = {sp.service.name: sp.service for sp in plan.services}
@@ -385,6 +404,5 @@ def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: Im
         st = waves.status(wave, views, ro.rollout_id, outdated, deadline_passed=deps.clock() > settle_by)
         if st.settled or time.monotonic() + cfg.rollout.poll_interval_s > deadline:
             return st
-        if _stopped(deps, ro.rollout_id):
-            raise Stopped()
+        lease.renew()
         time.sleep(cfg.rollout.poll_interval_s)

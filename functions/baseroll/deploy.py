@@ -73,6 +73,11 @@ def apply(fleet: Fleet, planned: ServiceView, target: Target, *, rollout: str, b
             svc, verdict = _wait_settled(fleet, svc, time.monotonic() + timeout_s)
             if verdict.state == "ready":
                 return Outcome(svc.name, "already-current", planned.images, svc.images, "already on the target")
+            before = _recorded_before(svc, rollout, base_digest)
+            if before is not None:
+                # A worker died between a failed revision and its rollback: finish the rollback.
+                log.warning("service.unhealthy", service=svc.name, reason=verdict.reason, recovered=True)
+                return _roll_back(fleet, svc, before, watched, rollout, base_digest, verdict.reason, timeout_s)
             return Outcome(svc.name, "failed", planned.images, svc.images, f"on the target but {verdict.reason}")
         if _containers(svc, watched) != _containers(planned, watched):
             return Outcome(svc.name, "skipped", planned.images, svc.images, "changed since planning")
@@ -82,6 +87,18 @@ def apply(fleet: Fleet, planned: ServiceView, target: Target, *, rollout: str, b
             log.info("service.stale", service=svc.name, attempt=attempt + 1)
             svc = fleet.get_service(planned.name)
     return Outcome(svc.name, "failed", planned.images, svc.images, "service kept changing (etag conflicts)")
+
+
+def _recorded_before(svc: ServiceView, rollout: str, base_digest: str) -> ServiceView | None:
+    """The service as it was before this rollout updated it, from the ledger; None if we did not."""
+    ann = svc.annotations
+    if ann.get(ledger.ROLLOUT_ID) != rollout or ann.get(ledger.BASE_DIGEST) != base_digest \
+            or ann.get(ledger.STATE) != "rolled":
+        return None
+    images, uris = ledger.previous(ann)
+    if len(images) != len(svc.images):
+        return None
+    return ServiceView(name=svc.name, images=images, base_image_uris=uris or svc.base_image_uris)
 
 
 def _update_and_gate(fleet: Fleet, svc: ServiceView, target: Target, rollout: str, base_digest: str,

@@ -6,6 +6,7 @@ cloud.googleapis.com, serving.knative.dev and autoscaling.knative.dev).
 from __future__ import annotations
 
 import json
+from typing import Mapping
 
 PREFIX = "baseroll.dev/"
 ROLLOUT_ID = PREFIX + "rollout-id"
@@ -37,3 +38,15 @@ def rolled(rollout: str, base_digest: str, previous: tuple[str, ...], previous_u
 
 def rolled_back(rollout: str, base_digest: str, reason: str) -> dict[str, str]:
     return {ROLLOUT_ID: rollout, BASE_DIGEST: base_digest, STATE: "rolled-back", REASON: reason[:MAX_REASON]}
+
+
+def previous(annotations: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The images and base_image_uris a rolled service had before, as `rolled` recorded them."""
+    def load(key: str) -> tuple[str, ...]:
+        try:
+            value = json.loads(annotations.get(key, "[]"))
+        except json.JSONDecodeError:
+            return ()
+        return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+    return load(PREVIOUS_IMAGES), load(PREVIOUS_BASE_URIS)

@@ -22,7 +22,9 @@ def _scrub(value: Any) -> Any:
         return {k: ("[redacted]" if _SECRET_KEYS.search(str(k)) else _scrub(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_scrub(v) for v in value]
-    return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _scrub(str(value))  # an exception or bytes could carry a token: scrub its text
 
 
 def emit(event: str, severity: str = "INFO", *, stream: TextIO | None = None, **fields: Any) -> dict[str, Any]:

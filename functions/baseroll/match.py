@@ -49,7 +49,7 @@ def _annotated_base(app: ImageFacts) -> tuple[ImageRef | None, str | None]:
         ref = refs.parse(name)
     except RefError:
         return None, None
-    if digest is not None and not refs.DIGEST.match(digest):
+    if digest is not None and not refs.DIGEST.fullmatch(digest):
         digest = None
     return ref, digest
 

@@ -78,7 +78,7 @@ def encode(msg: Task | Result | Step) -> tuple[bytes, dict[str, str]]:
 
 def _str(doc: Mapping[str, Any], key: str, pattern: re.Pattern | None = None) -> str:
     value = doc.get(key)
-    if not isinstance(value, str) or not value or (pattern is not None and not pattern.match(value)):
+    if not isinstance(value, str) or not value or (pattern is not None and not pattern.fullmatch(value)):
         raise EventError(f"{key}: missing or malformed")
     return value
 
@@ -106,7 +106,7 @@ def _rollout(doc: Any) -> Rollout:
     except refs.RefError as exc:
         raise EventError(f"rollout.track_image: {exc}") from None
     digest = _str(doc, "base_digest")
-    if not refs.DIGEST.match(digest):
+    if not refs.DIGEST.fullmatch(digest):
         raise EventError("rollout.base_digest: a sha256 digest")
     kind = doc.get("kind", "base")
     if kind not in ("base", "app"):
@@ -122,7 +122,7 @@ def _pinned_map(doc: Mapping[str, Any], key: str, *, required: bool) -> dict[str
     if not isinstance(value, Mapping) or (required and not value) or len(value) > 32:
         raise EventError(f"{key}: an object of container index -> image by digest")
     for index, image in value.items():
-        if not str(index).isdigit() or not isinstance(image, str):
+        if not re.fullmatch(r"[0-9]{1,2}", str(index)) or not isinstance(image, str):
             raise EventError(f"{key}: container index -> image")
         try:
             if refs.parse(image).digest is None:

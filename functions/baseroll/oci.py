@@ -68,7 +68,7 @@ def sha256_digest(data: bytes) -> str:
 
 
 def is_digest(value: Any) -> bool:
-    return isinstance(value, str) and bool(DIGEST_RE.match(value))
+    return isinstance(value, str) and bool(DIGEST_RE.fullmatch(value))
 
 
 def verify_digest(data: bytes, expected: str, what: str = "content") -> str:

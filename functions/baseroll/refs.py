@@ -45,13 +45,13 @@ class ImageRef:
 
     def with_digest(self, digest: str) -> "ImageRef":
         """The same image pinned by digest; the tag is dropped so the result is exact."""
-        if not DIGEST.match(digest):
+        if not DIGEST.fullmatch(digest):
             raise RefError(f"not a sha256 digest: {digest!r}")
         return ImageRef(self.registry, self.repository, None, digest)
 
     def at(self, digest: str) -> "ImageRef":
         """The tag's image at `digest`: tag kept for naming (e.g. OCI base annotations), digest for fetching."""
-        if not DIGEST.match(digest):
+        if not DIGEST.fullmatch(digest):
             raise RefError(f"not a sha256 digest: {digest!r}")
         return ImageRef(self.registry, self.repository, self.tag, digest)
 
@@ -84,7 +84,7 @@ def parse(text: str) -> ImageRef:
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not DIGEST.match(digest):
+        if not DIGEST.fullmatch(digest):
             raise RefError(f"bad digest in {text!r}: expected sha256:<64 lower-case hex>")
     host, sep, path = rest.partition("/")
     if not sep or not path:
@@ -92,21 +92,20 @@ def parse(text: str) -> ImageRef:
     host = host.lower()
     if not ("." in host or ":" in host or host == "localhost" or host.startswith("[")):
         raise RefError(f"{text!r} is not fully qualified: {host!r} is not a registry host")
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise RefError(f"bad registry host {host!r} in {text!r}")
-    if ":" in host and not host.startswith("["):
-        port = int(host.rsplit(":", 1)[1])
-        if not 0 < port < 65536:
-            raise RefError(f"bad port in {text!r}")
+    port_text = host.rsplit("]", 1)[1].lstrip(":") if host.startswith("[") else host.partition(":")[2]
+    if port_text and not 0 < int(port_text) < 65536:
+        raise RefError(f"bad port in {text!r}")
     tag = None
     last = path.rsplit("/", 1)[-1]
     if ":" in last:
         path, tag = path.rsplit(":", 1)
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise RefError(f"bad tag {tag!r} in {text!r}")
     components = path.split("/")
     for comp in components:
-        if not _PATH_COMPONENT.match(comp):
+        if not _PATH_COMPONENT.fullmatch(comp):
             raise RefError(f"bad repository path component {comp!r} in {text!r} (lower case, no '..')")
     if len(path) > 255:
         raise RefError(f"repository path too long in {text!r}")

@@ -90,7 +90,7 @@ class GoogleTokenSource:
 
     @staticmethod
     def handles(registry: str) -> bool:
-        return bool(_GOOGLE_HOST.match(registry.lower().split(":", 1)[0]))
+        return bool(_GOOGLE_HOST.fullmatch(registry.lower().split(":", 1)[0]))
 
     def basic_auth(self, registry: str) -> tuple[str, str] | None:
         if not self.handles(registry):

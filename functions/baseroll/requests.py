@@ -91,7 +91,7 @@ class ServiceFilter:
         if self.services and service_name not in self.services:
             return False
         if self.projects or self.regions:
-            m = _SERVICE_NAME.match(service_name)
+            m = _SERVICE_NAME.fullmatch(service_name)
             if m is None:  # cannot tell where it lives, so it cannot pass a location constraint
                 return False
             if self.projects and m["project"] not in self.projects:
@@ -237,7 +237,7 @@ def _image(value: Any, path: str) -> ImageRef:
 def _digest(value: Any, ref: ImageRef, kind: str) -> str | None:
     if value is None:
         return ref.digest
-    if not isinstance(value, str) or not refs.DIGEST.match(value):
+    if not isinstance(value, str) or not refs.DIGEST.fullmatch(value):
         raise EventError(f"digest: expected sha256:<64 lower-case hex>, got {_show(value)}")
     if ref.digest is not None and ref.digest != value:
         raise EventError(f"digest: {value} disagrees with the digest in {kind} ({ref.digest})")
@@ -265,7 +265,7 @@ def _reason(value: Any) -> str | None:
 def _rollout_id(value: Any) -> str:
     if value is None:
         raise EventError("rollout_id: required")
-    if not isinstance(value, str) or not ROLLOUT_ID.match(value):
+    if not isinstance(value, str) or not ROLLOUT_ID.fullmatch(value):
         raise EventError(f"rollout_id: {_show(value)} is not a rollout id ({ROLLOUT_ID.pattern})")
     return value
 
@@ -300,7 +300,7 @@ def _list(value: Any, path: str) -> list[Any]:
 def _strings(value: Any, path: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
     items = _list(value, path)
     for i, item in enumerate(items):
-        if not isinstance(item, str) or not pattern.match(item):
+        if not isinstance(item, str) or not pattern.fullmatch(item):
             raise EventError(f"{path}[{i}]: {_show(item)} is not {what}")
     return tuple(items)
 
@@ -308,8 +308,8 @@ def _strings(value: Any, path: str, pattern: re.Pattern[str], what: str) -> tupl
 def _services(value: Any) -> tuple[str, ...]:
     items = _list(value, "filter.services")
     for i, item in enumerate(items):
-        m = _SERVICE_NAME.match(item) if isinstance(item, str) else None
-        if m is None or not _PROJECT.match(m["project"]) or not _REGION.match(m["region"]):
+        m = _SERVICE_NAME.fullmatch(item) if isinstance(item, str) else None
+        if m is None or not _PROJECT.fullmatch(m["project"]) or not _REGION.fullmatch(m["region"]):
             raise EventError(
                 f"filter.services[{i}]: {_show(item)} is not a full service name "
                 "(projects/PROJECT/locations/REGION/services/NAME)"
@@ -325,9 +325,9 @@ def _labels(value: Any) -> tuple[tuple[str, str], ...]:
     if len(value) > MAX_FILTER_ENTRIES:
         raise EventError(f"filter.labels: more than {MAX_FILTER_ENTRIES} entries")
     for key, val in value.items():
-        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
             raise EventError(f"filter.labels: {_show(key)} is not a label key")
-        if not isinstance(val, str) or not _LABEL_VALUE.match(val):
+        if not isinstance(val, str) or not _LABEL_VALUE.fullmatch(val):
             raise EventError(f"filter.labels.{key}: {_show(val)} is not a label value")
     return tuple(value.items())
 
