@@ -16,8 +16,10 @@ from typing import Any, Literal, Mapping
 from . import refs
 from .refs import ImageRef, RefError
 
-MAX_EVENT_BYTES = 512 * 1024  # Eventarc's own cap on an event
 MAX_DATA_BYTES = 256 * 1024  # our messages are small JSON; anything bigger is not ours
+MAX_ATTRIBUTES = 100  # Pub/Sub's own limits (REFERENCE.md §5)
+MAX_ATTRIBUTE_KEY = 256
+MAX_ATTRIBUTE_VALUE = 1024
 
 
 class EventError(ValueError):
@@ -85,6 +87,10 @@ def pubsub_message(envelope: Any) -> PubSubMessage:
         isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
     ):
         raise EventError("message.attributes must map strings to strings")
+    if len(attributes) > MAX_ATTRIBUTES or any(
+        len(k) > MAX_ATTRIBUTE_KEY or len(v.encode("utf-8", "surrogatepass")) > MAX_ATTRIBUTE_VALUE for k, v in attributes.items()
+    ):
+        raise EventError("message.attributes exceed Pub/Sub's limits (100 attributes, 1,024-byte values)")
     publish_time = message.get("publishTime") or message.get("publish_time")
     subscription = envelope.get("subscription")
     return PubSubMessage(

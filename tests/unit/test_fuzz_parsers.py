@@ -290,7 +290,8 @@ def test_pubsub_message_raises_only_eventerror(env: Any) -> None:
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in msg.attributes.items())
     assert msg.publish_time is None or isinstance(msg.publish_time, str)
     assert msg.subscription is None or isinstance(msg.subscription, str)
-    assert len(msg.data) <= events.MAX_EVENT_BYTES
+    assert len(msg.data) <= events.MAX_DATA_BYTES
+    assert len(msg.attributes) <= events.MAX_ATTRIBUTES
 
 
 GCR_FIELDS = {
