@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -156,7 +158,10 @@ class LocalStack:
         return self.pubsub.wait_idle(timeout)
 
     def start_function(self, target: str) -> None:
-        port = free_port()
+        self._spawn_function(target, free_port(), timeout=30)
+
+    def _spawn_function(self, target: str, port: int, *, timeout: float) -> None:
+        """Run one entry point under functions-framework on `port`, in its own process group."""
         env = {**os.environ, "BASEROLL_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1",
                "THREADS": str(self.function_threads)}
         env.pop("BASEROLL_CONFIG_YAML", None)
@@ -168,13 +173,12 @@ class LocalStack:
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), start_new_session=True,
         )
         self.functions[target] = (proc, port)
-        import socket
 
         def listening() -> bool:
             with socket.socket() as s:
                 return s.connect_ex((LOOPBACK, port)) == 0
 
-        wait_until(listening, timeout=30, what=f"function {target}", proc=proc)
+        wait_until(listening, timeout=timeout, what=f"function {target}", proc=proc)
 
     def stop_function(self, target: str) -> None:
         proc, _ = self.functions.pop(target)
@@ -211,8 +215,6 @@ class LocalStack:
         """SIGKILL a function by its PID, with its gunicorn workers (its own process group, as
         started): a crash, no cleanup, requests in flight cut. Pub/Sub pushes to it fail (and are
         redelivered) until `restart_function`. Returns the PID killed."""
-        import signal
-
         proc, _ = self.functions[target]
         if proc.poll() is None:
             try:
@@ -227,27 +229,10 @@ class LocalStack:
 
     def restart_function(self, target: str, *, timeout: float = 30.0) -> None:
         """Start a killed function again on the same port, so its push subscription reaches it again."""
-        import socket
-
         proc, port = self.functions[target]
         if proc.poll() is None:
             raise RuntimeError(f"{target} is still running (pid {proc.pid}): kill_function it first")
-        env = {**os.environ, "BASEROLL_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1", "THREADS": "32"}
-        env.pop("BASEROLL_CONFIG_YAML", None)
-        binary = shutil.which("functions-framework", path=str(Path(sys.executable).parent)) or "functions-framework"
-        log = open(self.function_log(target), "ab")
-        proc = subprocess.Popen(
-            [binary, "--source", str(MAIN), "--target", target, "--signature-type", "cloudevent",
-             "--host", LOOPBACK, "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), start_new_session=True,
-        )
-        self.functions[target] = (proc, port)
-
-        def listening() -> bool:
-            with socket.socket() as s:
-                return s.connect_ex((LOOPBACK, port)) == 0
-
-        wait_until(listening, timeout=timeout, what=f"function {target} (restarted)", proc=proc)
+        self._spawn_function(target, port, timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
