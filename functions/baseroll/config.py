@@ -60,7 +60,7 @@ class FailureBudget:
 @dataclass(frozen=True)
 class RolloutSettings:
     ready_timeout_s: float = 300.0
-    concurrency: int = 8
+    concurrency: int = 8  # tasks released at once per project x region before pacing takes over
     drift_policy: str = "apply-or-refuse"
     waves: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)  # cumulative fractions after the canary cohort
     failure_budget: FailureBudget = field(default_factory=FailureBudget)
@@ -68,6 +68,7 @@ class RolloutSettings:
     region_quota: Mapping[str, int] = field(default_factory=dict)  # per-region overrides
     invocation_budget_s: float = 480.0  # stay inside the 540 s limit of an event-driven function
     poll_interval_s: float = 2.0
+    dry_run: bool = False  # every trigger only plans and reports: a whole deployment in observe mode
 
     def quota_for(self, region: str) -> int:
         return int(self.region_quota.get(region, self.write_quota_per_min))
@@ -184,6 +185,7 @@ def parse(doc: Any) -> Config:
         region_quota=_region_quota(ro.get("region_quota") or {}),
         invocation_budget_s=float(_number(ro, "invocation_budget_s", 480, 1, 540)),
         poll_interval_s=float(_number(ro, "poll_interval_s", 2, 0.01, 60)),
+        dry_run=_bool(ro, "dry_run"),
     )
     state_repo = doc.get("state_repository")
     if state_repo is not None:
@@ -218,13 +220,20 @@ def parse(doc: Any) -> Config:
 TOP_LEVEL_KEYS = ("projects", "regions", "allowed_registries", "plain_http_registries", "base_tracks", "labels",
                   "rollout", "cloud_run_endpoint", "pubsub_project", "state_repository")
 ROLLOUT_KEYS = ("ready_timeout_s", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min",
-                "region_quota", "invocation_budget_s", "poll_interval_s")
+                "region_quota", "invocation_budget_s", "poll_interval_s", "dry_run")
 
 
 def _known(doc: Mapping[str, Any], prefix: str, keys: tuple[str, ...]) -> None:
     unknown = sorted(set(doc) - set(keys))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown setting (known: {', '.join(keys)})")
+
+
+def _bool(doc: Mapping[str, Any], key: str) -> bool:
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"rollout.{key}: true or false, got {value!r}")
+    return value
 
 
 def _waves(value: Any) -> tuple[float, ...]:

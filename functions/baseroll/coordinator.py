@@ -89,8 +89,8 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
     plan = engine.build_plan(cfg, deps.fleet, deps.catalog(), request, new_ref, scope=scope.matches)
     summary = {"rollout_id": rollout_id, "kind": request.kind, "image": str(request.image), "target": str(new_ref),
                "to_roll": len(plan.to_roll), "skipped": len(plan.services) - len(plan.to_roll),
-               "dry_run": request.dry_run}
-    if request.dry_run:
+               "dry_run": request.dry_run or cfg.rollout.dry_run}
+    if request.dry_run or cfg.rollout.dry_run:
         report = dry_run_report(cfg, plan, new_ref, deps.rebase)
         log.notice("rollout.dry_run", **summary, waves=[len(w) for w in report["waves"]])
         return {**summary, **report}
@@ -351,7 +351,8 @@ def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step
     rebased: dict[RebaseJob, ImageRef | str] = {}
     names = wave[step.cursor:]
     timed = pacing.schedule(names, lambda n: (n.split("/")[1], n.split("/")[3]),
-                            lambda loc: cfg.rollout.quota_for(loc[1]), start=time.monotonic())
+                            lambda loc: cfg.rollout.quota_for(loc[1]), start=time.monotonic(),
+                            burst=cfg.rollout.concurrency)
     released: set[str] = set()
     batch: list[Task] = []
 

@@ -104,3 +104,17 @@ def test_other_pushes_and_bad_events_are_acknowledged_and_change_nothing(stack, 
     assert updates(stack) == before
     reasons = [rec for rec in log_records(stack) if rec["message"] in ("event.ignored", "event.rejected")]
     assert len(reasons) >= len(cases) and all(rec.get("reason") for rec in reasons)
+
+
+def test_observe_mode_dry_runs_every_trigger():
+    """`rollout.dry_run: true` turns a whole deployment into an observer: the push is planned and
+    reported, nothing is deployed, no rollout starts."""
+    with LocalStack(rollout={"dry_run": True}, targets=("on_artifact_push",)) as s:
+        fleet = scenario.seed_fleet(s, services=14)
+        before = updates(s)
+        new_base = scenario.push_new_base(s, fleet, "python")
+        assert scenario.deliver_push(s, new_base, "3.12").status_code == 200
+        assert updates(s) == before
+        dry = [r for r in log_records(s) if r["message"] == "rollout.dry_run"]
+        assert len(dry) == 1 and dry[0]["to_roll"] == sum(1 for x in fleet.services if x.eligible_for("python"))
+        assert scenario.record_store(s).get(scenario.rollout_id("python", new_base)) is None

@@ -71,3 +71,10 @@ def test_failure_budget_count_and_percentage():
     assert not config.parse({**GOOD, "rollout": {"failure_budget": 2}}).rollout.failure_budget.exceeded(2, 100)
     pct = config.parse({**GOOD, "rollout": {"failure_budget": "5%"}}).rollout.failure_budget
     assert not pct.exceeded(5, 100) and pct.exceeded(6, 100)
+
+
+def test_observe_mode_and_concurrency():
+    cfg = config.parse({**GOOD, "rollout": {"dry_run": True, "concurrency": 3}})
+    assert cfg.rollout.dry_run and cfg.rollout.concurrency == 3
+    with pytest.raises(ConfigError, match="rollout.dry_run"):
+        config.parse({**GOOD, "rollout": {"dry_run": "yes"}})
