@@ -16,6 +16,7 @@ import yaml
 
 from . import refs
 from .refs import ImageRef, RefError
+from .signatures import POLICIES, SigningPolicy
 
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -85,6 +86,7 @@ class Config:
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     cloud_run_endpoint: str | None = None  # None = Google's; set for the local stand-in
     pubsub_project: str | None = None  # project of the baseroll-* topics; None = first of `projects`
+    signatures: SigningPolicy = field(default_factory=SigningPolicy)
     state_repository: ImageRef | None = None  # where rollout records live (OCI artifacts)
 
     @property
@@ -214,11 +216,25 @@ def parse(doc: Any) -> Config:
         cloud_run_endpoint=endpoint,
         pubsub_project=pubsub_project,
         state_repository=state_ref,
+        signatures=_signatures(doc.get("signatures") or {}),
     )
 
 
+def _signatures(doc: Any) -> SigningPolicy:
+    if not isinstance(doc, Mapping):
+        raise ConfigError("signatures: must be a mapping")
+    _known(doc, "signatures.", ("policy", "request_topic"))
+    policy = doc.get("policy", "report")
+    if policy not in POLICIES:
+        raise ConfigError(f"signatures.policy: one of {POLICIES}, got {policy!r}")
+    topic = doc.get("request_topic")
+    if topic is not None and (not isinstance(topic, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}", topic)):
+        raise ConfigError(f"signatures.request_topic: {topic!r} is not a topic id")
+    return SigningPolicy(policy, topic)
+
+
 TOP_LEVEL_KEYS = ("projects", "regions", "allowed_registries", "plain_http_registries", "base_tracks", "labels",
-                  "rollout", "cloud_run_endpoint", "pubsub_project", "state_repository")
+                  "rollout", "cloud_run_endpoint", "pubsub_project", "state_repository", "signatures")
 ROLLOUT_KEYS = ("ready_timeout_s", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min",
                 "region_quota", "invocation_budget_s", "poll_interval_s", "dry_run")
 

@@ -14,16 +14,16 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from . import bus as bus_mod, ledger, log, pacing, topics, waves
+from . import bus as bus_mod, ledger, log, pacing, signatures, topics, waves
 from .catalog import Catalog
 from .config import Config
 from .events import RollRequest
 from .fleet import Fleet, ServiceView
 from .messages import Rollout, Step, Task
-from .plan import Plan, RebaseJob
+from .plan import Plan, RebaseJob, ServicePlan
 from .records import TERMINAL, RecordStore, RolloutRecord
 from .refs import ImageRef, parse
 from .registry import RegistryClient
@@ -292,6 +292,7 @@ def handle_step(deps: Deps, step: Step, delivery: str) -> None:
 def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None:
     cfg, ro = deps.config, step.rollout
     lease = _Lease(deps, rec)
+    cache = _StepCache()
     deadline = time.monotonic() + cfg.rollout.invocation_budget_s
     track_image = parse(ro.track_image)
     current = current_digest(deps.registry, ro)
@@ -313,13 +314,13 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
         return
     wave = all_waves[step.wave]
     if step.cursor < len(wave):
-        cursor = _release(deps, plan, new_base, ro, step, wave, deadline, lease)
+        cursor = _release(deps, plan, new_base, ro, step, wave, deadline, lease, cache)
         if cursor < len(wave):  # out of time: continue in a fresh invocation
             _finish_step(deps, rec, step, Step(ro, step.wave, cursor, None, step.seq + 1, step.halted_failures))
             return
         step = Step(ro, step.wave, cursor, deps.clock(), step.seq, step.halted_failures)
     released_at = step.released_at or deps.clock()
-    status = _await_wave(deps, catalog, request, new_base, ro, wave, released_at, deadline, scope, lease)
+    status = _await_wave(deps, catalog, request, new_base, ro, wave, released_at, deadline, scope, lease, cache)
     if not status.settled:
         log.info("wave.waiting", rollout_id=ro.rollout_id, wave=step.wave, pending=len(status.pending))
         _finish_step(deps, rec, step, Step(ro, step.wave, len(wave), released_at, step.seq + 1, step.halted_failures))
@@ -344,11 +345,10 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
 
 
 def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step, wave: list[str],
-             deadline: float, lease: _Lease) -> int:
+             deadline: float, lease: _Lease, cache: _StepCache) -> int:
     """Publish tasks for wave[step.cursor:] at the write quota; return the new cursor."""
     cfg = deps.config
     to_roll = {sp.service.name: sp for sp in plan.to_roll}
-    rebased: dict[RebaseJob, ImageRef | str] = {}
     names = wave[step.cursor:]
     timed = pacing.schedule(names, lambda n: (n.split("/")[1], n.split("/")[3]),
                             lambda loc: cfg.rollout.quota_for(loc[1]), start=time.monotonic(),
@@ -373,9 +373,7 @@ def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step
         if sp is None:
             released.add(name)  # already rolled, or no longer needs it: nothing to send
             continue
-        missing = [c.job for c in sp.containers.values() if c.job is not None and c.job not in rebased]
-        rebased.update(engine.rebase_jobs_for(missing, new_base, deps.rebase))
-        targets = engine.targets_for(sp, rebased)
+        targets = _targets(deps, sp, new_base, ro, cache)
         if isinstance(targets, str):
             log.warning("service.skipped", service=name, reason=targets)
             released.add(name)
@@ -393,16 +391,66 @@ def _release(deps: Deps, plan: Plan, new_base: ImageRef, ro: Rollout, step: Step
     return cursor
 
 
+@dataclass
+class _StepCache:
+    """What one step learns once: rebase results and signature verdicts (a later step asks again,
+    so a signature added meanwhile is seen)."""
+
+    rebased: dict[RebaseJob, ImageRef | str] = field(default_factory=dict)
+    signature: dict[ImageRef, str | None] = field(default_factory=dict)
+
+
+def _targets(deps: Deps, sp: ServicePlan, new_base: ImageRef, ro: Rollout,
+             cache: _StepCache) -> tuple[dict[int, str], dict[int, str]] | str:
+    """What a planned service goes to, or why it cannot go: a refused rebase, or (policy `require`)
+    a rebased image nobody has signed yet."""
+    missing = [c.job for c in sp.containers.values() if c.job is not None and c.job not in cache.rebased]
+    cache.rebased.update(engine.rebase_jobs_for(missing, new_base, deps.rebase))
+    for change in sp.containers.values():
+        result = cache.rebased.get(change.job) if change.job is not None else None
+        if change.job is not None and isinstance(result, ImageRef):
+            problem = _signature_check(deps, change.job, result, ro, cache)
+            if problem:
+                return problem
+    return engine.targets_for(sp, cache.rebased)
+
+
+def _signature_check(deps: Deps, job: RebaseJob, image: ImageRef, ro: Rollout, cache: _StepCache) -> str | None:
+    """None when the rebased image may be deployed; else why not. Logs once per image and step."""
+    policy = deps.config.signatures
+    key = image
+    if key not in cache.signature:
+        cache.signature[key] = None
+        was_signed = signatures.is_signed(deps.registry, job.app)
+        signed = signatures.is_signed(deps.registry, image)
+        if was_signed and not signed:
+            log.warning("signature.not_carried", app=str(job.app), rebased=str(image), rollout_id=ro.rollout_id,
+                        policy=policy.policy)
+        if policy.policy == "require" and not signed:
+            cache.signature[key] = f"rebased image {image} is unsigned and signatures.policy is require"
+            if policy.request_topic:
+                deps.bus.publish(policy.request_topic, [(signatures.sign_request(image, job.app, ro.rollout_id),
+                                                         {"schema": signatures.SIGN_REQUEST_SCHEMA})])
+                log.notice("signature.requested", image=str(image), topic=policy.request_topic, rollout_id=ro.rollout_id)
+    return cache.signature[key]
+
+
 def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: ImageRef, ro: Rollout,
                 wave: list[str], released_at: float, deadline: float, scope: engine.Scope,
-                lease: _Lease) -> waves.WaveStatus:
+                lease: _Lease, cache: _StepCache) -> waves.WaveStatus:
     cfg = deps.config
     settle_by = released_at + cfg.rollout.ready_timeout_s * 2 + SETTLE_GRACE_S  # an update and its rollback
     while True:
         plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, scope=scope, quiet=True)
         views = {sp.service.name: sp.service for sp in plan.services}
+        members = set(wave)
         outdated = {sp.service.name for sp in plan.to_roll}
-        st = waves.status(wave, views, ro.rollout_id, outdated, deadline_passed=deps.clock() > settle_by)
+        # A service that cannot be sent (refused rebase, unsigned under `require`) has failed now,
+        # not at the deadline.
+        refused = {sp.service.name: r for sp in plan.to_roll if sp.service.name in members
+                   and isinstance(r := _targets(deps, sp, new_base, ro, cache), str)}
+        st = waves.status(wave, views, ro.rollout_id, outdated, deadline_passed=deps.clock() > settle_by,
+                          refused=refused)
         if st.settled or time.monotonic() + cfg.rollout.poll_interval_s > deadline:
             return st
         lease.renew()

@@ -51,7 +51,7 @@ class WaveStatus:
 
 
 def status(wave: Sequence[str], fleet: Mapping[str, ServiceView], rollout_id: str, still_outdated: set[str],
-           *, deadline_passed: bool) -> WaveStatus:
+           *, deadline_passed: bool, refused: Mapping[str, str] = {}) -> WaveStatus:
     """Read a wave's state from the live fleet (the ledger annotations) and the current plan."""
     st = WaveStatus()
     for name in wave:
@@ -73,8 +73,8 @@ def status(wave: Sequence[str], fleet: Mapping[str, ServiceView], rollout_id: st
             st.failed.append(name)
         elif name not in still_outdated and not mine:
             st.skipped.append(name)  # no longer needs this rollout (changed elsewhere, or already current)
-        elif deadline_passed:
-            st.failed.append(name)
+        elif deadline_passed or name in refused:
+            st.failed.append(name)  # no result in time, or it could not be sent at all
         else:
             st.pending.append(name)
     return st

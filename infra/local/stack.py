@@ -55,7 +55,9 @@ class LocalStack:
                  rollout: dict | None = None, write_quota_per_min: int | None = None,
                  pubsub_faults: dict | None = None, projects: tuple[str, ...] = PROJECTS,
                  regions: tuple[str, ...] = REGIONS, cloudrun_workers: int = 8, push_concurrency: int = 24,
-                 function_threads: int = 32, extra_tracks: Iterable[dict] = ()) -> None:
+                 function_threads: int = 32, extra_tracks: Iterable[dict] = (),
+                 signatures: dict | None = None) -> None:
+        self.signatures = signatures
         self.projects, self.regions = projects, regions
         # More base tracks after the seeded ones: {"name": ..., "image": "{registry}/repo:tag"}, where
         # `{registry}` stands for the local registry's host:port (not known before the stack exists).
@@ -113,6 +115,7 @@ class LocalStack:
                         "invocation_budget_s": 60, "poll_interval_s": 0.3, **self.rollout_overrides},
             "cloud_run_endpoint": self.cloudrun.url if self.cloudrun else None,
             "pubsub_project": TOPIC_PROJECT,
+            **({"signatures": self.signatures} if self.signatures else {}),
         }
 
     # --- lifecycle
@@ -129,7 +132,8 @@ class LocalStack:
         os.environ["PUBSUB_EMULATOR_HOST"] = self.pubsub.host
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self.publisher = pubsub_v1.PublisherClient()
-        for topic in {*TRIGGERS.values(), *topics.PUBLISHED}:
+        sign_topic = (self.signatures or {}).get("request_topic")
+        for topic in {*TRIGGERS.values(), *topics.PUBLISHED, *([sign_topic] if sign_topic else [])}:
             self.publisher.create_topic(name=self.publisher.topic_path(self.topic_project(topic), topic))
         subscriber = pubsub_v1.SubscriberClient()
         for target in self.targets:

@@ -54,3 +54,10 @@ def test_schedule_paces_each_location_at_its_quota():
     assert a[:2] == [100.0, 100.0] and a[2] == 101.0 and a[-1] == 108.0  # 1 per second after the burst
     assert b[-1] == 104.0  # twice the quota, half the time: locations proceed in parallel
     assert [t for t, _ in timed] == sorted(t for t, _ in timed)
+
+
+def test_a_refused_service_fails_its_wave_at_once():
+    s = svc(7)
+    st = waves.status([s.name], {s.name: s}, "r", still_outdated={s.name}, deadline_passed=False,
+                      refused={s.name: "rebase failed: not a prefix"})
+    assert st.failed == [s.name] and st.settled
