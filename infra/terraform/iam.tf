@@ -84,6 +84,17 @@ resource "google_pubsub_topic_iam_member" "planner_publisher" {
   member  = "serviceAccount:${google_service_account.baseroll["planner"].email}"
 }
 
+# Sign requests for rebased images (signatures.policy = "require"): the signing step's topic,
+# which lives in the host project and is owned by whoever runs the signing step.
+resource "google_pubsub_topic_iam_member" "planner_sign_requests" {
+  count = var.sign_request_topic == null ? 0 : 1
+
+  project = var.project_id
+  topic   = var.sign_request_topic
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${google_service_account.baseroll["planner"].email}"
+}
+
 # --- worker ----------------------------------------------------------------------------------
 
 resource "google_project_iam_member" "worker_run_developer" {

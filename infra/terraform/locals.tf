@@ -75,6 +75,10 @@ locals {
       write_quota_per_min = var.write_quota_per_minute
       region_quota        = var.region_write_quota
     }
+    signatures = {
+      policy        = var.signature_policy
+      request_topic = var.sign_request_topic
+    }
   }
 
   baseroll_config_yaml = yamlencode(local.baseroll_config)

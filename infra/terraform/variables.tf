@@ -257,3 +257,19 @@ variable "max_delivery_attempts" {
     error_message = "max_delivery_attempts: between 5 and 100 (Pub/Sub limits)."
   }
 }
+
+variable "signature_policy" {
+  description = "Signatures do not follow a rebase: \"report\" deploys and logs it; \"require\" deploys only rebased images that are signed."
+  type        = string
+  default     = "report"
+  validation {
+    condition     = contains(["report", "require"], var.signature_policy)
+    error_message = "signature_policy: report or require."
+  }
+}
+
+variable "sign_request_topic" {
+  description = "Topic id (host project) of the signing step that baseroll asks to sign rebased images; null for none."
+  type        = string
+  default     = null
+}

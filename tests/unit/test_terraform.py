@@ -82,8 +82,10 @@ ALLOWED_GRANTS = {
     },
 }
 # Topics each identity may publish to.
+# The operator's signing-step topic (signatures.policy = require) is named by a variable.
+SIGN_TOPIC_VAR = "${var.sign_request_topic}"
 PUBLISH_SCOPE = {
-    "planner": PLANNED_TOPICS,
+    "planner": PLANNED_TOPICS | {SIGN_TOPIC_VAR},
     "worker": {"baseroll-results"},
     PUBSUB_AGENT: {f"{t}-dead-letter" for t in PLANNED_TOPICS},
 }
@@ -263,6 +265,8 @@ def resolve_topic(module: Module, expr: Any) -> str | None:
         return None
     if "${" not in expr:
         return expr.rsplit("/", 1)[-1]
+    if expr == SIGN_TOPIC_VAR:
+        return SIGN_TOPIC_VAR
     m = re.fullmatch(r"\$\{(data\.)?google_pubsub_topic\.(\w+)(?:\[\"([^\"]+)\"\]|\[0\])?\.(?:id|name)\}", expr)
     if m:
         return topic_names(module).get(("data" if m.group(1) else "resource", m.group(2), m.group(3)))
