@@ -133,12 +133,18 @@ def control(deps: Deps, action: str, rollout_id: str) -> dict:
         log.info("rollout.resume_ignored", rollout_id=rollout_id, status=rec.status)
         return {"status": rec.status, "rollout_id": rollout_id}
     accepted = next((w.get("failed", 0) for w in rec.waves if w.get("wave") == rec.wave), 0)
-    rec.status, rec.reason, rec.owner = "running", f"resumed at wave {rec.wave}", ""
-    rec.seq += 1
-    deps.records.put(rec)
-    bus_mod.send(deps.bus, topics.RESULTS, Step(_rollout_of(rec), rec.wave, 0, None, rec.seq + 1, accepted))
+    _restart(deps, rec, rec.wave, f"resumed at wave {rec.wave}", accepted)
     log.notice("rollout.resumed", rollout_id=rollout_id, wave=rec.wave, accepted_failures=accepted)
     return {"status": "running", "rollout_id": rollout_id}
+
+
+def _restart(deps: Deps, rec: RolloutRecord, wave: int, reason: str, accepted_failures: int = 0) -> None:
+    """Run the rollout again from `wave` with a fresh step. The record's seq moves past every step
+    already in flight, so a late copy of one is dropped as stale."""
+    rec.status, rec.reason, rec.owner = "running", reason, ""
+    rec.seq += 1
+    deps.records.put(rec)
+    bus_mod.send(deps.bus, topics.RESULTS, Step(_rollout_of(rec), wave, 0, None, rec.seq + 1, accepted_failures))
 
 
 def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
@@ -153,11 +159,9 @@ def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
         rec = deps.records.get(result["rollout_id"])
         quiet = rec is not None and deps.clock() - rec.updated > LEASE_S
         if rec is not None and ((rec.status == "running" and quiet) or (rec.status == "finished" and result["to_roll"])):
-            rec.status, rec.owner, rec.reason = "running", "", "restarted by sweep"
-            rec.seq += 1
-            deps.records.put(rec)
-            wave = rec.wave if result.get("status") == "running" and quiet else 0
-            bus_mod.send(deps.bus, topics.RESULTS, Step(_rollout_of(rec), wave, 0, None, rec.seq + 1))
+            # A quiet rollout picks up where it stopped; a finished one walks its waves again for stragglers.
+            wave = rec.wave if rec.status == "running" else 0
+            _restart(deps, rec, wave, "restarted by sweep")
             log.notice("rollout.swept", rollout_id=rec.rollout_id, wave=wave, to_roll=result["to_roll"])
             result = {**result, "status": "restarted"}
         out.append(result)
