@@ -87,8 +87,7 @@ def rollout_id(track: str, new_base: ImageRef) -> str:
 
 def results(stack: LocalStack, fleet: SeededFleet) -> list[ServiceResult]:
     client = stack.run_client()
-    stats = stack.cloudrun.stats() if stack.cloudrun else {}
-    updates = stats.get("services", {})
+    updates = stack.update_counts()
     out = []
     for s in fleet.services:
         svc = client.get_service(name=s.name)
@@ -97,7 +96,7 @@ def results(stack: LocalStack, fleet: SeededFleet) -> list[ServiceResult]:
             image=svc.template.containers[0].image,
             state=svc.annotations.get(ledger.STATE, ""),
             reason=svc.annotations.get(ledger.REASON, ""),
-            updates=int(updates.get(s.name, {}).get("updates", 0)),
+            updates=updates.get(s.name, 0),
         ))
     return out
 

@@ -9,6 +9,7 @@ CLI: `python -m infra.local.stack up` starts it and prints its endpoints until C
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -99,6 +100,30 @@ class LocalStack:
 
     def function_log(self, target: str) -> Path:
         return self.workdir / f"{target}.log"
+
+    def log_records(self, message: str | None = None, *, target: str | None = None) -> list[dict]:
+        """The structured log lines the functions wrote (all of them, or one function's), optionally
+        only those with `message`. Tracebacks and a line cut by a crash are passed over."""
+        out = []
+        for t in (target,) if target else self.targets:
+            path = self.function_log(t)
+            if not path.exists():
+                continue
+            for line in path.read_text(errors="replace").splitlines():
+                if not line.startswith("{"):
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if message is None or record.get("message") == message:
+                    out.append(record)
+        return out
+
+    def update_counts(self) -> dict[str, int]:
+        """Per service, how many updates the Cloud Run stand-in has applied."""
+        assert self.cloudrun is not None
+        return {name: int(v.get("updates", 0)) for name, v in self.cloudrun.stats()["services"].items()}
 
     def config(self) -> dict:
         host = self.registry.host

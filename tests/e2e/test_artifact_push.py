@@ -26,24 +26,11 @@ def fleet(stack):
     return scenario.seed_fleet(stack, services=40)
 
 
-def updates(stack) -> dict[str, int]:
-    return {name: int(v.get("updates", 0)) for name, v in stack.cloudrun.stats()["services"].items()}
-
-
-def log_records(stack) -> list[dict]:
-    out = []
-    for target in stack.targets:
-        for line in stack.function_log(target).read_text().splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-    return out
-
-
 def test_base_push_rolls_eligible_services_and_rolls_back_a_failure(stack, fleet):
     eligible = [s for s in fleet.services if s.eligible_for("python")]
     doomed = eligible[1]
     stack.cloudrun.inject_fault({"service": doomed.name, "reason": "HEALTH_CHECK_CONTAINER_ERROR", "times": 1})
-    before = updates(stack)
+    before = stack.update_counts()
 
     new_base = scenario.push_new_base(stack, fleet, "python")
     response = scenario.deliver_push(stack, new_base, "3.12", message_id="push-1")
@@ -51,7 +38,7 @@ def test_base_push_rolls_eligible_services_and_rolls_back_a_failure(stack, fleet
     record = scenario.wait_rollout(stack, scenario.rollout_id("python", new_base))
     assert record["status"] == "finished", record  # one failure is within the budget of 1
 
-    after = updates(stack)
+    after = stack.update_counts()
     for r in scenario.results(stack, fleet):
         delta = after.get(r.seeded.name, 0) - before.get(r.seeded.name, 0)
         if r.seeded is doomed:
@@ -69,24 +56,24 @@ def test_base_push_rolls_eligible_services_and_rolls_back_a_failure(stack, fleet
             assert not r.changed and delta == 0, f"{r.seeded.name} should be untouched"
 
     # One rebase per unique app image, not per service.
-    rebased = [rec for rec in log_records(stack) if rec["message"] == "rebase.done" and rec.get("pushed")]
+    rebased = [rec for rec in stack.log_records() if rec["message"] == "rebase.done" and rec.get("pushed")]
     assert len(rebased) == len({s.app for s in eligible})
-    assert all(rec["severity"] for rec in log_records(stack))
+    assert all(rec["severity"] for rec in stack.log_records())
 
 
 def test_redelivered_event_updates_nothing(stack, fleet):
     new_base = fleet.base_versions["python"][-1]
-    before = updates(stack)
+    before = stack.update_counts()
     images_before = {r.seeded.name: r.image for r in scenario.results(stack, fleet)}
     assert scenario.deliver_push(stack, new_base, "3.12", message_id="push-1").status_code == 200
     assert scenario.publish_push(stack, new_base, "3.12")  # and once more through Pub/Sub
     assert stack.wait_idle(30)
-    assert updates(stack) == before
+    assert stack.update_counts() == before
     assert {r.seeded.name: r.image for r in scenario.results(stack, fleet)} == images_before
 
 
 def test_other_pushes_and_bad_events_are_acknowledged_and_change_nothing(stack, fleet):
-    before = updates(stack)
+    before = stack.update_counts()
     url = stack.function_url("on_artifact_push")
     app = fleet.apps["py-api"]
     cases = [
@@ -101,8 +88,8 @@ def test_other_pushes_and_bad_events_are_acknowledged_and_change_nothing(stack, 
         assert response.status_code == 200
     # Not a CloudEvent at all: the framework answers 400.
     assert httpx.post(url, json={"hello": "world"}, timeout=10).status_code == 400
-    assert updates(stack) == before
-    reasons = [rec for rec in log_records(stack) if rec["message"] in ("event.ignored", "event.rejected")]
+    assert stack.update_counts() == before
+    reasons = [rec for rec in stack.log_records() if rec["message"] in ("event.ignored", "event.rejected")]
     assert len(reasons) >= len(cases) and all(rec.get("reason") for rec in reasons)
 
 
@@ -111,10 +98,10 @@ def test_observe_mode_dry_runs_every_trigger():
     reported, nothing is deployed, no rollout starts."""
     with LocalStack(rollout={"dry_run": True}, targets=("on_artifact_push",)) as s:
         fleet = scenario.seed_fleet(s, services=14)
-        before = updates(s)
+        before = s.update_counts()
         new_base = scenario.push_new_base(s, fleet, "python")
         assert scenario.deliver_push(s, new_base, "3.12").status_code == 200
-        assert updates(s) == before
-        dry = [r for r in log_records(s) if r["message"] == "rollout.dry_run"]
+        assert s.update_counts() == before
+        dry = [r for r in s.log_records() if r["message"] == "rollout.dry_run"]
         assert len(dry) == 1 and dry[0]["to_roll"] == sum(1 for x in fleet.services if x.eligible_for("python"))
         assert scenario.record_store(s).get(scenario.rollout_id("python", new_base)) is None

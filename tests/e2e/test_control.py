@@ -30,10 +30,6 @@ def request(stack, **fields) -> None:
     stack.publish("baseroll-requests", data, schema=requests.SCHEMA, action=fields.get("action", "roll"))
 
 
-def updates(stack) -> dict[str, int]:
-    return {n: v["updates"] for n, v in stack.cloudrun.stats()["services"].items()}
-
-
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,7 +61,7 @@ def test_resume_a_halted_rollout(stack, fleet):
 
 def test_abort_stops_a_running_rollout(stack, fleet):
     eligible = [s for s in fleet.services if s.eligible_for("node")]
-    before = updates(stack)
+    before = stack.update_counts()
     new_base = scenario.push_new_base(stack, fleet, "node")
     scenario.publish_push(stack, new_base, "22")
     rid = scenario.rollout_id("node", new_base)
@@ -77,7 +73,7 @@ def test_abort_stops_a_running_rollout(stack, fleet):
     stack.wait_idle(30)
     time.sleep(2)  # a step that was mid-wave when the abort landed must not bring the rollout back
     assert store.get(rid).status == "aborted"
-    changed = [s for s in eligible if updates(stack)[s.name] != before[s.name]]
+    changed = [s for s in eligible if stack.update_counts()[s.name] != before[s.name]]
     assert 0 < len(changed) < len(eligible), "some waves rolled before the abort, the rest never started"
     for r in scenario.results(stack, fleet):
         if r.seeded in changed:

@@ -3,7 +3,6 @@
 duplicate/out-of-order deliveries, a canary halt and supersession."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -39,17 +38,6 @@ def stats(stack) -> dict:
     return stack.cloudrun.stats()["services"]
 
 
-def records(stack, message: str) -> list[dict]:
-    out = []
-    for target in stack.targets:
-        for line in stack.function_log(target).read_text().splitlines():
-            if line.startswith("{"):
-                rec = json.loads(line)
-                if rec["message"] == message:
-                    out.append(rec)
-    return out
-
-
 def test_rolls_every_eligible_service_exactly_once_in_wave_order(stack, fleet):
     # Below what the coordinator releases (600/min): the stand-in answers 429 and workers back off.
     stack.cloudrun.set_write_quota(20)
@@ -76,8 +64,8 @@ def test_rolls_every_eligible_service_exactly_once_in_wave_order(stack, fleet):
     assert sum(s["duplicates"] for s in stack.pubsub.stats()["subscriptions"].values()) > 0
 
     # Waves in order: wave k+1 was released only after wave k settled; canaries first.
-    settled = [r for r in records(stack, "wave.settled") if r["rollout_id"] == rid]
-    released = [r for r in records(stack, "wave.released") if r["rollout_id"] == rid]
+    settled = [r for r in stack.log_records("wave.settled") if r["rollout_id"] == rid]
+    released = [r for r in stack.log_records("wave.released") if r["rollout_id"] == rid]
     assert [r["wave"] for r in settled] == sorted(r["wave"] for r in settled) == list(range(len(record["waves"])))
     for s in settled:
         later = [r for r in released if r["wave"] == s["wave"] + 1]

@@ -29,7 +29,6 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
-from baseroll import ledger
 from infra.local import scenario
 from infra.local.stack import LocalStack
 
@@ -55,18 +54,6 @@ def collect_logs(stack: LocalStack, log_dir: Path, label: str) -> None:
             dst = log_dir / f"{label}-{target}.log"
             shutil.copyfile(src, dst)
             _COLLECTED.append(dst)
-
-
-def log_records(stack: LocalStack, target: str | None = None) -> list[dict]:
-    out = []
-    for t in (target,) if target else stack.targets:
-        for line in stack.function_log(t).read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-    return out
 
 
 def service_stats(stack: LocalStack) -> dict[str, dict]:
@@ -212,7 +199,7 @@ def test_faults_at_scale_every_service_rolled_or_rolled_back_with_reason(log_dir
 
             after = service_stats(stack)
             client = stack.run_client()
-            done_lines = [r for r in log_records(stack, "roll_service") if r.get("message") == "task.done"]
+            done_lines = stack.log_records("task.done", target="roll_service")
             outcomes: dict[str, list[dict]] = {}
             for r in done_lines:
                 outcomes.setdefault(r["service"], []).append(r)
@@ -252,7 +239,7 @@ def test_faults_at_scale_every_service_rolled_or_rolled_back_with_reason(log_dir
                 if client.get_service(name=name).labels.get("touched-by") != value:
                     problems.append(f"{name}: the concurrent writer's label change was lost")
 
-            stale = [r for r in log_records(stack, "roll_service") if r.get("message") == "service.stale"]
+            stale = stack.log_records("service.stale", target="roll_service")
             cr = stack.cloudrun.stats()
             ps = sub_stats(stack)
             print(f"\nfaults at scale: services={len(fleet.services)} eligible={len(eligible)} "

@@ -3,7 +3,6 @@ never deployed: a sign request goes to the signing step's topic, the wave fails 
 reason, and once the images are signed a resume rolls them."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -30,15 +29,6 @@ def sign(stack, image: str) -> None:
                 payload, tags=(signatures.signature_tag(ref.digest),))
 
 
-def logs(stack, message: str) -> list[dict]:
-    out = []
-    for target in stack.targets:
-        for line in stack.function_log(target).read_text().splitlines():
-            if line.startswith("{") and json.loads(line)["message"] == message:
-                out.append(json.loads(line))
-    return out
-
-
 def test_unsigned_rebased_images_are_held_until_signed(stack):
     fleet = scenario.seed_fleet(stack, services=21)
     sign(stack, str(fleet.apps["py-api"]))  # the original was signed: that signature will not carry over
@@ -49,7 +39,7 @@ def test_unsigned_rebased_images_are_held_until_signed(stack):
     record = scenario.wait_rollout(stack, rid, timeout=120)
     assert record["status"] == "halted", record
     assert {n: v["updates"] for n, v in stack.cloudrun.stats()["services"].items()} == before, "nothing unsigned deployed"
-    requested = {r["image"] for r in logs(stack, "signature.requested")}
+    requested = {r["image"] for r in stack.log_records("signature.requested")}
     assert requested and all(parse(i).repository.startswith("apps/py-") for i in requested)
     published = stack.pubsub.stats()["topics"][f"projects/baseroll-host/topics/{SIGN_TOPIC}"]["published"]
     assert published >= len(requested)
@@ -57,7 +47,7 @@ def test_unsigned_rebased_images_are_held_until_signed(stack):
 
     # The signing step signs what it was asked to; each resume gets one wave further (bounded).
     for _ in range(4):
-        for image in {r["image"] for r in logs(stack, "signature.requested")}:
+        for image in {r["image"] for r in stack.log_records("signature.requested")}:
             sign(stack, image)
         stack.publish("baseroll-requests", requests.to_message(action="resume", rollout_id=rid),
                       schema=requests.SCHEMA, action="resume")
@@ -66,9 +56,9 @@ def test_unsigned_rebased_images_are_held_until_signed(stack):
         if record["status"] == "finished":
             break
     assert record["status"] == "finished", record
-    signed_images = {r["image"] for r in logs(stack, "signature.requested")}
+    signed_images = {r["image"] for r in stack.log_records("signature.requested")}
     assert len(signed_images) == 3  # one per rebased app image, never per service
-    assert {r["app"] for r in logs(stack, "signature.not_carried")} == {str(fleet.apps["py-api"])}
+    assert {r["app"] for r in stack.log_records("signature.not_carried")} == {str(fleet.apps["py-api"])}
     for r in scenario.results(stack, fleet):
         if r.seeded.eligible_for("python"):
             assert r.image in signed_images and scenario.on_base(stack, r.image, new_base)

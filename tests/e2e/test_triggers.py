@@ -61,10 +61,6 @@ def fleet(stack):
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def updates(stack) -> dict[str, int]:
-    return {name: int(v.get("updates", 0)) for name, v in stack.cloudrun.stats()["services"].items()}
-
-
 def changed(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     """Services updated between two snapshots, with how many times."""
     return {n: after[n] - before.get(n, 0) for n in after if after[n] != before.get(n, 0)}
@@ -194,7 +190,7 @@ def test_cloud_build_noise_is_ignored_and_junk_rejected(stack, fleet):
     # A build of py-worker that really pushed (tag v1 moved), so acting on any of these would change services.
     new = scenario.rebuild_app(stack, fleet, "py-worker", revision=2)
     name = str(new.with_tag("v1"))
-    before, images_before = updates(stack), images_now(stack)
+    before, images_before = stack.update_counts(), images_now(stack)
     subs_before = build_subscription(stack)
     logs = Logs(stack)
 
@@ -239,7 +235,7 @@ def test_cloud_build_noise_is_ignored_and_junk_rejected(stack, fleet):
         assert rec["trigger"] == "cloud-build" and rec["reason"].startswith(reason), rec
         assert rec["severity"] == "WARNING"
     assert not logs.records("on_build_complete", "event.accepted")
-    assert updates(stack) == before and images_now(stack) == images_before
+    assert stack.update_counts() == before and images_now(stack) == images_before
     assert scenario.record_store(stack).get(ledger.rollout_id("app-py-worker", new.digest)) is None
     # Each acknowledged on its first delivery (2xx): no nack, no redelivery, nothing dead-lettered.
     subs_after = build_subscription(stack)
@@ -253,7 +249,7 @@ def test_cloud_build_noise_is_ignored_and_junk_rejected(stack, fleet):
 def test_cloud_build_of_a_tracked_base_rolls_it(stack, fleet):
     eligible = [s for s in fleet.services if s.eligible_for("node")]
     assert eligible
-    before, images_before = updates(stack), images_now(stack)
+    before, images_before = stack.update_counts(), images_now(stack)
     logs = Logs(stack)
 
     new_base = scenario.push_new_base(stack, fleet, "node")  # the build pushed node:22's next patch
@@ -268,7 +264,7 @@ def test_cloud_build_of_a_tracked_base_rolls_it(stack, fleet):
     accepted = logs.one("on_build_complete", "event.accepted", event_id=message_id)
     assert (accepted["kind"], accepted["image"], accepted["build_id"]) == ("base", name, build_id)
 
-    after = updates(stack)
+    after = stack.update_counts()
     assert changed(before, after) == {s.name: 1 for s in eligible}
     for r in scenario.results(stack, fleet):
         if r.seeded.eligible_for("node"):
@@ -286,7 +282,7 @@ def test_cli_dry_run_plans_and_changes_nothing(stack, fleet):
     target = python_target(stack, fleet)
     base = str(track(fleet, "python"))
     rid = ledger.rollout_id("python", target.digest or "")
-    before, images_before = updates(stack), images_now(stack)
+    before, images_before = stack.update_counts(), images_now(stack)
     to_roll = {s.name for s in fleet.services
                if s.eligible_for("python") and not on_python(stack, images_before[s.name][0][0], target)}
     assert to_roll
@@ -317,7 +313,7 @@ def test_cli_dry_run_plans_and_changes_nothing(stack, fleet):
                 assert "opted out" in rec["reason"]
 
     # Nothing deployed, nothing recorded, no step or task released.
-    assert updates(stack) == before and images_now(stack) == images_before
+    assert stack.update_counts() == before and images_now(stack) == images_before
     assert scenario.record_store(stack).get(rid) is None
     assert not logs.records(message="rollout.started") and not logs.records("roll_service")
     assert not logs.records("on_roll_result")
@@ -331,7 +327,7 @@ def test_cli_filtered_request_rolls_only_its_region_then_the_rest(stack, fleet):
                 if s.eligible_for("python") and not on_python(stack, images_before[s.name][0][0], target)}
     europe = {n for n in eligible if "/locations/europe-west1/" in n}
     assert europe and eligible - europe
-    before = updates(stack)
+    before = stack.update_counts()
     logs = Logs(stack)
 
     out = cli_publish("--base", base, "--filter-region", "europe-west1")
@@ -346,7 +342,7 @@ def test_cli_filtered_request_rolls_only_its_region_then_the_rest(stack, fleet):
     record = await_rollout(stack, started["rollout_id"], logs)
     assert record["status"] == "finished" and record["scope"] == {"regions": ["europe-west1"]}, record
 
-    middle = updates(stack)
+    middle = stack.update_counts()
     assert changed(before, middle) == {n: 1 for n in europe}
     for n in europe:
         assert on_python(stack, get_service(stack, n).template.containers[0].image, target)
@@ -355,7 +351,7 @@ def test_cli_filtered_request_rolls_only_its_region_then_the_rest(stack, fleet):
     out = cli_publish("--base", base)
     record = await_rollout(stack, rid, logs)
     assert record["status"] == "finished", record
-    after = updates(stack)
+    after = stack.update_counts()
     assert changed(middle, after) == {n: 1 for n in eligible - europe}
     now = images_now(stack)
     for n in eligible:
@@ -397,7 +393,7 @@ def test_invalid_requests_are_rejected_naming_the_field(stack, fleet):
     # A base version nobody runs yet: any of these requests, if accepted, would roll the fleet.
     new_base = scenario.push_new_base(stack, fleet, "python")
     host, base = fleet.registry, str(track(fleet, "python"))
-    before, images_before = updates(stack), images_now(stack)
+    before, images_before = stack.update_counts(), images_now(stack)
     logs = Logs(stack)
 
     def fill(value: Any) -> Any:
@@ -420,7 +416,7 @@ def test_invalid_requests_are_rejected_naming_the_field(stack, fleet):
         assert rec["trigger"] == "request" and rec["severity"] == "WARNING"
         assert rec["reason"].startswith(reason), f"{name}: {rec['reason']!r}"
     assert not logs.records(message="rollout.started") and not logs.records("roll_service")
-    assert updates(stack) == before and images_now(stack) == images_before
+    assert stack.update_counts() == before and images_now(stack) == images_before
     assert scenario.record_store(stack).get(scenario.rollout_id("python", new_base)) is None
 
 
@@ -500,7 +496,7 @@ def test_cloud_build_step_request_reaches_the_function_and_rolls(stack, fleet, t
         seed.create_service(run, name, str(image), labels={seed.APP_TAG_LABEL: "v1"})
     # The build's `build` and `push` steps: the next version of the base under its tag.
     v2 = seed.push_base(client, host, CI_BASE, 2)
-    before = updates(stack)
+    before = stack.update_counts()
     logs = Logs(stack)
 
     # Run the publish-roll-request step as Cloud Build would, with a gcloud that talks to the stack.
@@ -534,7 +530,7 @@ def test_cloud_build_step_request_reaches_the_function_and_rolls(stack, fleet, t
     accepted = logs.one("on_roll_request", "request.accepted", event_id=published[0]["published"])
     assert (accepted["action"], accepted["image"], accepted["digest"], accepted["reason"]) == \
         ("roll", tag_ref, v2.digest, f"cloud build {build_id}")
-    assert changed(before, updates(stack)) == {name: 1 for name in services}
+    assert changed(before, stack.update_counts()) == {name: 1 for name in services}
     for name in services:
         image = get_service(stack, name).template.containers[0].image
         assert "@sha256:" in image and scenario.on_base(stack, image, ImageRef(host, CI_BASE.repository, None, v2.digest))
@@ -547,7 +543,7 @@ def test_cloud_build_of_a_shared_app_redeploys_every_tenant_once(stack, fleet):
     tenants = [s for s in fleet.services if s.app == "py-api" and not s.opted_out]
     opted_out = [s for s in fleet.services if s.app == "py-api" and s.opted_out]
     assert len(tenants) >= 3 and opted_out, "the seed must give py-api several tenants and an opted-out one"
-    before, images_before = updates(stack), images_now(stack)
+    before, images_before = stack.update_counts(), images_now(stack)
     logs = Logs(stack)
 
     # The app pipeline rebuilt py-api (changed app layer) and moved its tag v1 to the new build.
@@ -568,7 +564,7 @@ def test_cloud_build_of_a_shared_app_redeploys_every_tenant_once(stack, fleet):
     assert (accepted["trigger"], accepted["build_id"], accepted["kind"], accepted["digest"]) == \
         ("cloud-build", build_id, "app", new.digest)
 
-    after, images_after = updates(stack), images_now(stack)
+    after, images_after = stack.update_counts(), images_now(stack)
     assert changed(before, after) == {s.name: 1 for s in tenants}, "each tenant updated exactly once, nothing else"
     for s in tenants:
         svc = get_service(stack, s.name)
@@ -583,7 +579,7 @@ def test_cloud_build_of_a_shared_app_redeploys_every_tenant_once(stack, fleet):
     logs = Logs(stack)
     again = stack.publish(topics.BUILDS, data, **attributes)
     idle(stack)
-    assert updates(stack) == after and images_now(stack) == images_after
+    assert stack.update_counts() == after and images_now(stack) == images_after
     assert logs.one("on_build_complete", "event.accepted", event_id=again)
     assert logs.one("on_build_complete", "rollout.already_started", rollout_id=rid)
     assert not logs.records(message="service.updated")
@@ -605,7 +601,7 @@ def test_base_image_uri_pins_move_and_tag_pins_are_left_to_cloud_run(stack, flee
         seed.create_service(run, name, str(app), labels={"tenant": "fn"}, base_image_uri=f"{base_repo}@{old.digest}")
     seed.create_service(run, by_tag, str(app), labels={"tenant": "fn"}, base_image_uri=str(track(fleet, "python")))
     assert get_service(stack, pinned[0]).template.containers[0].base_image_uri == f"{base_repo}@{old.digest}"
-    before, images_before = updates(stack), images_now(stack)
+    before, images_before = stack.update_counts(), images_now(stack)
     logs = Logs(stack)
 
     new_base = scenario.push_new_base(stack, fleet, "python")
@@ -615,7 +611,7 @@ def test_base_image_uri_pins_move_and_tag_pins_are_left_to_cloud_run(stack, flee
     record = await_rollout(stack, rid, logs)
     assert record["status"] == "finished", record
 
-    after = updates(stack)
+    after = stack.update_counts()
     for name in pinned:
         svc = get_service(stack, name)
         c = svc.template.containers[0]

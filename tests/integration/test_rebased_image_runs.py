@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from baseroll import oci
 from baseroll.rebaser import rebase_image
 from baseroll.refs import ImageRef
 from tests.integration.conftest import Layer, manifest_json, new_client, push_image

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
@@ -87,7 +86,6 @@ def test_rebase_mounts_layers_and_uploads_only_the_config(world, registry):
         assert c.stats.bytes_uploaded == 0
 
 
-@pytest.mark.skipif(not (shutil.which("skopeo") and shutil.which("umoci")), reason="skopeo/umoci not installed")
 def test_rebased_image_unpacks_with_skopeo_and_umoci(world, registry, tmp_path: Path):
     """An independent implementation checks every digest and diff_id of the result."""
     app, old, new = _refs(world)
