@@ -67,12 +67,16 @@ def test_abort_stops_a_running_rollout(stack, fleet):
     rid = scenario.rollout_id("node", new_base)
     store = scenario.record_store(stack)
     wait_for(lambda: (store.get(rid) is not None and store.get(rid).waves), 120, "the first wave settled")
+    # Slow the later waves down, so the abort surely lands while the rollout still runs, however
+    # slowly its delivery goes on a loaded machine.
+    stack.cloudrun.deploy_latency_s = 3.0
     request(stack, action="abort", rollout_id=rid)
     record = scenario.wait_rollout(stack, rid, timeout=120)
     assert record["status"] == "aborted"
     stack.wait_idle(30)
     time.sleep(2)  # a step that was mid-wave when the abort landed must not bring the rollout back
     assert store.get(rid).status == "aborted"
+    stack.cloudrun.deploy_latency_s = 0.4
     changed = [s for s in eligible if stack.update_counts()[s.name] != before[s.name]]
     assert 0 < len(changed) < len(eligible), "some waves rolled before the abort, the rest never started"
     for r in scenario.results(stack, fleet):
