@@ -1,13 +1,17 @@
 """Pure wave logic: who goes in which wave, and whether a wave has settled.
 
 Membership is stable across re-planning: the canary cohort first, then every other member in
-an order fixed by a hash of its name (so a re-plan mid-rollout puts each service in the same
-wave and at the same position), cut at the configured cumulative fractions.
+an order fixed by hashes of names (so a re-plan mid-rollout puts each service in the same wave
+and at the same position), cut at the configured cumulative fractions. The order is stratified by
+project × region: each location's members are spread evenly through it, so every wave takes the
+same share of every location. A 10% wave then reaches every region, and no region has a larger
+share of a wave than its quota can write while the others wait at the wave's barrier.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -22,11 +26,26 @@ def _order_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
 
 
+def _stratified(members: Sequence[ServiceView]) -> list[str]:
+    """Names ordered by their quantile within their project × region (hash order inside a location),
+    ties broken by hash: any prefix of the result holds about the same fraction of every location."""
+    by_location: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for s in members:
+        by_location[(s.project, s.region)].append(s.name)
+    keyed = []
+    for names in by_location.values():
+        ordered = sorted(names, key=_order_key)
+        for rank, name in enumerate(ordered):
+            keyed.append(((2 * rank + 1) / (2 * len(ordered)), _order_key(name), name))
+    keyed.sort()
+    return [name for _, _, name in keyed]
+
+
 def assign(members: Sequence[ServiceView], fractions: Sequence[float], *, cohort_label: str,
            canary_value: str = "canary") -> list[list[str]]:
     """Waves of service names. Wave 0 is the canary cohort when there is one; empty waves are dropped."""
-    canaries = sorted((s.name for s in members if s.labels.get(cohort_label) == canary_value), key=_order_key)
-    rest = sorted((s.name for s in members if s.labels.get(cohort_label) != canary_value), key=_order_key)
+    canaries = _stratified([s for s in members if s.labels.get(cohort_label) == canary_value])
+    rest = _stratified([s for s in members if s.labels.get(cohort_label) != canary_value])
     waves: list[list[str]] = [canaries] if canaries else []
     start = 0
     for fraction in fractions:

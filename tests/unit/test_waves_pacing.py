@@ -24,6 +24,25 @@ def test_wave_membership_is_stable_under_replanning():
     assert a == b
 
 
+def test_every_wave_takes_the_same_share_of_every_location():
+    # Uneven locations (500 / 300 / 120 / 7 services): each wave's share of a location stays within one
+    # service of the wave's share of the fleet, so no region holds a wave's barrier up for the others.
+    sizes = {"us-east1": 500, "europe-west1": 300, "asia-east1": 120, "us-west1": 7}
+    members = [ServiceView(name=f"projects/p-aaaaa/locations/{r}/services/s{i}", images=("x",))
+               for r, n in sizes.items() for i in range(n)]
+    ws = waves.assign(members, (0.01, 0.1, 0.5, 1.0), cohort_label="c")
+    total = len(members)
+    assert [len(w) for w in ws] == [10, 83, 371, 463]  # the global cuts: ceil(f × 927)
+    so_far = {region: 0 for region in sizes}
+    done = 0
+    for w in ws:
+        done += len(w)
+        for name in w:
+            so_far[name.split("/")[3]] += 1
+        for region, n in sizes.items():
+            assert abs(so_far[region] - n * done / total) <= 1, (region, so_far[region], n * done / total)
+
+
 def test_tiny_fleets_get_no_empty_waves():
     assert waves.assign([svc(1)], (0.01, 0.1, 1.0), cohort_label="c") == [[svc(1).name]]
     assert waves.assign([], (0.5, 1.0), cohort_label="c") == []
