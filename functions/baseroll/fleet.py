@@ -4,12 +4,15 @@ The rest of baseroll sees `ServiceView`, plain data; only this module touches ru
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Protocol
 
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 from google.api_core.client_options import ClientOptions
+from google.api_core.future import polling as gpolling
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
@@ -20,6 +23,10 @@ TRANSIENT = gretry.if_exception_type(
 )
 READ_RETRY = gretry.Retry(predicate=TRANSIENT, initial=0.2, maximum=10.0, multiplier=2.0, timeout=120.0)
 WRITE_RETRY = gretry.Retry(predicate=TRANSIENT, initial=1.0, maximum=30.0, multiplier=2.0, timeout=300.0)
+# api-core's default first polls an operation after 1 s, then 2.5 s, 4.75 s...: a deploy that is
+# ready at 2.1 s would be seen at 4.75 s, and every wave of a rollout waits for its slowest one.
+OPERATION_POLLING = gpolling.DEFAULT_POLLING.with_delay(initial=0.25, maximum=5.0, multiplier=1.5)
+READ_CACHE_SIZE = 512  # services read for an update; a worker updates what it has just read
 
 
 class StaleService(Exception):
@@ -108,6 +115,29 @@ class CloudRunFleet:
 
     def __init__(self, client: run_v2.ServicesClient) -> None:
         self._client = client
+        # name -> (etag, serialized Service) of the latest read, so an update based on a view just
+        # read does not read the service again (the update's etag precondition guards staleness).
+        self._read: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self._read_lock = threading.Lock()
+
+    def _remember(self, svc: run_v2.Service) -> ServiceView:
+        with self._read_lock:
+            self._read[svc.name] = (svc.etag, run_v2.Service.serialize(svc))
+            self._read.move_to_end(svc.name)
+            while len(self._read) > READ_CACHE_SIZE:
+                self._read.popitem(last=False)
+        return view(svc)
+
+    def _for_update(self, current: ServiceView) -> run_v2.Service:
+        """A fresh copy of `current` as the API returned it; raises StaleService if it changed."""
+        with self._read_lock:
+            etag, raw = self._read.get(current.name, ("", b""))
+        if raw and etag == current.etag:
+            return run_v2.Service.deserialize(raw)
+        svc = self._get(current.name)
+        if svc.etag != current.etag:
+            raise StaleService(current.name)
+        return svc
 
     @classmethod
     def connect(cls, endpoint: str | None = None) -> "CloudRunFleet":
@@ -129,7 +159,7 @@ class CloudRunFleet:
             yield view(svc)
 
     def get_service(self, name: str) -> ServiceView:
-        return view(self._get(name))
+        return self._remember(self._get(name))
 
     def _get(self, name: str) -> run_v2.Service:
         try:
@@ -141,9 +171,7 @@ class CloudRunFleet:
         self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float,
         base_uris: Mapping[int, str] = {},
     ) -> ServiceView:
-        svc = self._get(current.name)
-        if svc.etag != current.etag:
-            raise StaleService(current.name)
+        svc = self._for_update(current)
         for index in {*images, *base_uris}:
             if index >= len(svc.template.containers):
                 raise FleetError(f"{current.name} has no container #{index}")
@@ -164,7 +192,8 @@ class CloudRunFleet:
         except gexc.GoogleAPICallError as exc:
             raise FleetError(f"update of {current.name} failed: {exc}") from exc
         try:
-            operation.result(timeout=timeout, retry=READ_RETRY)
+            # The finished operation's response is the service as the deploy left it.
+            return self._remember(operation.result(timeout=timeout, retry=READ_RETRY, polling=OPERATION_POLLING))
         except gexc.GoogleAPICallError:
             pass  # A failed revision surfaces here; the service's conditions say why.
         except TimeoutError:

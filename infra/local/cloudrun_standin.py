@@ -385,6 +385,7 @@ class _Route:
     pattern: re.Pattern[str]
     handler: Callable[..., tuple[int, str]]
     write: bool = False
+    name: str = ""  # the API method, e.g. "get_service" (stats count calls by it)
 
 
 def _now() -> datetime:
@@ -645,6 +646,7 @@ class CloudRunStandin:
                 },
                 "throttled": self._throttled,
                 "requests": dict(sorted(self._requests.items())),
+                "calls": dict(sorted(self._calls.items())),  # per API method, e.g. "get_service"
                 "responses": {str(k): v for k, v in sorted(self._responses.items())},
             }
 
@@ -656,6 +658,7 @@ class CloudRunStandin:
         self._stats: dict[str, _ServiceStats] = {}
         self._throttled = 0
         self._requests: dict[str, int] = {}
+        self._calls: dict[str, int] = {}
         self._responses: dict[int, int] = {}
 
     def _service_stats(self, name: str) -> _ServiceStats:
@@ -677,7 +680,7 @@ class CloudRunStandin:
             ("GET", rf"{svc}/revisions/{seg}", self._get_revision, False),
             ("GET", rf"{loc}/operations/{seg}", self._get_operation, False),
         ]
-        return [_Route(m, re.compile(p + "$"), h, w) for m, p, h, w in table]
+        return [_Route(m, re.compile(p + "$"), h, w, h.__name__.lstrip("_")) for m, p, h, w in table]
 
     def _wsgi(self, environ: dict, start_response: Callable) -> Any:
         request = Request(environ)
@@ -714,6 +717,8 @@ class CloudRunStandin:
             if route.method != request.method:
                 allowed = True
                 continue
+            with self._lock:
+                self._calls[route.name] = self._calls.get(route.name, 0) + 1
             if route.write:
                 self._take_write_token(m.group(1), m.group(2))
             return route.handler(request, *m.groups())

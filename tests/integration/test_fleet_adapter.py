@@ -1,0 +1,61 @@
+"""The Cloud Run fleet adapter (`CloudRunFleet`) over the unmodified run_v2 client and the stand-in:
+how many calls an update costs, and that staleness is still caught without the extra read."""
+from __future__ import annotations
+
+import pytest
+from google.cloud import run_v2
+
+from baseroll import health
+from baseroll.fleet import CloudRunFleet, StaleService
+from tests.integration.test_cloudrun_standin import (  # noqa: F401  (module-scoped fixtures)
+    Images, _create, _set_image, client, images, registry, standin, FAST_POLL, OP_TIMEOUT,
+)
+from infra.local.cloudrun_standin import CloudRunStandin
+
+ANN = {"baseroll.dev/rollout-id": "py-test"}
+
+
+@pytest.fixture
+def fleet(client: run_v2.ServicesClient) -> CloudRunFleet:  # noqa: F811
+    return CloudRunFleet(client)
+
+
+def test_update_of_a_view_just_read_reads_the_service_once(
+    fleet: CloudRunFleet, standin: CloudRunStandin, images: Images,  # noqa: F811
+) -> None:
+    name = _create(fleet._client, "adapter-once", images.good).name
+    standin.reset_stats()
+    current = fleet.get_service(name)
+    after = fleet.update_images(current, {0: images.good_v2}, annotations=ANN, timeout=OP_TIMEOUT)
+
+    calls = standin.stats()["calls"]
+    # One read (the caller's), one write, operation polls; the finished operation carries the service.
+    assert calls.get("get_service") == 1 and calls.get("update_service") == 1
+    assert calls.get("get_operation", 0) >= 1
+    assert after.images == (images.good_v2,) and after.annotations["baseroll.dev/rollout-id"] == "py-test"
+    assert health.assess(after).state == "ready"
+    assert after.etag == fleet._client.get_service(name=name).etag
+
+
+def test_update_of_a_stale_view_is_refused_and_changes_nothing(
+    fleet: CloudRunFleet, standin: CloudRunStandin, images: Images,  # noqa: F811
+) -> None:
+    name = _create(fleet._client, "adapter-stale", images.good).name
+    current = fleet.get_service(name)
+    _set_image(fleet._client, name, images.good_v2).result(timeout=OP_TIMEOUT, polling=FAST_POLL)  # someone else
+    standin.reset_stats()
+    with pytest.raises(StaleService):
+        fleet.update_images(current, {0: images.good}, annotations=ANN, timeout=OP_TIMEOUT)
+    now = fleet._client.get_service(name=name)
+    assert now.template.containers[0].image == images.good_v2 and "baseroll.dev/rollout-id" not in now.annotations
+    assert standin.stats()["services"].get(name, {}).get("updates", 0) == 0
+
+
+def test_a_failed_revision_is_returned_as_the_service_now_is(
+    fleet: CloudRunFleet, standin: CloudRunStandin, images: Images,  # noqa: F811
+) -> None:
+    name = _create(fleet._client, "adapter-failed", images.good).name
+    standin.inject_fault({"service": name, "reason": "HEALTH_CHECK_CONTAINER_ERROR", "times": 1})
+    after = fleet.update_images(fleet.get_service(name), {0: images.good_v2}, annotations=ANN, timeout=OP_TIMEOUT)
+    assert health.assess(after).state == "failed" and after.terminal_reason == "HEALTH_CHECK_CONTAINER_ERROR"
+    assert after.latest_ready_revision != after.latest_created_revision
