@@ -34,6 +34,7 @@ CLAIM_SETTLE_S = 0.3  # let a concurrent claimant's write land before re-reading
 HEARTBEAT_S = 10.0  # a running step renews its hold on the rollout this often
 LEASE_S = 3 * HEARTBEAT_S + 15.0  # a step silent this long is taken to be dead (crashed invocation)
 SETTLE_GRACE_S = 60.0
+POLL_COST_RATIO = 3.0
 
 
 class Busy(Exception):
@@ -445,7 +446,11 @@ def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: Im
     cfg = deps.config
     settle_by = released_at + cfg.rollout.ready_timeout_s * 2 + SETTLE_GRACE_S  # an update and its rollback
     while True:
+        polled = time.monotonic()
         plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, scope=scope, quiet=True)
+        # Re-reading a large fleet takes a while: wait at least POLL_COST_RATIO times as long before
+        # the next read, so polling stays a small share of the step's time and of the read quota.
+        pause = max(cfg.rollout.poll_interval_s, POLL_COST_RATIO * (time.monotonic() - polled))
         views = {sp.service.name: sp.service for sp in plan.services}
         members = set(wave)
         outdated = {sp.service.name for sp in plan.to_roll}
@@ -455,7 +460,7 @@ def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: Im
                    and isinstance(r := _targets(deps, sp, new_base, ro, cache), str)}
         st = waves.status(wave, views, ro.rollout_id, outdated, deadline_passed=deps.clock() > settle_by,
                           refused=refused)
-        if st.settled or time.monotonic() + cfg.rollout.poll_interval_s > deadline:
+        if st.settled or time.monotonic() + pause > deadline:
             return st
         lease.renew()
-        time.sleep(cfg.rollout.poll_interval_s)
+        time.sleep(pause)
