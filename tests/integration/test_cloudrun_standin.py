@@ -517,10 +517,11 @@ def test_stats_over_http_match_and_reset(client: run_v2.ServicesClient, standin:
     stats = httpx.get(f"{standin.url}/_standin/stats", timeout=5).json()
     assert stats == standin.stats()  # admin calls are not counted as API requests
     assert stats["requests"]["PATCH"] >= 1 and stats["requests"]["POST"] >= 1 and stats["requests"]["GET"] >= 2
+    assert stats["calls"]["update_service"] == 1 and stats["calls"]["get_service"] == 1
     assert stats["services"][created.name]["updates"] == 1
     assert httpx.post(f"{standin.url}/_standin/faults", json={"reason": "NOPE"}, timeout=5).status_code == 400
     assert httpx.post(f"{standin.url}/_standin/reset-stats", timeout=5).status_code == 200
-    assert standin.stats() == {"services": {}, "throttled": 0, "requests": {}, "responses": {}}
+    assert standin.stats() == {"services": {}, "throttled": 0, "requests": {}, "calls": {}, "responses": {}}
 
 
 def test_cli_runs_as_its_own_process(registry: RegistryServer, tmp_path: Path) -> None:
