@@ -21,7 +21,7 @@ from . import bus as bus_mod, ledger, log, pacing, signatures, topics, waves
 from .catalog import Catalog
 from .config import Config
 from .events import RollRequest
-from .fleet import Fleet, ServiceView
+from .fleet import Fleet, FleetError, ServiceView
 from .messages import Rollout, Step, Task
 from .plan import Plan, RebaseJob, ServicePlan
 from .records import TERMINAL, RecordStore, RolloutRecord
@@ -35,6 +35,7 @@ HEARTBEAT_S = 10.0  # a running step renews its hold on the rollout this often
 LEASE_S = 3 * HEARTBEAT_S + 15.0  # a step silent this long is taken to be dead (crashed invocation)
 SETTLE_GRACE_S = 60.0
 POLL_COST_RATIO = 3.0
+TARGETED_POLL_MAX = 64  # a wave's last few pending services are read one by one, not by re-planning the fleet
 
 
 class Busy(Exception):
@@ -445,22 +446,50 @@ def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: Im
                 lease: _Lease, cache: _StepCache) -> waves.WaveStatus:
     cfg = deps.config
     settle_by = released_at + cfg.rollout.ready_timeout_s * 2 + SETTLE_GRACE_S  # an update and its rollback
+    st: waves.WaveStatus | None = None
+    planned: dict[str, tuple[str, ...]] = {}
     while True:
         polled = time.monotonic()
-        plan = engine.build_plan(cfg, deps.fleet, catalog, request, new_base, scope=scope, quiet=True)
-        # Re-reading a large fleet takes a while: wait at least POLL_COST_RATIO times as long before
-        # the next read, so polling stays a small share of the step's time and of the read quota.
+        deadline_passed = deps.clock() > settle_by
+        narrowed = None
+        if st is not None and len(st.pending) <= TARGETED_POLL_MAX:
+            narrowed = waves.recheck(st, _read_each(deps.fleet, st.pending), planned, ro.rollout_id,
+                                     deadline_passed=deadline_passed)
+        if narrowed is None:
+            st, planned = _plan_status(deps, catalog, request, new_base, ro, wave, scope, cache, deadline_passed)
+        else:
+            st = narrowed
+        # Reading a large fleet takes a while: wait at least POLL_COST_RATIO times as long before the
+        # next read, so polling stays a small share of the step's time and of the read quota.
         pause = max(cfg.rollout.poll_interval_s, POLL_COST_RATIO * (time.monotonic() - polled))
-        views = {sp.service.name: sp.service for sp in plan.services}
-        members = set(wave)
-        outdated = {sp.service.name for sp in plan.to_roll}
-        # A service that cannot be sent (refused rebase, unsigned under `require`) has failed now,
-        # not at the deadline.
-        refused = {sp.service.name: r for sp in plan.to_roll if sp.service.name in members
-                   and isinstance(r := _targets(deps, sp, new_base, ro, cache), str)}
-        st = waves.status(wave, views, ro.rollout_id, outdated, deadline_passed=deps.clock() > settle_by,
-                          refused=refused)
         if st.settled or time.monotonic() + pause > deadline:
             return st
         lease.renew()
         time.sleep(pause)
+
+
+def _plan_status(deps: Deps, catalog: Catalog, request: RollRequest, new_base: ImageRef, ro: Rollout,
+                 wave: list[str], scope: engine.Scope, cache: _StepCache,
+                 deadline_passed: bool) -> tuple[waves.WaveStatus, dict[str, tuple[str, ...]]]:
+    """The wave's status from a re-plan of the fleet, and the pending members' images as planned."""
+    plan = engine.build_plan(deps.config, deps.fleet, catalog, request, new_base, scope=scope, quiet=True)
+    views = {sp.service.name: sp.service for sp in plan.services}
+    members = set(wave)
+    outdated = {sp.service.name for sp in plan.to_roll}
+    # A service that cannot be sent (refused rebase, unsigned under `require`) has failed now,
+    # not at the deadline.
+    refused = {sp.service.name: r for sp in plan.to_roll if sp.service.name in members
+               and isinstance(r := _targets(deps, sp, new_base, ro, cache), str)}
+    st = waves.status(wave, views, ro.rollout_id, outdated, deadline_passed=deadline_passed, refused=refused)
+    return st, {name: views[name].images for name in st.pending if name in views}
+
+
+def _read_each(fleet: Fleet, names: list[str]) -> dict[str, ServiceView]:
+    """The named services as they are now; a service that cannot be read is left out."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = fleet.get_service(name)
+        except FleetError:
+            pass
+    return out

@@ -97,3 +97,21 @@ def status(wave: Sequence[str], fleet: Mapping[str, ServiceView], rollout_id: st
         else:
             st.pending.append(name)
     return st
+
+
+def recheck(prev: WaveStatus, fresh: Mapping[str, ServiceView], planned: Mapping[str, tuple[str, ...]],
+            rollout_id: str, *, deadline_passed: bool) -> WaveStatus | None:
+    """`prev` with its pending members judged again from `fresh` reads of just those services, so a
+    wave's tail is watched without re-planning the whole fleet. None when only a re-plan can tell:
+    a member is gone, or someone else changed its images since `planned`."""
+    for name in prev.pending:
+        svc = fresh.get(name)
+        if svc is None or name not in planned:
+            return None
+        if svc.annotations.get(ledger.ROLLOUT_ID) != rollout_id and svc.images != planned[name]:
+            return None
+    # Untouched by this rollout and unchanged since the plan: still outdated, as the plan said.
+    outdated = {n for n in prev.pending if fresh[n].annotations.get(ledger.ROLLOUT_ID) != rollout_id}
+    again = status(prev.pending, fresh, rollout_id, outdated, deadline_passed=deadline_passed)
+    return WaveStatus(prev.done + again.done, prev.failed + again.failed, prev.skipped + again.skipped,
+                      again.pending)

@@ -64,6 +64,32 @@ def test_status_reads_the_ledger():
     assert late.failed == [pending.name] and late.settled
 
 
+def test_recheck_judges_only_the_pending_members_from_fresh_reads():
+    r = "py-abc"
+    first, second, waiting = svc(1), svc(2), svc(3)
+    prev = waves.WaveStatus(done=["earlier"], pending=[first.name, second.name, waiting.name])
+    planned = {s.name: s.images for s in (first, second, waiting)}
+    rolled = ServiceView(**{**first.__dict__, "images": ("new",), "annotations": {ledger.ROLLOUT_ID: r,
+                                                                                  ledger.STATE: "rolled"}})
+    back = ServiceView(**{**second.__dict__, "annotations": {ledger.ROLLOUT_ID: r, ledger.STATE: "rolled-back"}})
+    fresh = {first.name: rolled, second.name: back, waiting.name: waiting}
+    st = waves.recheck(prev, fresh, planned, r, deadline_passed=False)
+    assert st is not None
+    assert (st.done, st.failed, st.pending) == (["earlier", first.name], [second.name], [waiting.name])
+    late = waves.recheck(prev, fresh, planned, r, deadline_passed=True)
+    assert late is not None and late.failed == [second.name, waiting.name] and late.settled
+
+
+def test_recheck_defers_to_a_replan_when_a_member_changed_elsewhere_or_is_gone():
+    r = "py-abc"
+    a, b = svc(1), svc(2)
+    prev = waves.WaveStatus(pending=[a.name, b.name])
+    planned = {a.name: a.images, b.name: b.images}
+    changed = ServiceView(**{**b.__dict__, "images": ("someone-elses",)})
+    assert waves.recheck(prev, {a.name: a, b.name: changed}, planned, r, deadline_passed=False) is None
+    assert waves.recheck(prev, {a.name: a}, planned, r, deadline_passed=False) is None
+
+
 def test_schedule_paces_each_location_at_its_quota():
     names = [f"projects/p/locations/{r}/services/s{i}" for i in range(10) for r in ("a", "b")]
     timed = pacing.schedule(names, lambda n: n.split("/")[3], lambda loc: 60 if loc == "a" else 120,
