@@ -3,12 +3,16 @@
 Only manifests and configs are downloaded. The new base's layers reach the target repository by
 cross-repository mount; the new config is the only blob uploaded; manifests are pushed last
 (children before their index), so a failure leaves no manifest pointing at missing blobs.
-Re-running with the same inputs yields the same digest and costs a few HEADs.
+Re-running with the same inputs yields the same digest and, after the reads, costs one HEAD.
+
+A rebase is a handful of small round trips, so its cost is their sequential depth: independent
+calls go out together, on one process-wide thread pool.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import log, oci
@@ -18,6 +22,7 @@ from .registry import Manifest, RegistryClient, RegistryError
 
 DEFAULT_DRIFT_POLICY = "apply-or-refuse"
 PREFERRED_PLATFORM = oci.Platform("linux", "amd64")  # Cloud Run runs linux/amd64
+POOL_WORKERS = 32
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class RebaseResult:
     ref: ImageRef  # target repository pinned by the new digest
     media_type: str
     platforms: tuple[str, ...]
-    mounted_layers: int  # blobs made present in the target by this run (mounted or copied)
+    mounted_layers: int  # blobs mounted (201, whether or not the target had them) or copied by this run
     warnings: tuple[str, ...] = ()
     pushed: bool = False  # False for dry runs and when the manifest was already there
 
@@ -38,6 +43,7 @@ class _Child:
     platform: str
     output: RebaseOutput
     n_new_base_layers: int
+    app_layers: frozenset[str]  # layer digests of the original, which its repository holds
     descriptor: dict[str, Any] | None = None  # its entry in the original index, if any
 
 
@@ -50,7 +56,7 @@ class _Context:
     old_top: Manifest
     new_top: Manifest
     drift_policy: str
-    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]]  # by digest, filled from several threads
 
 
 def rebase_image(
@@ -77,11 +83,17 @@ def rebase_image(
     """
     dest = target or ImageRef(app.registry, app.repository)
     want = oci.Platform.parse(platform) if platform else None
-    # Independent reads go out together: a rebase is a handful of small round trips, so latency is its cost.
-    app_m, old_top, new_top = _parallel([lambda: client.get_manifest(app), lambda: client.get_manifest(old_base),
-                                         lambda: client.get_manifest(new_base)])
+    configs: dict[str, dict[str, Any]] = {}
+
+    def read(ref: ImageRef) -> Manifest:
+        m = client.get_manifest(ref)
+        if not m.is_index:  # its config next, without waiting for the other two manifests
+            _config(client, configs, ref, m)
+        return m
+
+    app_m, old_top, new_top = _parallel([lambda: read(app), lambda: read(old_base), lambda: read(new_base)])
     app_pinned = app.with_digest(app_m.digest)
-    ctx = _Context(client, app_pinned, old_base, new_base, old_top, new_top, drift_policy)
+    ctx = _Context(client, app_pinned, old_base, new_base, old_top, new_top, drift_policy, configs)
     warnings: list[str] = []
 
     if app_m.is_index:
@@ -102,13 +114,8 @@ def rebase_image(
 
     mounted, pushed = 0, False
     if not dry_run:
-        mounted = sum(_push_blobs(ctx, dest, c) for c in children)
-        if is_index:
-            for c in children:  # children before the index that lists them
-                _push_manifest(client, dest.with_digest(c.output.manifest_digest), c.output.manifest, c.output.media_type)
-        pushed = _push_manifest(client, dest.with_digest(digest), top_raw, top_type)
-        if target is not None and target.tag:
-            pushed = _push_manifest(client, target.with_tag(target.tag), top_raw, top_type) or pushed
+        tag = target.tag if target is not None else None
+        mounted, pushed = _push(ctx, dest, tag, children, is_index, top_raw, top_type)
 
     result = RebaseResult(
         digest=digest,
@@ -130,7 +137,7 @@ def rebase_image(
 
 def _rebase_index_children(ctx: _Context, index: Manifest, want: oci.Platform | None,
                            warnings: list[str]) -> list[_Child]:
-    children: list[_Child] = []
+    chosen: list[tuple[dict[str, Any], oci.Platform | None]] = []
     for desc in index.data["manifests"]:
         if oci.is_attestation(desc):
             warnings.append(f"dropped attestation manifest {desc['digest']}: it attests the old image")
@@ -138,25 +145,26 @@ def _rebase_index_children(ctx: _Context, index: Manifest, want: oci.Platform | 
         desc_platform = oci.Platform.from_dict(desc.get("platform"))
         if want is not None and (desc_platform is None or not desc_platform.matches(want)):
             continue
+        chosen.append((desc, desc_platform))
+    if not chosen:
+        raise RebaseError(f"original {ctx.app} has no {want or 'image'} manifest to rebase")
+
+    def one(desc: dict[str, Any], desc_platform: oci.Platform | None) -> _Child:
         child_m = ctx.client.get_manifest(ctx.app.with_digest(desc["digest"]))
         if child_m.is_index:
             raise RebaseError(f"original {ctx.app}: nested index {desc['digest']} is not supported")
         child = _rebase_one(ctx, child_m, desc_platform)
         child.descriptor = desc
-        children.append(child)
-    if not children:
-        raise RebaseError(f"original {ctx.app} has no {want or 'image'} manifest to rebase")
-    return children
+        return child
+
+    # Platforms are independent: each reads its own chain (child, its config, the bases' children).
+    return _parallel([lambda d=d, p=p: one(d, p) for d, p in chosen])
 
 
 def _rebase_one(ctx: _Context, app_m: Manifest, want: oci.Platform | None) -> _Child:
     if app_m.is_index:
         raise RebaseError(f"{ctx.app}: expected a manifest, got an index")
-    if not ctx.old_top.is_index and not ctx.new_top.is_index:
-        # Single-platform bases need no platform choice first: fetch the three configs together.
-        _parallel([lambda: _config(ctx, ctx.app, app_m), lambda: _config(ctx, ctx.old_base, ctx.old_top),
-                   lambda: _config(ctx, ctx.new_base, ctx.new_top)])
-    o_cfg = _config(ctx, ctx.app, app_m)
+    o_cfg = _config(ctx.client, ctx.configs, ctx.app, app_m)
     plat = oci.config_platform(o_cfg)
     if plat is None:
         raise RebaseError(f"original {ctx.app}: config has no os/architecture")
@@ -166,15 +174,15 @@ def _rebase_one(ctx: _Context, app_m: Manifest, want: oci.Platform | None) -> _C
     n_ref, n_m = _for_platform(ctx, ctx.new_base, ctx.new_top, plat, "new base")
     output = rebase(
         ImageParts(app_m.data, app_m.media_type, o_cfg),
-        ImageParts(b_m.data, b_m.media_type, _config(ctx, b_ref, b_m)),
-        ImageParts(n_m.data, n_m.media_type, _config(ctx, n_ref, n_m)),
+        ImageParts(b_m.data, b_m.media_type, _config(ctx.client, ctx.configs, b_ref, b_m)),
+        ImageParts(n_m.data, n_m.media_type, _config(ctx.client, ctx.configs, n_ref, n_m)),
         new_base_name=str(ImageRef(ctx.new_base.registry, ctx.new_base.repository, ctx.new_base.tag)),
         # The digest the new base reference resolves to (its index when multi-platform): what its tag
         # points at, so a later check "is this app on the current base?" compares like with like.
         new_base_digest=ctx.new_top.digest,
         drift_policy=ctx.drift_policy,
     )
-    return _Child(str(plat), output, len(n_m.data["layers"]))
+    return _Child(str(plat), output, len(n_m.data["layers"]), frozenset(d["digest"] for d in app_m.data["layers"]))
 
 
 def _for_platform(ctx: _Context, ref: ImageRef, top: Manifest, plat: oci.Platform,
@@ -191,28 +199,59 @@ def _for_platform(ctx: _Context, ref: ImageRef, top: Manifest, plat: oci.Platfor
     return ref, m
 
 
-def _config(ctx: _Context, repo: ImageRef, m: Manifest) -> dict[str, Any]:
+def _config(client: RegistryClient, configs: dict[str, dict[str, Any]], repo: ImageRef, m: Manifest) -> dict[str, Any]:
     digest = m.data["config"]["digest"]
-    if digest not in ctx.configs:
-        raw = ctx.client.get_blob(repo, digest, max_bytes=oci.MAX_CONFIG_BYTES)
+    if digest not in configs:
+        raw = client.get_blob(repo, digest, max_bytes=oci.MAX_CONFIG_BYTES)
         try:
-            ctx.configs[digest] = oci.parse_config(raw)
+            configs[digest] = oci.parse_config(raw)
         except oci.OCIError as e:
             raise RebaseError(f"{repo.name}@{m.digest}: {e}") from None
-    return ctx.configs[digest]
+    return configs[digest]
 
 
 # ---------------------------------------------------------------- pushing
 
 
-def _push_blobs(ctx: _Context, dest: ImageRef, child: _Child) -> int:
-    """Mount the new base's layers (and the app's, when the target is another repo), upload the config."""
+def _push(ctx: _Context, dest: ImageRef, tag: str | None, children: list[_Child], is_index: bool,
+          top_raw: bytes, top_type: str) -> tuple[int, bool]:
+    """Make the result exist in ``dest``; (blobs mounted or copied, whether a manifest was written).
+
+    One HEAD first: registries refuse a manifest whose blobs or children are missing, so one that is
+    there already (a re-run) needs nothing more. Otherwise every child's blobs go together, then the
+    children of an index, then the top manifest: never a manifest before what it points at.
+    """
     client = ctx.client
-    sources = [(d["digest"], ctx.new_base) for d in child.output.base_layers]
-    if (dest.registry, dest.repository) != (ctx.app.registry, ctx.app.repository):
-        app_layers = oci.load_json(child.output.manifest, max_bytes=len(child.output.manifest), what="manifest")["layers"]
-        sources += [(d["digest"], ctx.app) for d in app_layers[child.n_new_base_layers:]]
-    unique = list(dict(sources).items())
+    digest = oci.sha256_digest(top_raw)
+    if client.head_manifest(dest.with_digest(digest)) == digest:
+        return 0, tag is not None and _push_manifest(client, dest.with_tag(tag), top_raw, top_type)
+    mounted = _push_blobs(ctx, dest, children)
+    if is_index:
+        _parallel([lambda c=c: client.put_manifest(dest.with_digest(c.output.manifest_digest), c.output.manifest,
+                                                   c.output.media_type) for c in children])
+    # By tag when there is one: the registry then serves it by digest too.
+    client.put_manifest(dest.with_tag(tag) if tag else dest.with_digest(digest), top_raw, top_type)
+    return mounted, True
+
+
+def _push_blobs(ctx: _Context, dest: ImageRef, children: list[_Child]) -> int:
+    """Mount the new base's layers (and the app's, when the target is another repo), upload the configs.
+
+    Blobs the original's own manifest lists are in its repository already (the registry checked when
+    it was pushed), so into that repository they are not mounted again.
+    """
+    client = ctx.client
+    same_repo = (dest.registry, dest.repository) == (ctx.app.registry, ctx.app.repository)
+    sources: dict[str, ImageRef] = {}
+    for child in children:
+        for d in child.output.base_layers:
+            if not (same_repo and d["digest"] in child.app_layers):
+                sources.setdefault(d["digest"], ctx.new_base)
+        if not same_repo:
+            rebased = oci.load_json(child.output.manifest, max_bytes=len(child.output.manifest), what="manifest")
+            for d in rebased["layers"][child.n_new_base_layers:]:
+                sources.setdefault(d["digest"], ctx.app)
+    configs = list(dict.fromkeys(c.output.config for c in children))
 
     def mount(digest: str, source: ImageRef) -> int:
         try:
@@ -220,17 +259,35 @@ def _push_blobs(ctx: _Context, dest: ImageRef, child: _Child) -> int:
         except RegistryError as e:
             raise RegistryError(f"layer {digest} cannot be made present in {dest.name}: {e}", e.status, e.code) from e
 
-    results = _parallel([lambda d=d, src=src: mount(d, src) for d, src in unique]
-                        + [lambda: client.put_blob(dest, child.output.config)])
-    return sum(results[:-1])
+    # Configs first: an upload can take two round trips (POST, PUT), a mount takes one.
+    results = _parallel([lambda cfg=cfg: client.put_blob(dest, cfg) for cfg in configs]
+                        + [lambda d=d, src=src: mount(d, src) for d, src in sources.items()])
+    return sum(results[len(configs):])
 
 
-def _parallel(calls: list[Callable[[], Any]], max_workers: int = 8) -> list[Any]:
-    """Run independent registry calls together; results in order; the first error is raised."""
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _parallel(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run independent registry calls together; results in order; after all finished, the first error.
+
+    The pool lives as long as the process: starting threads costs milliseconds each on a busy
+    machine, as much as the round trips themselves; and the caller runs the first call itself, one
+    thread hand-off fewer. A call must not use _parallel itself (a full pool would wait on itself).
+    """
+    global _pool
     if len(calls) <= 1:
         return [c() for c in calls]
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(calls))) as pool:
-        return [f.result() for f in [pool.submit(c) for c in calls]]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=POOL_WORKERS, thread_name_prefix="baseroll-rebase")
+    futures = [_pool.submit(c) for c in calls[1:]]
+    try:
+        first = calls[0]()
+    finally:
+        wait(futures)  # never return (or raise) with calls still running against the client
+    return [first, *(f.result() for f in futures)]
 
 
 def _push_manifest(client: RegistryClient, ref: ImageRef, raw: bytes, media_type: str) -> bool:

@@ -8,7 +8,7 @@ or Basic), with credentials from a ``TokenSource``; nothing credential-like reac
 from __future__ import annotations
 
 import base64
-from contextlib import closing
+from contextlib import contextmanager
 import hashlib
 import json
 import random
@@ -32,6 +32,8 @@ MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 64 * 1024
 MAX_TOKEN_BODY = 1024 * 1024
 MAX_TAGS_BODY = 16 * 1024 * 1024
+MAX_DRAIN = 64 * 1024  # an unread body up to this is read so its connection can be reused
+SINGLE_POST_MAX = 64 * 1024  # blobs up to this go in one POST, without asking first whether they exist
 DEFAULT_MAX_BLOB_BYTES = 10 * 1024 * 1024 * 1024  # a streamed copy; CUDA-sized layers exist
 DEFAULT_GET_BLOB_BYTES = 64 * 1024 * 1024  # what get_blob holds in memory by default
 CHUNK = 1024 * 1024
@@ -302,7 +304,7 @@ class RegistryClient:
         what = f"HEAD manifest {ref}"
         resp = self._request("HEAD", ref, f"/v2/{ref.repository}/manifests/{ref.reference}",
                              scopes=(pull_scope(ref.repository),), headers=_accept(), what=what)
-        with closing(resp):
+        with _released(resp):
             self.stats.manifest_heads += 1
             if resp.status_code == 404:
                 return None
@@ -360,7 +362,7 @@ class RegistryClient:
         what = f"HEAD blob {repo.name}@{digest}"
         resp = self._request("HEAD", repo, f"/v2/{repo.repository}/blobs/{digest}",
                              scopes=(pull_scope(repo.repository),), what=what)
-        with closing(resp):
+        with _released(resp):
             if resp.status_code == 200:
                 return True
             if resp.status_code == 404:
@@ -380,38 +382,57 @@ class RegistryClient:
         return data
 
     def put_blob(self, repo: ImageRef, data: bytes) -> str:
-        """Monolithic upload (POST → 202 Location → PUT Location&digest=); skipped when present."""
+        """Monolithic upload; returns the digest.
+
+        A small blob (a config) is sent at once in a single POST with ``?digest=``: sending it costs
+        less than asking whether it exists, and the registry answers 201 when it stored it. A registry
+        without single-POST support answers 202 with a session, and the blob follows in a PUT (spec:
+        "Single POST"). A larger blob is skipped when present, else uploaded by POST then PUT.
+        """
         digest = oci.sha256_digest(data)
-        if self.blob_exists(repo, digest):
+        if len(data) <= SINGLE_POST_MAX:
+            location = self._post_blob(repo, digest, data)
+            if location is None:
+                return digest
+        elif self.blob_exists(repo, digest):
             return digest
-        location = self._start_upload(repo, scopes=(push_scope(repo.repository),))
+        else:
+            location = self._start_upload(repo, scopes=(push_scope(repo.repository),))
         self._finish_upload(repo, location, digest, data, len(data))
         return digest
 
     def mount_blob(self, target: ImageRef, digest: str, source: ImageRef) -> str:
         """Make ``digest`` exist in ``target``'s repository; returns "exists", "mounted" or "uploaded".
 
-        A cross-repository mount moves no bytes. When the registry declines it (202, or still 401
-        after asking for pull on the source) or the source is on another registry, the blob is
-        streamed from the source into the upload session, and the stats count it.
+        A cross-repository mount moves no bytes, and is asked for straight away: the registry answers
+        201 whether or not the target had the blob, so a HEAD first would only add a round trip. When
+        the registry declines (202, or still 401 after asking for pull on the source) or the source is
+        on another registry, the target is checked first, then the blob is streamed from the source
+        into an upload session, and the stats count it.
         """
-        if self.blob_exists(target, digest):
-            return "exists"
         if source.registry != target.registry:
+            if self.blob_exists(target, digest):
+                return "exists"
             self._copy_blob(target, digest, source, location=None)
             return "uploaded"
         what = f"mount {digest} from {source.repository} into {target.name}"
         scopes = (push_scope(target.repository), pull_scope(source.repository))
         resp = self._request("POST", target, f"/v2/{target.repository}/blobs/uploads/",
                              params={"mount": digest, "from": source.repository}, scopes=scopes, what=what)
-        with closing(resp):
+        with _released(resp):
             status, location = resp.status_code, resp.headers.get("location")
             if status not in (201, 202, 401):
                 raise self._error(resp, what)
         if status == 201:
-            self.stats.mounts += 1
+            with self._lock:
+                self.stats.mounts += 1
             return "mounted"
-        self.stats.mount_fallbacks += 1
+        if self.blob_exists(target, digest):  # declined, but already there: no copy needed
+            if status == 202 and location:
+                self._abandon_upload(target, location)
+            return "exists"
+        with self._lock:
+            self.stats.mount_fallbacks += 1
         log.info("registry.mount_fallback", target=target.name, source=source.name, digest=digest, status=status)
         self._copy_blob(target, digest, source, location=location if status == 202 else None)
         return "uploaded"
@@ -422,10 +443,22 @@ class RegistryClient:
         what = f"start upload {repo.name}"
         resp, _ = self._fetch("POST", repo, f"/v2/{repo.repository}/blobs/uploads/", scopes=scopes,
                               cap=MAX_ERROR_BODY, what=what, ok=(202,))
-        location = resp.headers.get("location")
-        if not location:
-            raise RegistryError(f"{what}: 202 without Location", status=202)
-        return location
+        return _session_location(resp, what)
+
+    def _post_blob(self, repo: ImageRef, digest: str, data: bytes) -> str | None:
+        """Single-POST upload: None when the registry stored the blob (201), else the Location of the
+        upload session it opened instead (202)."""
+        what = f"upload {digest} to {repo.name}"
+        resp, _ = self._fetch("POST", repo, f"/v2/{repo.repository}/blobs/uploads/",
+                              scopes=(push_scope(repo.repository),), cap=MAX_ERROR_BODY, what=what,
+                              params={"digest": digest}, content=data,
+                              headers={"Content-Type": "application/octet-stream"}, ok=(201, 202))
+        with self._lock:
+            self.stats.bytes_uploaded += len(data)  # sent either way; a registry answering 202 drops it
+            if resp.status_code == 201:
+                self.stats.uploads += 1
+                return None
+        return _session_location(resp, what)
 
     def _finish_upload(self, repo: ImageRef, location: str, digest: str, content: bytes | Iterator[bytes],
                        length: int | None) -> None:
@@ -436,9 +469,10 @@ class RegistryClient:
         self._fetch("PUT", repo, str(url), scopes=(push_scope(repo.repository),), headers=headers, content=content,
                     cap=MAX_ERROR_BODY, what=f"upload {digest} to {repo.name}", ok=(201, 204),
                     replayable=isinstance(content, bytes))
-        self.stats.uploads += 1
-        if isinstance(content, bytes):
-            self.stats.bytes_uploaded += len(content)
+        with self._lock:
+            self.stats.uploads += 1
+            if isinstance(content, bytes):
+                self.stats.bytes_uploaded += len(content)
 
     def _copy_blob(self, target: ImageRef, digest: str, source: ImageRef, location: str | None) -> None:
         """Stream a blob from ``source`` into an upload session of ``target`` (bounded, verified)."""
@@ -464,7 +498,7 @@ class RegistryClient:
         try:
             resp = self._request("DELETE", repo, location, scopes=(push_scope(repo.repository),),
                                  what=f"cancel upload {repo.name}", replayable=False)
-            resp.close()
+            _discard(resp)
         except (RegistryError, httpx.HTTPError):
             pass
 
@@ -472,7 +506,7 @@ class RegistryClient:
         what = f"GET blob {source.name}@{digest}"
         resp = self._request("GET", source, f"/v2/{source.repository}/blobs/{digest}",
                              scopes=(pull_scope(source.repository),), what=what)
-        with closing(resp):
+        with _released(resp):
             if resp.status_code != 200:
                 raise self._error(resp, what)
             length = _content_length(resp)
@@ -522,16 +556,17 @@ class RegistryClient:
         return path_or_url
 
     def _fetch(self, method: str, ref: ImageRef, path_or_url: str, *, scopes: tuple[str, ...], cap: int, what: str,
-               headers: dict[str, str] | None = None, content: bytes | Iterator[bytes] | None = None,
-               ok: tuple[int, ...] = (200,), replayable: bool = True) -> tuple[httpx.Response, bytes]:
+               headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
+               content: bytes | Iterator[bytes] | None = None, ok: tuple[int, ...] = (200,),
+               replayable: bool = True) -> tuple[httpx.Response, bytes]:
         """A request whose body is read whole (at most ``cap`` bytes); non-``ok`` statuses raise.
 
         Connection drops while reading the body are retried like failed requests.
         """
         for attempt in range(self.retries + 1):
-            resp = self._request(method, ref, path_or_url, scopes=scopes, headers=headers, content=content,
-                                 what=what, replayable=replayable)
-            with closing(resp):
+            resp = self._request(method, ref, path_or_url, scopes=scopes, headers=headers, params=params,
+                                 content=content, what=what, replayable=replayable)
+            with _released(resp):
                 if resp.status_code not in ok:
                     raise self._error(resp, what)
                 try:
@@ -560,18 +595,25 @@ class RegistryClient:
                 h["Authorization"] = auth
             return self._with_retries(lambda: self._exchange(method, url, h, content), what, replayable)
 
+        # A first call to a host goes anonymous and may meet two challenges: how to authenticate, then
+        # (a mount, say) which scope the token lacks. Otherwise one challenge is all a retry can answer.
+        rounds = 2 if same_host and host not in self._challenges else 1
         resp = send((), False)
-        if resp.status_code != 401 or not replayable:
-            return resp
-        challenge = parse_challenge(resp.headers.get("www-authenticate"))
-        if challenge is None:
-            return resp  # the caller turns 401 into a RegistryError
-        resp.close()
-        with self._lock:
-            # Remember how this host authenticates, not the scope of this one request.
-            self._challenges[host] = _Challenge(challenge.scheme, challenge.realm, challenge.service)
-        # insufficient_scope: ask again with whatever scopes the registry named (e.g. pull on a mount source).
-        return send(tuple(s for s in challenge.scopes if s not in scopes), True)
+        extra: tuple[str, ...] = ()
+        for round_ in range(rounds):
+            if resp.status_code != 401 or not replayable:
+                return resp
+            challenge = parse_challenge(resp.headers.get("www-authenticate"))
+            if challenge is None or (round_ and challenge.error != "insufficient_scope"):
+                return resp  # the caller turns 401 into a RegistryError
+            _discard(resp)
+            with self._lock:
+                # Remember how this host authenticates, not the scope of this one request.
+                self._challenges[host] = _Challenge(challenge.scheme, challenge.realm, challenge.service)
+            # insufficient_scope: ask again with whatever scopes the registry named (e.g. pull on a mount source).
+            extra += tuple(s for s in challenge.scopes if s not in scopes and s not in extra)
+            resp = send(extra, True)
+        return resp
 
     def _with_retries(self, call: Callable[[], httpx.Response], what: str, replayable: bool) -> httpx.Response:
         """Retry 408/429/5xx and connection errors with exponential backoff + jitter (Retry-After honoured)."""
@@ -585,7 +627,7 @@ class RegistryClient:
                 self._backoff(attempt, None)
                 continue
             if resp.status_code in RETRYABLE and attempt + 1 < attempts:
-                resp.close()
+                _discard(resp)
                 self._backoff(attempt, resp)
                 continue
             return resp
@@ -602,7 +644,7 @@ class RegistryClient:
                 self.stats.requests += 1
             if resp.status_code not in REDIRECTS or "location" not in resp.headers:
                 return resp
-            resp.close()
+            _discard(resp)
             target = url.join(resp.headers["location"])
             if target.scheme not in ("http", "https") or _forbidden_redirect(target):
                 raise RegistryError(f"{method} redirected to a refused location", status=resp.status_code)
@@ -663,7 +705,7 @@ class RegistryClient:
         headers = {"Authorization": _basic(creds)} if creds else {}
         what = f"token for {host}"
         resp = self._with_retries(lambda: self._exchange("GET", realm.copy_merge_params(params), headers, None), what, True)
-        with closing(resp):
+        with _released(resp):
             if resp.status_code != 200:
                 raise RegistryError(f"{what}: HTTP {resp.status_code}", status=resp.status_code, code="UNAUTHORIZED")
             try:
@@ -717,6 +759,42 @@ def _content_length(resp: httpx.Response) -> int | None:
         return int(resp.headers["content-length"])
     except (KeyError, ValueError):
         return None
+
+
+def _session_location(resp: httpx.Response, what: str) -> str:
+    location = resp.headers.get("location")
+    if not location:
+        raise RegistryError(f"{what}: 202 without Location", status=202)
+    return location
+
+
+def _discard(resp: httpx.Response) -> None:
+    """Close a response we do not need, reading a small body to its end first.
+
+    httpcore puts a connection back in the pool only when its response was read to the end; closing
+    one unread (any HEAD, a 201 or 202 with an empty body) drops the connection, and the next request
+    pays a new connect. A large unread body is not worth reading: that connection is dropped.
+    """
+    try:
+        if not resp.is_stream_consumed:
+            read = 0
+            for chunk in resp.iter_raw():
+                read += len(chunk)
+                if read > MAX_DRAIN:
+                    break
+    except (httpx.HTTPError, httpx.StreamError):
+        pass  # the connection is dropped, which is all a failed read can cost
+    finally:
+        resp.close()
+
+
+@contextmanager
+def _released(resp: httpx.Response) -> Iterator[httpx.Response]:
+    """``with _released(resp):`` → ``_discard(resp)`` on the way out, whatever was read."""
+    try:
+        yield resp
+    finally:
+        _discard(resp)
 
 
 def _read_capped(resp: httpx.Response, cap: int, what: str) -> bytes:

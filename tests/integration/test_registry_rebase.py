@@ -15,7 +15,8 @@ from baseroll import oci
 from baseroll.rebase import RebaseError
 from baseroll.rebaser import find_old_base, rebase_image
 from baseroll.refs import ImageRef
-from baseroll.registry import GoogleTokenSource, RegistryClient, RegistryError, StaticCredentials, parse_challenge
+from baseroll.registry import (SINGLE_POST_MAX, GoogleTokenSource, RegistryClient, RegistryError, RegistryStats,
+                               StaticCredentials, parse_challenge)
 from tests.integration.conftest import Built, make_layer, manifest_json, new_client, push_image, push_index
 
 pytestmark = pytest.mark.integration
@@ -78,12 +79,29 @@ def test_rebase_mounts_layers_and_uploads_only_the_config(world, registry):
     assert stats.mounts == 3 and stats.mount_fallbacks == 0 and result.mounted_layers == 3
     assert all(exists)
     assert stats.manifest_puts == 1
+    # 3 manifests, 3 configs, 1 HEAD of the result, 3 mounts (no HEAD first), the config in POST + PUT
+    # (distribution 2.8 answers a single-POST upload with 202), 1 manifest PUT.
+    assert stats.requests == 13 and stats.manifest_heads == 1
 
     with new_client(registry.host) as c:  # idempotent and cheap
         again = rebase_image(c, app, old, new)
         assert again.digest == result.digest and not again.pushed
         assert c.stats.mounts == 0 and c.stats.uploads == 0 and c.stats.manifest_puts == 0
         assert c.stats.bytes_uploaded == 0
+        assert c.stats.requests == 7  # the same reads, then one HEAD
+
+
+def test_layers_the_app_already_holds_are_not_mounted_again(world, registry):
+    """A new base that keeps the old base's first layer: only its new layer is mounted into the app's repository."""
+    host = registry.host
+    v1: Built = world["v1"]
+    kept, fresh = v1.layers[0], make_layer({"etc/os": b"v2 partial"})
+    with new_client(host) as c:
+        push_image(c, world["bases"], [kept, fresh], tag="v2-partial", created="2024-06-01T00:00:00Z")
+        c.stats = RegistryStats()
+        result = rebase_image(c, _refs(world)[0], _refs(world)[1], ImageRef(host, "bases/x", "v2-partial"))
+        assert c.stats.mounts == 1 and result.mounted_layers == 1
+        assert [l["digest"] for l in manifest_json(c, result.ref)["layers"][:2]] == [kept.digest, fresh.digest]
 
 
 def test_rebased_image_unpacks_with_skopeo_and_umoci(world, registry, tmp_path: Path):
@@ -367,22 +385,44 @@ def test_mount_refused_with_202_falls_back_to_streamed_upload():
     assert c.stats.bytes_uploaded == len(blob) and c.stats.bytes_downloaded == len(blob) and c.stats.blob_gets == 1
 
 
-def test_mount_201_and_exists():
+def test_mount_is_asked_for_without_a_head_first():
     digest = oci.sha256_digest(b"x")
-    state = {"exists": False}
+    seen: list[str] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
-        if req.method == "HEAD":
-            return httpx.Response(200 if state["exists"] else 404)
+        seen.append(req.method)
         if req.method == "POST":
-            state["exists"] = True
+            assert req.url.params["mount"] == digest and req.url.params["from"] == "src"
             return httpx.Response(201, headers={"Location": f"/v2/dst/blobs/{digest}"})
         return httpx.Response(500)
 
     c, _ = mock_client(handler)
     assert c.mount_blob(ImageRef(REG, "dst"), digest, ImageRef(REG, "src")) == "mounted"
+    assert c.mount_blob(ImageRef(REG, "dst"), digest, ImageRef(REG, "src")) == "mounted"  # 201 again: idempotent
+    assert seen == ["POST", "POST"]
+    assert c.stats.mounts == 2 and c.stats.bytes_uploaded == 0 and c.stats.mount_fallbacks == 0
+
+
+def test_declined_mount_of_a_blob_the_target_holds_copies_nothing():
+    """202 (e.g. the source lacks the blob) for a blob the target has: the session is cancelled, no copy."""
+    digest = oci.sha256_digest(b"x")
+    seen: list[tuple[str, str]] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append((req.method, req.url.path))
+        if req.method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/dst/blobs/uploads/u1?_state=s"})
+        if req.method == "HEAD" and req.url.path == f"/v2/dst/blobs/{digest}":
+            return httpx.Response(200)
+        if req.method == "DELETE" and req.url.path == "/v2/dst/blobs/uploads/u1":
+            return httpx.Response(204)
+        return httpx.Response(500)
+
+    c, _ = mock_client(handler, retries=0)
     assert c.mount_blob(ImageRef(REG, "dst"), digest, ImageRef(REG, "src")) == "exists"
-    assert c.stats.mounts == 1 and c.stats.bytes_uploaded == 0
+    assert seen == [("POST", "/v2/dst/blobs/uploads/"), ("HEAD", f"/v2/dst/blobs/{digest}"),
+                    ("DELETE", "/v2/dst/blobs/uploads/u1")]
+    assert c.stats.mounts == 0 and c.stats.mount_fallbacks == 0 and c.stats.blob_gets == 0 and c.stats.uploads == 0
 
 
 def test_bearer_token_flow_splits_scopes_and_caches():
@@ -420,17 +460,17 @@ def test_mount_insufficient_scope_asks_for_pull_on_the_source():
         auth = req.headers.get("authorization")
         if auth is None:
             return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://auth.example/t",service="s"'})
-        if req.method == "HEAD":
-            return httpx.Response(404)
-        if auth == "Bearer T3":  # T2 (push) was refused as insufficient: only the re-asked token works
+        if auth == "Bearer T2":  # T1 was refused as insufficient: only the re-asked token works
             return httpx.Response(201)
         return httpx.Response(401, headers={"WWW-Authenticate":
             'Bearer realm="https://auth.example/t",service="s",scope="repository:src:pull",error="insufficient_scope"'})
 
     c, _ = mock_client(handler)
+    # The mount is the client's first call: anonymous, then T1 after the challenge, then T2 after insufficient_scope.
     assert c.mount_blob(ImageRef(REG, "dst"), digest, ImageRef(REG, "src")) == "mounted"
-    assert len(token_scopes) == 3  # HEAD (pull), POST (push + source pull), POST again after insufficient_scope
+    assert len(token_scopes) == 2
     assert "repository:src:pull" in token_scopes[-1] and "repository:dst:pull,push" in token_scopes[-1]
+    assert c.stats.mounts == 1 and c.stats.mount_fallbacks == 0
 
 
 def test_redirects_to_the_metadata_server_are_refused():
@@ -495,9 +535,8 @@ def test_put_blob_keeps_location_query_and_put_manifest_checks_digest():
     raw = _manifest_bytes()
 
     def handler(req: httpx.Request) -> httpx.Response:
-        if req.method == "HEAD":
-            return httpx.Response(404)
-        if req.method == "POST":
+        if req.method == "POST":  # single POST first; this registry does not support it and opens a session
+            assert req.url.params["digest"] == digest and req.read() == data
             return httpx.Response(202, headers={"Location": f"https://{REG}/v2/r/blobs/uploads/x?_state=s1"})
         if req.method == "PUT" and "/blobs/" in req.url.path:
             assert req.url.params["_state"] == "s1" and req.url.params["digest"] == digest
@@ -509,9 +548,67 @@ def test_put_blob_keeps_location_query_and_put_manifest_checks_digest():
 
     c, _ = mock_client(handler)
     assert c.put_blob(ImageRef(REG, "r"), data) == digest
-    assert c.stats.uploads == 1 and c.stats.bytes_uploaded == len(data)
+    # A small blob goes in the POST (single-POST upload); this registry answered 202, so it went again in the PUT.
+    assert c.stats.uploads == 1 and c.stats.bytes_uploaded == 2 * len(data)
     with pytest.raises(RegistryError, match="registry stored"):
         c.put_manifest(ImageRef(REG, "r", "t"), raw, oci.OCI_MANIFEST)
+
+
+def test_small_blob_goes_in_a_single_post():
+    data = b'{"config":1}'
+    digest = oci.sha256_digest(data)
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.method)
+        if req.method == "POST" and req.url.params.get("digest") == digest:
+            assert req.read() == data and req.headers["content-type"] == "application/octet-stream"
+            return httpx.Response(201, headers={"Location": f"/v2/r/blobs/{digest}"})
+        return httpx.Response(500)
+
+    c, _ = mock_client(handler)
+    assert c.put_blob(ImageRef(REG, "r"), data) == digest
+    assert seen == ["POST"]  # no HEAD first, no PUT after
+    assert c.stats.uploads == 1 and c.stats.bytes_uploaded == len(data)
+
+
+def test_large_blob_is_skipped_when_present():
+    data = b"x" * (SINGLE_POST_MAX + 1)
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.method)
+        return httpx.Response(200 if req.method == "HEAD" else 500)
+
+    c, _ = mock_client(handler)
+    assert c.put_blob(ImageRef(REG, "r"), data) == oci.sha256_digest(data)
+    assert seen == ["HEAD"] and c.stats.uploads == 0 and c.stats.bytes_uploaded == 0
+
+
+def test_connections_are_reused_after_unread_responses(world, registry):
+    """HEADs, a 201 mount and a 202 upload session have no body worth reading; closing them unread would
+    drop the connection (httpcore only pools a response read to its end), so each would reconnect."""
+    host = registry.host
+    connects: list[str] = []
+
+    def trace(name: str, info: dict[str, Any]) -> None:
+        if name == "connection.connect_tcp.complete":
+            connects.append(name)
+
+    class Tracing(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            request.extensions["trace"] = trace  # httpcore reports each new connection
+            return super().handle_request(request)
+
+    layer = world["v2"].layers[0]
+    with RegistryClient(plain_http_hosts=[host], allowed_hosts=[host], transport=Tracing()) as c:
+        assert c.blob_exists(world["bases"], layer.digest)
+        assert not c.blob_exists(world["bases"], oci.sha256_digest(b"none"))
+        assert c.head_manifest(ImageRef(host, "bases/x", "v2")) == world["v2"].digest
+        assert c.mount_blob(ImageRef(host, "apps/reuse"), layer.digest, world["bases"]) == "mounted"
+        c.put_blob(ImageRef(host, "apps/reuse"), b'{"reuse":1}')  # POST 202, then PUT 201
+        assert c.stats.requests == 6
+    assert len(connects) == 1
 
 
 def test_google_token_source_is_lazy_and_scoped_to_google_hosts():
