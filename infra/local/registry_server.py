@@ -18,6 +18,8 @@ log:
   accesslog:
     disabled: true
 storage:
+  cache:
+    blobdescriptor: inmemory  # as Debian's packaged config has it
   filesystem:
     rootdirectory: {root}
   delete:

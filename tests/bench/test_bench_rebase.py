@@ -10,7 +10,8 @@ so every run mounts, uploads and pushes for real; each uses a fresh client (no m
 another run) with one connection opened, as the naive copy's client has. The naive copy runs
 NAIVE_RUNS times, each into a fresh repository. "In sequence" counts the most requests that ran one
 after another (none overlapping): the round trips a run waited for.
-Run: ``pytest -q -s tests/bench``.
+Run: ``pytest -q -s tests/bench``; ``BASEROLL_BENCH_APP_MIB=1024`` for a 1 GiB app (the rebase's cost does
+not grow with the layers, the copy's does).
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ pytestmark = pytest.mark.bench
 
 MiB = 1024 * 1024
 APP_LAYERS = 4
-APP_LAYER_BYTES = 52 * MiB  # 4 × 52 MiB = 208 MiB of incompressible data
+# 4 × 52 MiB = 208 MiB of incompressible data by default; BASEROLL_BENCH_APP_MIB sets the total (≥ 200)
+APP_LAYER_BYTES = max(200, int(os.environ.get("BASEROLL_BENCH_APP_MIB", "208"))) * MiB // APP_LAYERS
 BASE_LAYER_BYTES = 1 * MiB
 REBASE_BYTES_TARGET = 64 * 1024
 SPEEDUP_TARGET = 100.0
