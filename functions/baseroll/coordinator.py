@@ -459,9 +459,12 @@ def _await_wave(deps: Deps, catalog: Catalog, request: RollRequest, new_base: Im
             st, planned = _plan_status(deps, catalog, request, new_base, ro, wave, scope, cache, deadline_passed)
         else:
             st = narrowed
-        # Reading a large fleet takes a while: wait at least POLL_COST_RATIO times as long before the
-        # next read, so polling stays a small share of the step's time and of the read quota.
-        pause = max(cfg.rollout.poll_interval_s, POLL_COST_RATIO * (time.monotonic() - polled))
+        # Re-planning a large fleet takes a while: wait at least POLL_COST_RATIO times as long before
+        # the next one, so polling stays a small share of the step's time and of the read quota. A
+        # read of the few still pending is cheap whatever came before it.
+        pause = cfg.rollout.poll_interval_s
+        if narrowed is not None or len(st.pending) > TARGETED_POLL_MAX:
+            pause = max(pause, POLL_COST_RATIO * (time.monotonic() - polled))
         if st.settled or time.monotonic() + pause > deadline:
             return st
         lease.renew()
