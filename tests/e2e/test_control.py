@@ -62,14 +62,14 @@ def test_resume_a_halted_rollout(stack, fleet):
 def test_abort_stops_a_running_rollout(stack, fleet):
     eligible = [s for s in fleet.services if s.eligible_for("node")]
     before = stack.update_counts()
+    # Slow deploys, so the abort surely lands while later waves still run (each takes 4 s at least),
+    # however slowly its delivery goes on a loaded machine.
+    stack.cloudrun.deploy_latency_s = 4.0
     new_base = scenario.push_new_base(stack, fleet, "node")
     scenario.publish_push(stack, new_base, "22")
     rid = scenario.rollout_id("node", new_base)
     store = scenario.record_store(stack)
     wait_for(lambda: (store.get(rid) is not None and store.get(rid).waves), 120, "the first wave settled")
-    # Slow the later waves down, so the abort surely lands while the rollout still runs, however
-    # slowly its delivery goes on a loaded machine.
-    stack.cloudrun.deploy_latency_s = 3.0
     request(stack, action="abort", rollout_id=rid)
     record = scenario.wait_rollout(stack, rid, timeout=120)
     assert record["status"] == "aborted"

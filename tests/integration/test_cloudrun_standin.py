@@ -512,6 +512,7 @@ def test_write_quota_per_project_and_region(registry: RegistryServer, images: Im
 
 
 def test_stats_over_http_match_and_reset(client: run_v2.ServicesClient, standin: CloudRunStandin, images: Images) -> None:
+    standin.reset_stats()
     created = _create(client, "counted", images.good)
     _set_image(client, created.name, images.good_v2).result(timeout=OP_TIMEOUT, polling=FAST_POLL)
     stats = httpx.get(f"{standin.url}/_standin/stats", timeout=5).json()
