@@ -34,9 +34,9 @@ def _stratified(members: Sequence[ServiceView]) -> list[str]:
         by_location[(s.project, s.region)].append(s.name)
     keyed = []
     for names in by_location.values():
-        ordered = sorted(names, key=_order_key)
-        for rank, name in enumerate(ordered):
-            keyed.append(((2 * rank + 1) / (2 * len(ordered)), _order_key(name), name))
+        ordered = sorted((_order_key(name), name) for name in names)
+        for rank, (key, name) in enumerate(ordered):
+            keyed.append(((2 * rank + 1) / (2 * len(ordered)), key, name))
     keyed.sort()
     return [name for _, _, name in keyed]
 

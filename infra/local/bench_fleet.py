@@ -541,7 +541,7 @@ class RouteMeter:
         self._label = threading.local()
         routes = []
         for route in standin._routes:
-            label = f"{route.method} {route.handler.__name__.lstrip('_')}"
+            label = f"{route.method} {route.name}"
             routes.append(dataclasses.replace(route, handler=self._wrap(label, route.handler)))
         standin._routes = routes
         checker = standin._checker
