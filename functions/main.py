@@ -4,9 +4,9 @@ Deployed with GOOGLE_FUNCTION_SOURCE=functions/main.py; run locally with
 `functions-framework --source functions/main.py --target <name> --signature-type cloudevent`.
 """
 import functions_framework
+from baseroll import runtime
+from baseroll.edge import handlers
 from cloudevents.http import CloudEvent
-
-from baseroll import handlers, runtime
 
 
 @functions_framework.cloud_event

@@ -1,5 +1,4 @@
 import pytest
-
 from baseroll import log
 
 

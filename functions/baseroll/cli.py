@@ -19,9 +19,9 @@ from typing import Any, Iterable, NoReturn, Sequence
 
 import click
 
-from . import config as configuration
-from . import requests
-from .events import EventError
+from baseroll import config as configuration
+from baseroll.contracts import requests, topics
+from baseroll.contracts.parsing import EventError
 
 EXIT_OK = 0
 EXIT_INVALID = 2  # also what click itself uses for usage errors
@@ -90,7 +90,7 @@ def emit_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, json_output: bool) -> None:
     """Roll Cloud Run fleets onto new base image digests."""
-    from . import log
+    from baseroll import log
 
     log.to_stderr()  # stdout is for tables and --json; the decision log goes to stderr
     ctx.obj = CliState(config_path=config_path, json_output=json_output)
@@ -101,7 +101,7 @@ def main(ctx: click.Context, config_path: str | None, json_output: bool) -> None
 
 @main.command()
 @click.option("--project", envvar="GOOGLE_CLOUD_PROJECT", help="Project of the topic ($GOOGLE_CLOUD_PROJECT).")
-@click.option("--topic", default=requests.TOPIC, show_default=True, help="Topic id or projects/P/topics/T.")
+@click.option("--topic", default=topics.REQUESTS, show_default=True, help="Topic id or projects/P/topics/T.")
 @click.option("--action", type=click.Choice(requests.ACTIONS), default="roll", show_default=True)
 @click.option("--base", metavar="REF", help="Base track tag, host/repo:tag[@sha256:...].")
 @click.option("--app", metavar="REF", help="App image, host/repo[:tag][@sha256:...] (digest required).")
@@ -191,7 +191,9 @@ class PublishError(RuntimeError):
 
 def publish_message(topic_path: str, data: bytes, attributes: dict[str, str], timeout: float) -> str:
     """Publish one message and return its id. Honours PUBSUB_EMULATOR_HOST (the client does)."""
-    from google.api_core import exceptions as api_exceptions  # heavy imports: only when publishing
+    from google.api_core import (
+        exceptions as api_exceptions,  # heavy imports: only when publishing
+    )
     from google.api_core import retry as api_retry
     from google.auth import exceptions as auth_exceptions
     from google.cloud import pubsub_v1
@@ -241,7 +243,7 @@ EXIT_FAILED = 1
 def _deps(state: CliState, projects: tuple[str, ...], regions: tuple[str, ...]) -> Any:
     import dataclasses
 
-    from . import runtime
+    from baseroll import runtime
 
     cfg = state.config()
     if projects:
@@ -253,8 +255,8 @@ def _deps(state: CliState, projects: tuple[str, ...], regions: tuple[str, ...]) 
 
 def _roll_request(cfg: configuration.Config, base: str | None, app: str | None, digest: str | None,
                   dry_run: bool) -> Any:
-    from . import refs
-    from .events import RollRequest
+    from baseroll.contracts.roll import RollRequest
+    from baseroll.images import refs
 
     if bool(base) == bool(app):
         fail(EXIT_INVALID, "give exactly one of --base or --app")
@@ -291,10 +293,10 @@ def with_locations(fn: Any) -> Any:
 def plan(state: CliState, base: str | None, app: str | None, digest: str | None,
          projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
     """Show what a rollout would do, changing nothing (a dry run of the whole pipeline)."""
-    from . import coordinator
+    from baseroll.rollout import planner
 
     deps = _deps(state, projects, regions)
-    report = coordinator.start(deps, _roll_request(deps.config, base, app, digest, dry_run=True))
+    report = planner.start(deps, _roll_request(deps.config, base, app, digest, dry_run=True))
     if state.json_output:
         emit_json(report)
         return
@@ -326,11 +328,11 @@ def roll(state: CliState, base: str | None, app: str | None, digest: str | None,
 
     from rich.progress import Progress
 
-    from . import coordinator
-    from .records import TERMINAL
+    from baseroll.contracts.records import TERMINAL
+    from baseroll.rollout import planner
 
     deps = _deps(state, projects, regions)
-    started = coordinator.start(deps, _roll_request(deps.config, base, app, digest, dry_run=False))
+    started = planner.start(deps, _roll_request(deps.config, base, app, digest, dry_run=False))
     rollout_id, total = started["rollout_id"], max(1, started["to_roll"])
     if not wait or started.get("status") == "nothing-to-do":
         emit_json(started) if state.json_output else click.echo(f"{rollout_id}: {started.get('status')}")
@@ -365,15 +367,16 @@ def roll(state: CliState, base: str | None, app: str | None, digest: str | None,
 def status(state: CliState, track_names: tuple[str, ...], show_services: bool,
            projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
     """Per base track and base digest: how many services are on it, in flight, failed, opted out."""
-    from . import plan as planning, rollout
-    from . import status as status_mod
+    from baseroll.rollout import pipeline
+    from baseroll.rollout import plan as planning
+    from baseroll.rollout import status as status_mod
 
     deps = _deps(state, projects, regions)
     cfg = deps.config
     unknown = set(track_names) - {t.name for t in cfg.base_tracks}
     if unknown:
         fail(EXIT_INVALID, f"--base: unknown track(s) {', '.join(sorted(unknown))}")
-    services = rollout.discover(deps.fleet, cfg, quiet=True)
+    services = pipeline.discover(deps.fleet, cfg, quiet=True)
     catalog = deps.catalog()
     facts = catalog.facts_many(planning.images_to_inspect(services, cfg.labels, cfg.allowed_registries,
                                                           include_opted_out=True))
@@ -417,10 +420,10 @@ def rebase(state: CliState, app: str, old_base: str, new_base: str, tag: str | N
            drift_policy: str, plain_http: tuple[str, ...], dry_run: bool) -> None:
     """Rebase APP from --old-base onto --new-base in the registry (like `crane rebase`, but
     multi-platform, drift-aware, verified, and moving no layer: only manifests and configs)."""
-    from . import rebaser, refs
-    from .oci import OCIError
-    from .rebase import RebaseError
-    from .registry import RegistryClient, RegistryError
+    from baseroll.images import rebaser, refs
+    from baseroll.images.oci import OCIError
+    from baseroll.images.rebase import RebaseError
+    from baseroll.images.registry import RegistryClient, RegistryError
 
     try:
         app_ref, old_ref, new_ref = refs.parse(app), refs.parse(old_base), refs.parse(new_base)

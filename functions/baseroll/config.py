@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from . import refs
-from .refs import ImageRef, RefError
-from .signatures import POLICIES, SigningPolicy
+from baseroll.images import refs
+from baseroll.images.refs import ImageRef, RefError
+from baseroll.images.signatures import POLICIES, SigningPolicy
 
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")

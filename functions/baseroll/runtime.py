@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import functools
 
-from . import config as config_mod, rebaser
-from .artifact_registry import ArtifactRegistryVersions
-from .bus import PubSubBus
-from .config import Config
-from .coordinator import Deps
-from .fleet import CloudRunFleet
-from .plan import RebaseJob
-from .records import RegistryRecordStore
-from .refs import ImageRef
-from .registry import RegistryClient
+from baseroll import config as config_mod
+from baseroll.config import Config
+from baseroll.fleet.cloudrun import CloudRunFleet
+from baseroll.images import rebaser
+from baseroll.images.artifact_registry import ArtifactRegistryVersions
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient
+from baseroll.rollout.bus import PubSubBus
+from baseroll.rollout.deps import Deps
+from baseroll.rollout.plan import RebaseJob
+from baseroll.rollout.store import RegistryRecordStore
 
 
 def state_repository(cfg: Config) -> ImageRef:

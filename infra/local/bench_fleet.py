@@ -32,16 +32,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from baseroll.config import Labels
+from baseroll.fleet.view import ServiceView
+from baseroll.images.match import (
+    ANN_BASE_DIGEST,
+    ANN_BASE_NAME,
+    BaseVersion,
+    ImageFacts,
+)
+from baseroll.images.refs import ImageRef
+from baseroll.rollout import waves
+from baseroll.rollout.plan import images_to_inspect, make_plan
 from google.api_core import retry as gretry
 from google.api_core.future import polling as gpolling
 from google.cloud import run_v2
-
-from baseroll import waves
-from baseroll.config import Labels
-from baseroll.fleet import ServiceView
-from baseroll.match import ANN_BASE_DIGEST, ANN_BASE_NAME, BaseVersion, ImageFacts
-from baseroll.plan import images_to_inspect, make_plan
-from baseroll.refs import ImageRef
 
 from . import seed
 from .seed import COHORT_LABEL, OPT_OUT_LABEL, SeededFleet
@@ -708,11 +712,12 @@ def _plan_through_clients() -> dict:
     import pstats
     import resource
 
-    from baseroll import config as config_mod, rollout as engine
-    from baseroll.catalog import Catalog
-    from baseroll.events import RollRequest
-    from baseroll.fleet import CloudRunFleet
-    from baseroll.registry import RegistryClient
+    from baseroll import config as config_mod
+    from baseroll.contracts.roll import RollRequest
+    from baseroll.fleet.cloudrun import CloudRunFleet
+    from baseroll.images.catalog import Catalog
+    from baseroll.images.registry import RegistryClient
+    from baseroll.rollout import pipeline as engine
 
     cfg = config_mod.load()
     rss0 = proc_status_mb(os.getpid(), "VmRSS")

@@ -11,8 +11,8 @@ import json
 import tarfile
 from dataclasses import dataclass, field
 
-from baseroll.refs import ImageRef
-from baseroll.registry import RegistryClient
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

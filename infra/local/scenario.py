@@ -6,10 +6,11 @@ import time
 from dataclasses import dataclass
 
 import httpx
-
-from baseroll import config as config_mod, ledger
-from baseroll.records import TERMINAL, RegistryRecordStore
-from baseroll.refs import ImageRef, parse
+from baseroll import config as config_mod
+from baseroll.contracts import ledger
+from baseroll.contracts.records import TERMINAL
+from baseroll.images.refs import ImageRef, parse
+from baseroll.rollout.store import RegistryRecordStore
 from baseroll.runtime import state_repository
 
 from . import eventarc, seed

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from baseroll.images.match import ANN_BASE_DIGEST, ANN_BASE_NAME
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient
 from google.cloud import run_v2
-
-from baseroll.match import ANN_BASE_DIGEST, ANN_BASE_NAME
-from baseroll.refs import ImageRef
-from baseroll.registry import RegistryClient
 
 from . import images
 from .images import ImageSpec, Layer

@@ -22,18 +22,15 @@ from pathlib import Path
 from typing import Iterable
 
 import yaml
+from baseroll.contracts import topics
+from baseroll.images.registry import RegistryClient
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import run_v2
-
-from google.cloud import pubsub_v1
-
-from baseroll import topics
-from baseroll.registry import RegistryClient
+from google.cloud import pubsub_v1, run_v2
 
 from .cloudrun_standin import CloudRunStandin
-from .pubsub_standin import PubSubStandin
 from .procs import LOOPBACK, free_port, stop, wait_until
+from .pubsub_standin import PubSubStandin
 from .registry_server import RegistryServer
 from .seed import BASES, COHORT_LABEL, OPT_OUT_LABEL, PROJECTS, REGIONS
 

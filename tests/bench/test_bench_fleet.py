@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+from baseroll.contracts import ledger
 from google.cloud import run_v2
 
-from baseroll import ledger
 from infra.local import bench_fleet as bf
 from infra.local import scenario, seed
 from infra.local.stack import LocalStack

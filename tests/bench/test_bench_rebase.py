@@ -32,11 +32,11 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
+from baseroll.images import oci
+from baseroll.images.rebaser import RebaseResult, rebase_image
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient, RegistryStats
 
-from baseroll import oci
-from baseroll.rebaser import RebaseResult, rebase_image
-from baseroll.refs import ImageRef
-from baseroll.registry import RegistryClient, RegistryStats
 from infra.local.registry_server import RegistryServer
 from tests.integration.conftest import Built, Layer, make_layer, push_image
 

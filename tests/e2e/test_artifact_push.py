@@ -6,9 +6,9 @@ import json
 
 import httpx
 import pytest
+from baseroll.images.match import ANN_BASE_DIGEST, ANN_BASE_NAME
+from baseroll.images.refs import parse
 
-from baseroll.match import ANN_BASE_DIGEST, ANN_BASE_NAME
-from baseroll.refs import parse
 from infra.local import eventarc, scenario
 from infra.local.stack import LocalStack
 

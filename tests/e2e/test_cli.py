@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from baseroll import cli
 from click.testing import CliRunner
 
-from baseroll import cli
 from infra.local import scenario
 from infra.local.stack import LocalStack
 

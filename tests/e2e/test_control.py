@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from baseroll.contracts import requests
 
-from baseroll import requests
 from infra.local import scenario
 from infra.local.stack import LocalStack
 

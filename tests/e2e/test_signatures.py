@@ -3,11 +3,11 @@ never deployed: a sign request goes to the signing step's topic, the wave fails 
 reason, and once the images are signed a resume rolls them."""
 from __future__ import annotations
 
-
 import pytest
+from baseroll.contracts import requests
+from baseroll.images import signatures
+from baseroll.images.refs import parse
 
-from baseroll import requests, signatures
-from baseroll.refs import parse
 from infra.local import images, scenario
 from infra.local.stack import LocalStack
 

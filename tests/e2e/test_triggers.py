@@ -27,10 +27,11 @@ from typing import Any
 
 import pytest
 import yaml
+from baseroll.contracts import ledger, requests, topics
+from baseroll.contracts.records import TERMINAL
+from baseroll.images import refs
+from baseroll.images.refs import ImageRef
 
-from baseroll import ledger, refs, requests, topics
-from baseroll.records import TERMINAL
-from baseroll.refs import ImageRef
 from infra.local import scenario, seed
 from infra.local.stack import TOPIC_PROJECT, LocalStack
 from tests.unit.test_cloudbuild_yaml import example_subs, render, script
@@ -289,7 +290,7 @@ def test_cli_dry_run_plans_and_changes_nothing(stack, fleet):
     logs = Logs(stack)
 
     out = cli_publish("--base", base, "--dry-run", "--reason", "e2e dry run")
-    assert out["topic"] == f"projects/{TOPIC_PROJECT}/topics/{requests.TOPIC}"
+    assert out["topic"] == f"projects/{TOPIC_PROJECT}/topics/{topics.REQUESTS}"
     assert out["request"] == {"schema": requests.SCHEMA, "action": "roll", "base": base, "dry_run": True,
                               "reason": "e2e dry run"}
     idle(stack)
@@ -445,8 +446,8 @@ def fail(message):
 if args[:4] == ["artifacts", "docker", "images", "describe"]:
     if len(args) != 6 or args[5] != "--format=value(image_summary.digest)":
         fail("unsupported arguments: " + " ".join(args))
-    from baseroll import refs
-    from baseroll.registry import RegistryClient
+    from baseroll.images import refs
+    from baseroll.images.registry import RegistryClient
     ref = refs.parse(args[4])
     host = os.environ["SHIM_REGISTRY"]
     if ref.registry != host or ref.tag is None:
@@ -522,7 +523,7 @@ def test_cloud_build_step_request_reaches_the_function_and_rolls(stack, fleet, t
     calls = [json.loads(line) for line in shim_log.read_text().splitlines()]
     assert calls[0]["argv"][:5] == ["artifacts", "docker", "images", "describe", tag_ref]
     published = [c for c in calls if "published" in c]
-    assert len(published) == 1 and published[0]["topic"] == f"projects/{TOPIC_PROJECT}/topics/{requests.TOPIC}"
+    assert len(published) == 1 and published[0]["topic"] == f"projects/{TOPIC_PROJECT}/topics/{topics.REQUESTS}"
 
     rid = ledger.rollout_id(CI_BASE.name, v2.digest or "")
     record = await_rollout(stack, rid, logs)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pytest
+from baseroll.images import oci
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient
 
-from baseroll import oci
-from baseroll.refs import ImageRef
-from baseroll.registry import RegistryClient
 from infra.local.registry_server import RegistryServer
 
 

@@ -2,7 +2,7 @@
 
 What arrives is checked where a function would see it: a push subscription delivers each message,
 Eventarc-shaped, to a small HTTP receiver, and the body goes through the same parsing as
-on_roll_request (`events.pubsub_message` + `requests.parse_request`).
+on_roll_request (`envelope.pubsub_message` + `requests.parse_request`).
 """
 from __future__ import annotations
 
@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from baseroll.contracts import topics
+from baseroll import cli
+from baseroll.contracts import requests
+from baseroll.contracts.requests import Request, ServiceFilter
+from baseroll.edge import envelope
+from baseroll.images.refs import ImageRef
 from click.testing import CliRunner
 from google.cloud import pubsub_v1
 
-from baseroll import cli, events, requests
-from baseroll.refs import ImageRef
-from baseroll.requests import Request, ServiceFilter
 from infra.local.procs import LOOPBACK, free_port
 from infra.local.pubsub_standin import PubSubStandin
 
@@ -109,7 +112,7 @@ def topic(standin: PubSubStandin, receiver: Receiver) -> Iterator[str]:
     """The requests topic with a push subscription to the receiver, made with the real clients."""
     pub, sub = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     try:
-        path = pub.topic_path(PROJECT, requests.TOPIC)
+        path = pub.topic_path(PROJECT, topics.REQUESTS)
         pub.create_topic(name=path)
         sub.create_subscription(request={
             "name": sub.subscription_path(PROJECT, "on-roll-request"),
@@ -129,7 +132,7 @@ def published(standin: PubSubStandin, topic: str) -> int:
 
 def received_request(receiver: Receiver, message_id: str) -> tuple[Request, dict[str, str]]:
     """Parse a delivery exactly as the on_roll_request function will."""
-    message = events.pubsub_message(receiver.wait_for(message_id))
+    message = envelope.pubsub_message(receiver.wait_for(message_id))
     return requests.parse_request(message), message.attributes
 
 

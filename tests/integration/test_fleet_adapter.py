@@ -3,14 +3,23 @@ how many calls an update costs, and that staleness is still caught without the e
 from __future__ import annotations
 
 import pytest
+from baseroll.fleet import health
+from baseroll.fleet.cloudrun import CloudRunFleet
+from baseroll.fleet.view import StaleService
 from google.cloud import run_v2
 
-from baseroll import health
-from baseroll.fleet import CloudRunFleet, StaleService
-from tests.integration.test_cloudrun_standin import (  # noqa: F401  (module-scoped fixtures)
-    Images, _create, _set_image, client, images, registry, standin, FAST_POLL, OP_TIMEOUT,
-)
 from infra.local.cloudrun_standin import CloudRunStandin
+from tests.integration.test_cloudrun_standin import (  # noqa: F401  (module-scoped fixtures)
+    FAST_POLL,
+    OP_TIMEOUT,
+    Images,
+    _create,
+    _set_image,
+    client,
+    images,
+    registry,
+    standin,
+)
 
 ANN = {"baseroll.dev/rollout-id": "py-test"}
 

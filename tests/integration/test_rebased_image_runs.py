@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from baseroll.images.rebaser import rebase_image
+from baseroll.images.refs import ImageRef
 
-from baseroll.rebaser import rebase_image
-from baseroll.refs import ImageRef
 from tests.integration.conftest import Layer, manifest_json, new_client, push_image
 
 pytestmark = pytest.mark.integration

@@ -10,14 +10,28 @@ from typing import Any, Callable
 
 import httpx
 import pytest
+from baseroll.images import oci
+from baseroll.images.rebase import RebaseError
+from baseroll.images.rebaser import find_old_base, rebase_image
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import (
+    SINGLE_POST_MAX,
+    GoogleTokenSource,
+    RegistryClient,
+    RegistryError,
+    RegistryStats,
+    StaticCredentials,
+    parse_challenge,
+)
 
-from baseroll import oci
-from baseroll.rebase import RebaseError
-from baseroll.rebaser import find_old_base, rebase_image
-from baseroll.refs import ImageRef
-from baseroll.registry import (SINGLE_POST_MAX, GoogleTokenSource, RegistryClient, RegistryError, RegistryStats,
-                               StaticCredentials, parse_challenge)
-from tests.integration.conftest import Built, make_layer, manifest_json, new_client, push_image, push_index
+from tests.integration.conftest import (
+    Built,
+    make_layer,
+    manifest_json,
+    new_client,
+    push_image,
+    push_index,
+)
 
 pytestmark = pytest.mark.integration
 

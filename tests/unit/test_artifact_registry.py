@@ -16,18 +16,17 @@ from typing import Any, Iterator
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
-from google.api_core import exceptions, retry
-
-from baseroll import oci
-from baseroll.artifact_registry import (
+from baseroll.images import oci
+from baseroll.images.artifact_registry import (
     ArtifactRegistryError,
     ArtifactRegistryVersions,
     is_artifact_registry,
     package_path,
 )
-from baseroll.catalog import Catalog
-from baseroll.refs import ImageRef, parse
-from baseroll.registry import Manifest, RegistryError
+from baseroll.images.catalog import Catalog
+from baseroll.images.refs import ImageRef, parse
+from baseroll.images.registry import Manifest, RegistryError
+from google.api_core import exceptions, retry
 
 HOST = "europe-west1-docker.pkg.dev"
 PKG = "projects/proj/locations/europe-west1/repositories/bases/packages/python%2Fslim"
@@ -183,7 +182,7 @@ def test_client_is_created_lazily_once() -> None:
 
 
 def test_import_loads_no_google_client() -> None:
-    code = ("import sys; import baseroll.artifact_registry, baseroll.catalog; "
+    code = ("import sys; import baseroll.images.artifact_registry, baseroll.images.catalog; "
             "print(any(m.startswith(('google.cloud.artifactregistry', 'google.auth')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "functions")}).stdout

@@ -7,11 +7,11 @@ import json
 from typing import Any
 
 import pytest
-
-from baseroll import builds, events
-from baseroll.builds import BuildEvent, BuiltImage
-from baseroll.events import EventError
-from baseroll.refs import ImageRef
+from baseroll.contracts import pubsub
+from baseroll.contracts.parsing import EventError
+from baseroll.edge import builds, envelope
+from baseroll.edge.builds import BuildEvent, BuiltImage
+from baseroll.images.refs import ImageRef
 
 BUILD_ID = "3f6d2b7a-1c2e-4d5f-8a9b-0c1d2e3f4a5b"
 PROJECT = "platform-builds"
@@ -67,14 +67,14 @@ def build(status: str = "SUCCESS", *, drop: tuple[str, ...] = (), **changes: Any
     return body
 
 
-def message(body: Any, attributes: dict[str, str] | None = None) -> events.PubSubMessage:
+def message(body: Any, attributes: dict[str, str] | None = None) -> pubsub.PubSubMessage:
     """Through the Eventarc envelope, as the function receives it."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     attrs = {"buildId": BUILD_ID, "status": body.get("status", "") if isinstance(body, dict) else ""}
     attrs = attrs if attributes is None else attributes
     env = {"message": {"data": base64.b64encode(data).decode(), "attributes": attrs, "messageId": "9"},
            "subscription": "projects/p/subscriptions/eventarc-cloud-builds"}
-    return events.pubsub_message(env)
+    return envelope.pubsub_message(env)
 
 
 def test_success_with_results_images() -> None:

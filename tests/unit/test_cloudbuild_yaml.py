@@ -17,9 +17,9 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
-
-from baseroll import requests
-from baseroll.refs import ImageRef
+from baseroll.contracts import topics
+from baseroll.contracts import requests
+from baseroll.images.refs import ImageRef
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [ROOT / "cloudbuild.yaml", ROOT / "infra" / "cloudbuild" / "app.cloudbuild.yaml"]
@@ -289,7 +289,7 @@ def test_publish_step_sends_a_request_baseroll_accepts(fake_tools, tmp_path: Pat
     describe = [c for c in calls(log) if c[1:5] == ["artifacts", "docker", "images", "describe"]]
     assert describe and describe[0][5] == tag_ref
     publish = [c for c in calls(log) if c[1:4] == ["pubsub", "topics", "publish"]]
-    assert len(publish) == 1 and publish[0][4] == requests.TOPIC
+    assert len(publish) == 1 and publish[0][4] == topics.REQUESTS
     attrs = dict(kv.split("=", 1) for kv in flag_value(publish[0], "--attribute").split(","))
     data = flag_value(publish[0], "--message").encode()
 
@@ -334,7 +334,7 @@ def test_app_build_pins_the_base_and_labels_it(fake_tools, tmp_path: Path) -> No
 
 def test_example_substitutions_render_to_valid_refs(config) -> None:
     _, doc = config
-    from baseroll import refs
+    from baseroll.images import refs
 
     for image in doc["images"]:
         ref = refs.parse(render(image, example_subs(doc)))

@@ -1,6 +1,5 @@
 import pytest
 import yaml
-
 from baseroll import config
 from baseroll.config import ConfigError
 

@@ -2,10 +2,12 @@ import base64
 import json
 
 import pytest
-
-from baseroll import events
-from baseroll.events import EventError, Ignored, RollRequest
-from baseroll.refs import ImageRef
+from baseroll.contracts.parsing import EventError
+from baseroll.contracts.roll import RollRequest
+from baseroll.edge import artifact_push as pushes
+from baseroll.edge import envelope as envelopes
+from baseroll.edge.artifact_push import Ignored
+from baseroll.images.refs import ImageRef
 
 D1 = "sha256:" + "1" * 64
 HOST = "us-docker.pkg.dev"
@@ -18,13 +20,13 @@ def envelope(data: bytes | str, **message) -> dict:
             "subscription": "projects/p/subscriptions/s"}
 
 
-def push(payload: dict) -> events.ArtifactPush:
-    return events.artifact_push(events.pubsub_message(envelope(json.dumps(payload).encode())))
+def push(payload: dict) -> pushes.ArtifactPush:
+    return pushes.artifact_push(envelopes.pubsub_message(envelope(json.dumps(payload).encode())))
 
 
 def test_insert_with_tracked_tag_becomes_roll_request():
     p = push({"action": "INSERT", "digest": f"{HOST}/p/bases/python@{D1}", "tag": f"{HOST}/p/bases/python:3.12"})
-    decision = events.roll_request_from_push(p, {TRACK}, "m1")
+    decision = pushes.roll_request_from_push(p, {TRACK}, "m1")
     assert isinstance(decision, RollRequest)
     assert decision.kind == "base" and decision.image == TRACK and decision.digest == D1
     assert decision.source == "artifact-push"
@@ -41,7 +43,7 @@ def test_insert_with_tracked_tag_becomes_roll_request():
     ],
 )
 def test_other_pushes_are_ignored_with_reason(payload, reason):
-    decision = events.roll_request_from_push(push(payload), {TRACK}, "m1")
+    decision = pushes.roll_request_from_push(push(payload), {TRACK}, "m1")
     assert isinstance(decision, Ignored) and reason in decision.reason
 
 
@@ -58,7 +60,7 @@ def test_other_pushes_are_ignored_with_reason(payload, reason):
 )
 def test_malformed_envelopes(env, needle):
     with pytest.raises(EventError, match=needle):
-        events.pubsub_message(env)
+        envelopes.pubsub_message(env)
 
 
 @pytest.mark.parametrize(
@@ -79,4 +81,4 @@ def test_malformed_envelopes(env, needle):
 )
 def test_malformed_artifact_messages(data, needle):
     with pytest.raises(EventError, match=needle):
-        events.artifact_push(events.pubsub_message(envelope(data)))
+        pushes.artifact_push(envelopes.pubsub_message(envelope(data)))

@@ -25,13 +25,20 @@ from typing import Any
 
 import httpx
 import pytest
+from baseroll import log
+from baseroll.contracts import messages, pubsub, requests
+from baseroll.contracts.parsing import EventError
+from baseroll.contracts.pubsub import PubSubMessage
+from baseroll.contracts.roll import RollRequest
+from baseroll.edge import artifact_push as pushes
+from baseroll.edge import builds, handlers
+from baseroll.edge import envelope as envelopes
+from baseroll.edge.artifact_push import ArtifactPush, Ignored
+from baseroll.images import refs
+from baseroll.images.refs import ImageRef, RefError
+from baseroll.images.registry import RegistryClient, RegistryError, StaticCredentials
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from baseroll import builds, events, handlers, log, messages, refs, requests
-from baseroll.events import ArtifactPush, EventError, Ignored, PubSubMessage, RollRequest
-from baseroll.refs import ImageRef, RefError
-from baseroll.registry import RegistryClient, RegistryError, StaticCredentials
 
 # Cheap strategies, no example database, reproducible in CI: 10,000 examples per parser.
 FUZZ = settings(max_examples=10_000, deadline=None, database=None, derandomize=True,
@@ -282,7 +289,7 @@ def odd_pubsub_envelope(rng: Rng) -> Any:
 @example({"message": {"data": "A" * (400 * 1024)}})
 @example({"message": {"data": "", "attributes": {"a": "b" * 2_000_000}}})
 def test_pubsub_message_raises_only_eventerror(env: Any) -> None:
-    msg = expect_only(EventError, events.pubsub_message, env)
+    msg = expect_only(EventError, envelopes.pubsub_message, env)
     if msg is None:
         return
     assert isinstance(msg, PubSubMessage)
@@ -290,8 +297,8 @@ def test_pubsub_message_raises_only_eventerror(env: Any) -> None:
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in msg.attributes.items())
     assert msg.publish_time is None or isinstance(msg.publish_time, str)
     assert msg.subscription is None or isinstance(msg.subscription, str)
-    assert len(msg.data) <= events.MAX_DATA_BYTES
-    assert len(msg.attributes) <= events.MAX_ATTRIBUTES
+    assert len(msg.data) <= envelopes.MAX_DATA_BYTES
+    assert len(msg.attributes) <= pubsub.MAX_ATTRIBUTES
 
 
 GCR_FIELDS = {
@@ -322,8 +329,8 @@ def odd_gcr_envelope(rng: Rng) -> Any:
 @example(envelope(b'{"action": "INSERT", "tag": ' + b"1" * 5000 + b"}"))
 def test_artifact_push_and_roll_request_raise_only_eventerror(env: Any) -> None:
     try:
-        msg = events.pubsub_message(env)
-        push = events.artifact_push(msg)
+        msg = envelopes.pubsub_message(env)
+        push = pushes.artifact_push(msg)
     except EventError:
         return
     assert isinstance(push, ArtifactPush) and push.action in ("INSERT", "DELETE")
@@ -332,7 +339,7 @@ def test_artifact_push_and_roll_request_raise_only_eventerror(env: Any) -> None:
     assert push.tag is None or push.tag.tag is not None
     if push.digest is not None and push.tag is not None:
         assert push.digest.name == push.tag.name
-    decision = events.roll_request_from_push(push, TRACKED, msg.message_id)
+    decision = pushes.roll_request_from_push(push, TRACKED, msg.message_id)
     assert isinstance(decision, (RollRequest, Ignored))
     if isinstance(decision, RollRequest):
         assert decision.image in TRACKED and decision.image.registry == ALLOWED
@@ -365,10 +372,10 @@ def test_forged_push_naming_another_host_never_becomes_a_roll_request(forged: tu
     Ignored (or refused as malformed): it never starts a rollout that would fetch from that host."""
     _, data = forged
     try:
-        push = events.artifact_push(events.pubsub_message(envelope(data)))
+        push = pushes.artifact_push(envelopes.pubsub_message(envelope(data)))
     except EventError:
         return
-    decision = events.roll_request_from_push(push, TRACKED, "m-1")
+    decision = pushes.roll_request_from_push(push, TRACKED, "m-1")
     assert isinstance(decision, Ignored), decision
     assert "not followed" in decision.reason
 
@@ -490,7 +497,7 @@ def odd_build_envelope(rng: Rng) -> Any:
 @example(envelope(b'{"id": ' + b"1" * 5000 + b"}"))
 def test_parse_build_raises_only_eventerror(env: Any) -> None:
     try:
-        ev = builds.parse_build(events.pubsub_message(env))
+        ev = builds.parse_build(envelopes.pubsub_message(env))
     except EventError:
         return
     assert isinstance(ev, builds.BuildEvent)
@@ -550,7 +557,7 @@ def odd_request_envelope(rng: Rng) -> Any:
 @given(seeded(odd_request_envelope))
 @example(envelope(b'{"schema": "baseroll.dev/roll-request/v1", "filter": ' + b"[" * 5000 + b"]" * 5000 + b"}"))
 def test_parse_request_raises_only_eventerror(env: Any) -> None:
-    req = expect_only(EventError, requests.parse_envelope, env)
+    req = expect_only(EventError, lambda e: requests.parse_request(envelopes.pubsub_message(e)), env)
     if req is None:
         return
     assert isinstance(req, requests.Request) and req.action in requests.ACTIONS
@@ -626,7 +633,7 @@ def odd_message_envelope(rng: Rng) -> Any:
 @example(envelope(b'{"schema": "baseroll.dev/v1", "wave": ' + b"1" * 5000 + b"}"))
 def test_messages_decode_raises_only_eventerror(env: Any) -> None:
     try:
-        msg = messages.decode(events.pubsub_message(env))
+        msg = messages.decode(envelopes.pubsub_message(env))
     except EventError:
         return
     assert isinstance(msg, (messages.Task, messages.Result, messages.Step))
@@ -645,7 +652,7 @@ OVERSIZED = 512 * 1024 + 1
 
 
 @pytest.mark.parametrize("parser", [
-    lambda m: events.artifact_push(m), builds.parse_build, requests.parse_request, messages.decode,
+    lambda m: pushes.artifact_push(m), builds.parse_build, requests.parse_request, messages.decode,
 ], ids=["artifact_push", "parse_build", "parse_request", "messages.decode"])
 @pytest.mark.parametrize("size", [OVERSIZED, 600 * 1024, 2 * 1024 * 1024])
 def test_oversized_events_are_rejected(parser, size: int) -> None:
@@ -653,14 +660,14 @@ def test_oversized_events_are_rejected(parser, size: int) -> None:
     pad = json.dumps({"action": "INSERT", "tag": TRACK.name + ":3.12", "pad": "x" * size}).encode()
     for data in (pad, b"x" * size):
         with pytest.raises(EventError, match="larger"):
-            parser(events.pubsub_message(envelope(data)))
+            parser(envelopes.pubsub_message(envelope(data)))
 
 
 def test_oversized_event_is_rejected_before_decoding() -> None:
     """The size check runs before base64/JSON decoding: a 2 MiB junk body costs nothing to refuse."""
     env = {"message": {"data": "*" * (2 * 1024 * 1024), "messageId": "m"}}
     with pytest.raises(EventError, match="larger"):
-        events.pubsub_message(env)
+        envelopes.pubsub_message(env)
 
 
 # ------------------------------------------------------------------------------------------ poison messages
@@ -726,8 +733,8 @@ class _Bus:
 def test_forged_task_is_refused_not_a_crash(targets: dict, expected: list) -> None:
     """A task that decodes must be applicable: its target indexes are container indexes that
     `expected` covers. Otherwise the worker raises (HTTP 500) and the task is redelivered forever."""
-    from baseroll.coordinator import Deps
-    from baseroll.fleet import ServiceView
+    from baseroll.fleet.view import ServiceView
+    from baseroll.rollout.deps import Deps
 
     doc = VALID_MESSAGES[0] | {"targets": targets, "expected": expected}
     svc = ServiceView(SVC, (f"{ALLOWED}/apps/a@{D1}", f"{ALLOWED}/apps/b@{D1}"), etag="e", generation=1,

@@ -1,5 +1,5 @@
-from baseroll.fleet import ServiceView
-from baseroll.health import assess
+from baseroll.fleet.health import assess
+from baseroll.fleet.view import ServiceView
 
 
 def view(**kw) -> ServiceView:

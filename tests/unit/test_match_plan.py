@@ -1,9 +1,15 @@
-from baseroll import ledger
 from baseroll.config import Labels
-from baseroll.fleet import ServiceView
-from baseroll.match import ANN_BASE_DIGEST, ANN_BASE_NAME, BaseVersion, ImageFacts, match_image
-from baseroll.plan import make_plan
-from baseroll.refs import ImageRef
+from baseroll.contracts import ledger
+from baseroll.fleet.view import ServiceView
+from baseroll.images.match import (
+    ANN_BASE_DIGEST,
+    ANN_BASE_NAME,
+    BaseVersion,
+    ImageFacts,
+    match_image,
+)
+from baseroll.images.refs import ImageRef
+from baseroll.rollout.plan import make_plan
 
 
 def d(c: str) -> str:
@@ -57,8 +63,8 @@ def test_plan_dedups_rebases_and_explains_skips():
     facts[f"{H}/apps/gone:1"] = "MANIFEST_UNKNOWN"
     plan = make_plan(track_image=TRACK, new_base=TRACK.with_digest(V2.digest), new_version=V2, known_versions=[V1],
                      services=services, facts=facts, labels=Labels(), allowed=frozenset({H}))
-    by = {p.service.short_name: p for p in plan.services}
-    assert [p.service.short_name for p in plan.to_roll] == ["s1", "s2"]
+    by = {p.service.name.rsplit("/", 1)[-1]: p for p in plan.services}
+    assert [p.service.name.rsplit("/", 1)[-1] for p in plan.to_roll] == ["s1", "s2"]
     assert len(plan.jobs) == 1 and plan.jobs[0].old_base == ImageRef(H, "bases/python", None, V1.digest)
     assert by["s1"].containers[0].strategy == "rebase" and by["s1"].containers[0].job == plan.jobs[0]
     assert "opted out" in by["s3"].reason
@@ -88,7 +94,7 @@ def test_base_image_uri_pins_move_and_tags_are_left_to_cloud_run():
     new_base = TRACK.with_digest(V2.digest)
     plan = make_plan(track_image=TRACK, new_base=new_base, new_version=V2, known_versions=[V1],
                      services=[old_pin, on_tag, current], facts={}, labels=Labels(), allowed=frozenset({H}))
-    by = {p.service.short_name: p for p in plan.services}
+    by = {p.service.name.rsplit("/", 1)[-1]: p for p in plan.services}
     change = by["pinned"].containers[0]
     assert by["pinned"].action == "roll" and change.strategy == "base-uri"
     assert change.target == ImageRef(H, "bases/python", None, V2.digest) and plan.jobs == ()
@@ -97,7 +103,7 @@ def test_base_image_uri_pins_move_and_tags_are_left_to_cloud_run():
 
 
 def test_app_plan_redeploys_services_that_follow_the_built_tag():
-    from baseroll.plan import make_app_plan
+    from baseroll.rollout.plan import make_app_plan
 
     app = ImageRef(H, "apps/shop", "main")
     new = app.with_digest(d("9"))
@@ -112,8 +118,8 @@ def test_app_plan_redeploys_services_that_follow_the_built_tag():
     ]
     in_us = lambda name, labels: "/us-central1/" in name  # noqa: E731 - a request filter
     plan = make_app_plan(app=app, new_image=new, services=services, labels=Labels(), scope=in_us)
-    by = {p.service.short_name: p for p in plan.services}
-    assert {p.service.short_name for p in plan.to_roll} == {"by-tag", "by-digest"}
+    by = {p.service.name.rsplit("/", 1)[-1]: p for p in plan.services}
+    assert {p.service.name.rsplit("/", 1)[-1] for p in plan.to_roll} == {"by-tag", "by-digest"}
     assert by["by-tag"].containers[0].target == ImageRef(H, "apps/shop", None, d("9"))
     assert by["other-tag"].action == "skip" and by["done"].reason == "already on the new build"
     assert by["elsewhere"].reason == "outside the request's filter"

@@ -1,10 +1,9 @@
 import json
 
 import pytest
-
-from baseroll import messages, requests
-from baseroll.events import EventError
-from baseroll.messages import Result, Rollout, Step, Task
+from baseroll.contracts import messages, requests
+from baseroll.contracts.messages import Result, Rollout, Step, Task
+from baseroll.contracts.parsing import EventError
 
 D = "sha256:" + "a" * 64
 RO = Rollout("python-aaaaaaaaaaaa", "python", "reg.example.com/bases/python:3.12", D, "base",

@@ -4,8 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from baseroll import oci
+from baseroll.images import oci
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

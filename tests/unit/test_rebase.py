@@ -7,11 +7,16 @@ import json
 from typing import Any
 
 import pytest
+from baseroll.images import oci
+from baseroll.images.rebase import (
+    ImageParts,
+    RebaseError,
+    child_descriptor,
+    rebase,
+    rebuild_index,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from baseroll import oci
-from baseroll.rebase import ImageParts, RebaseError, child_descriptor, rebase, rebuild_index
 
 NEW_NAME = "reg.example/bases/x:v2"
 NEW_DIGEST = "sha256:" + "e" * 64

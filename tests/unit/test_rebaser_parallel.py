@@ -5,9 +5,8 @@ import threading
 import time
 
 import pytest
-
-from baseroll import rebaser
-from baseroll.rebaser import _parallel
+from baseroll.images import rebaser
+from baseroll.images.rebaser import _parallel
 
 
 def test_calls_run_together_results_in_order_on_one_pool():

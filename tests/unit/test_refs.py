@@ -1,7 +1,6 @@
 import pytest
-
-from baseroll import refs
-from baseroll.refs import ImageRef, RefError
+from baseroll.images import refs
+from baseroll.images.refs import ImageRef, RefError
 
 D = "sha256:" + "a" * 64
 

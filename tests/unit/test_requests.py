@@ -6,13 +6,14 @@ import json
 from typing import Any
 
 import pytest
+from baseroll.contracts import requests
+from baseroll.edge import envelope as envelopes
+from baseroll.contracts.parsing import EventError
+from baseroll.contracts.requests import SCHEMA, Request, ServiceFilter
+from baseroll.contracts.roll import RollRequest
+from baseroll.images.refs import ImageRef
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from baseroll import requests
-from baseroll.events import EventError, RollRequest
-from baseroll.refs import ImageRef
-from baseroll.requests import SCHEMA, Request, ServiceFilter
 
 HOST = "us-docker.pkg.dev"
 D1 = "sha256:" + "1" * 64
@@ -165,7 +166,7 @@ def test_attributes_must_agree_with_data() -> None:
 def test_parse_envelope_unwraps_eventarc() -> None:
     data = base64.b64encode(requests.to_message(action="sweep")).decode()
     env = {"message": {"data": data, "messageId": "42", "attributes": {"action": "sweep"}}, "subscription": "s"}
-    assert requests.parse_envelope(env) == Request(action="sweep")
+    assert requests.parse_request(envelopes.pubsub_message(env)) == Request(action="sweep")
 
 
 # ------------------------------------------------------------------------------------------ round trip
@@ -219,7 +220,7 @@ def test_to_roll_request_carries_filter_and_reason() -> None:
                                                                              "regions": ["us-central1"]}))
     scoped = requests.to_roll_request(req, "msg-1")
     assert scoped.roll == RollRequest(kind="base", image=ImageRef(HOST, "platform/bases/python", "3.12"), digest=D1,
-                                      source="request", event_id="msg-1", dry_run=True, labels={"team": "a"})
+                                      source="request", event_id="msg-1", dry_run=True)
     assert scoped.filter == req.filter and scoped.reason == "cve"
 
 

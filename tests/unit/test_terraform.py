@@ -9,6 +9,7 @@ they can fail.
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import re
@@ -19,7 +20,6 @@ from typing import Any, Iterator
 import hcl2
 import pytest
 import yaml
-
 from baseroll import config as config_mod
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -691,7 +691,7 @@ def test_scheduler_publishes_a_sweep_to_the_request_topic(module):
     m = re.fullmatch(r"\$\{base64encode\(jsonencode\(local\.(\w+)\)\)\}", target["data"])
     assert m and module.locals[m.group(1)] == SWEEP_MESSAGE
     attributes = render(target.get("attributes") or {}, {}, module.locals)
-    requests = pytest.importorskip("baseroll.requests")
+    requests = importlib.import_module("baseroll.contracts.requests")
     # The code's own request parser accepts the message exactly as the scheduler publishes it.
     message = requests.message(json.dumps(SWEEP_MESSAGE).encode(), attributes, "sweep-1")
     assert requests.parse_request(message).action == "sweep"

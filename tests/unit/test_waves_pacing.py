@@ -1,5 +1,6 @@
-from baseroll import ledger, pacing, waves
-from baseroll.fleet import ServiceView
+from baseroll.contracts import ledger
+from baseroll.fleet.view import ServiceView
+from baseroll.rollout import pacing, waves
 
 
 def svc(i: int, *, canary: bool = False, **ann) -> ServiceView:

@@ -10,11 +10,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
-from . import log, refs
-from .match import ANN_BASE_DIGEST, ANN_BASE_NAME, BaseVersion, ImageFacts
-from .oci import MAX_CONFIG_BYTES
-from .refs import ImageRef
-from .registry import RegistryClient, RegistryError
+from baseroll import log
+from baseroll.images import refs
+from baseroll.images.match import (
+    ANN_BASE_DIGEST,
+    ANN_BASE_NAME,
+    BaseVersion,
+    ImageFacts,
+)
+from baseroll.images.oci import MAX_CONFIG_BYTES
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient, RegistryError
 
 RUN_PLATFORM = ("linux", "amd64")
 MAX_BASE_TAGS = 200  # how many tags of a base repository are read to find old versions

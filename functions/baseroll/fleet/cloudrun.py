@@ -1,4 +1,4 @@
-"""The fleet port (list, get, update, wait) and its one real adapter: the Cloud Run Admin API v2.
+"""The fleet port's one real adapter: the Cloud Run Admin API v2 over google-cloud-run, unmodified.
 
 The rest of baseroll sees `ServiceView`, plain data; only this module touches run_v2 types.
 """
@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Protocol
+from typing import Iterator, Mapping
 
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
@@ -15,6 +14,8 @@ from google.api_core.client_options import ClientOptions
 from google.api_core.future import polling as gpolling
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
+
+from baseroll.fleet.view import FleetError, ServiceView, StaleService
 
 # Writes and reads alike are retried on the far side's flakiness and quota pushback.
 TRANSIENT = gretry.if_exception_type(
@@ -27,59 +28,6 @@ WRITE_RETRY = gretry.Retry(predicate=TRANSIENT, initial=1.0, maximum=30.0, multi
 # ready at 2.1 s would be seen at 4.75 s, and every wave of a rollout waits for its slowest one.
 OPERATION_POLLING = gpolling.DEFAULT_POLLING.with_delay(initial=0.25, maximum=5.0, multiplier=1.5)
 READ_CACHE_SIZE = 512  # services read for an update; a worker updates what it has just read
-
-
-class StaleService(Exception):
-    """The service changed since it was read (etag mismatch / ABORTED)."""
-
-
-class FleetError(Exception):
-    """A Cloud Run call failed for a reason retrying does not fix."""
-
-
-@dataclass(frozen=True)
-class ServiceView:
-    name: str  # projects/P/locations/L/services/S
-    images: tuple[str, ...]  # one per container, in order
-    base_image_uris: tuple[str, ...] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    etag: str = ""
-    generation: int = 0
-    observed_generation: int = 0
-    latest_ready_revision: str = ""
-    latest_created_revision: str = ""
-    terminal_state: str = ""  # CONDITION_SUCCEEDED | CONDITION_FAILED | CONDITION_PENDING | ...
-    terminal_reason: str = ""
-    terminal_message: str = ""
-    reconciling: bool = False
-
-    @property
-    def project(self) -> str:
-        return self.name.split("/")[1]
-
-    @property
-    def region(self) -> str:
-        return self.name.split("/")[3]
-
-    @property
-    def short_name(self) -> str:
-        return self.name.rsplit("/", 1)[-1]
-
-
-class Fleet(Protocol):
-    def list_services(self, project: str, region: str) -> Iterator[ServiceView]: ...
-
-    def get_service(self, name: str) -> ServiceView: ...
-
-    def update_images(
-        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float,
-        base_uris: Mapping[int, str] = {},
-    ) -> ServiceView:
-        """Set container images and base_image_uris (by index) and service annotations, based on
-        `current` (its etag); clear template.revision; wait for the operation; return the service as
-        it then is. Raises StaleService when the service changed since `current` was read."""
-        ...
 
 
 def _reason(cond: run_v2.Condition) -> str:

@@ -15,10 +15,18 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import log, oci
-from .rebase import ImageParts, RebaseError, RebaseOutput, child_descriptor, rebase, rebuild_index
-from .refs import ImageRef
-from .registry import Manifest, RegistryClient, RegistryError
+from baseroll import log
+from baseroll.images import oci
+from baseroll.images.rebase import (
+    ImageParts,
+    RebaseError,
+    RebaseOutput,
+    child_descriptor,
+    rebase,
+    rebuild_index,
+)
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import Manifest, RegistryClient, RegistryError
 
 DEFAULT_DRIFT_POLICY = "apply-or-refuse"
 PREFERRED_PLATFORM = oci.Platform("linux", "amd64")  # Cloud Run runs linux/amd64

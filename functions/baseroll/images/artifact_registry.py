@@ -14,9 +14,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from . import log, oci
-from .refs import ImageRef
-from .registry import RegistryError
+from baseroll import log
+from baseroll.images import oci
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryError
 
 # LOCATION-docker.pkg.dev: "us", "europe-west1", ...
 _AR_HOST = re.compile(r"^([a-z][a-z0-9-]*[a-z0-9])-docker\.pkg\.dev$")

@@ -10,8 +10,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
-from . import health, ledger, log
-from .fleet import Fleet, FleetError, ServiceView, StaleService
+from baseroll import log
+from baseroll.contracts import ledger
+from baseroll.fleet import health
+from baseroll.fleet.view import Fleet, FleetError, ServiceView, StaleService
 
 MAX_STALE_RETRIES = 3
 POLL_INTERVAL_S = 0.5

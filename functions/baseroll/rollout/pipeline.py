@@ -5,16 +5,19 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping
 
-from . import log, plan as planning
-from .catalog import Catalog
-from .config import Config
-from .events import RollRequest
-from .fleet import Fleet, ServiceView
-from .oci import OCIError
-from .plan import Plan, RebaseJob, Scope, ServicePlan
-from .rebase import RebaseError
-from .refs import ImageRef
-from .registry import RegistryClient, RegistryError
+from baseroll import log
+from baseroll.config import Config
+from baseroll.contracts.messages import Rollout
+from baseroll.contracts.roll import RollRequest
+from baseroll.fleet.view import Fleet, ServiceView
+from baseroll.images import refs
+from baseroll.images.catalog import Catalog
+from baseroll.images.oci import OCIError
+from baseroll.images.rebase import RebaseError
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient, RegistryError
+from baseroll.rollout import plan as planning
+from baseroll.rollout.plan import Plan, RebaseJob, Scope, ServicePlan
 
 # job, new base, dry_run → the rebased image pinned by digest
 Rebase = Callable[[RebaseJob, ImageRef, bool], ImageRef]
@@ -102,3 +105,12 @@ def targets_for(sp: ServicePlan, rebased: Mapping[RebaseJob, ImageRef | str]) ->
         else:
             uris[index] = str(change.target)
     return images, uris
+
+
+def current_digest(registry: RegistryClient, ro: Rollout) -> str | None:
+    """What the followed tag points at now (a newer digest supersedes the rollout); an untagged
+    target cannot be superseded."""
+    image = refs.parse(ro.track_image)
+    if image.tag is None:
+        return ro.base_digest
+    return registry.head_manifest(image)

@@ -17,12 +17,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from . import events, refs
-from .events import EventError, PubSubMessage, RollRequest
-from .refs import ImageRef, RefError
+from baseroll.contracts.parsing import EventError
+from baseroll.contracts.pubsub import PubSubMessage
+from baseroll.contracts.roll import RollRequest
+from baseroll.images import refs
+from baseroll.images.refs import ImageRef, RefError
 
 SCHEMA = "baseroll.dev/roll-request/v1"
-TOPIC = "baseroll-requests"
 MAX_MESSAGE_BYTES = 64 * 1024  # requests are a few hundred bytes; anything near this is not one
 MAX_REASON_CHARS = 500
 MAX_FILTER_ENTRIES = 1000  # per filter list / label map: bounds the work a single request can ask for
@@ -406,9 +407,6 @@ def _dump(doc: Mapping[str, Any]) -> bytes:
 
 def to_roll_request(req: Request, event_id: str) -> ScopedRoll:
     """The core's `RollRequest` for a `roll` action, with the filter and reason beside it.
-
-    `RollRequest.labels` carries the filter's label selector (the one part of the filter it has a
-    field for); the whole filter is in `ScopedRoll.filter`.
     """
     if req.action != "roll" or req.kind is None or req.image is None:
         raise ValueError(f"to_roll_request: action {req.action!r} is not a roll")
@@ -419,7 +417,6 @@ def to_roll_request(req: Request, event_id: str) -> ScopedRoll:
         source="request",
         event_id=event_id,
         dry_run=req.dry_run,
-        labels=req.filter.label_map,
     )
     return ScopedRoll(roll=roll, filter=req.filter, reason=req.reason)
 
@@ -428,8 +425,3 @@ def message(data: bytes, attributes: Mapping[str, str] | None = None, message_id
     """A `PubSubMessage` around raw bytes: for callers that hold data, not an Eventarc envelope."""
     return PubSubMessage(message_id=message_id, data=data, attributes=dict(attributes or {}),
                          publish_time=None, subscription=None)
-
-
-def parse_envelope(envelope: Any) -> Request:
-    """Eventarc envelope → `Request` (the on_roll_request entry point's whole parsing step)."""
-    return parse_request(events.pubsub_message(envelope))

@@ -8,7 +8,6 @@ or Basic), with credentials from a ``TokenSource``; nothing credential-like reac
 from __future__ import annotations
 
 import base64
-from contextlib import contextmanager
 import hashlib
 import json
 import random
@@ -16,14 +15,16 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import httpx
 
-from . import log, oci
-from .refs import ImageRef
+from baseroll import log
+from baseroll.images import oci
+from baseroll.images.refs import ImageRef
 
 USER_AGENT = "baseroll/0.1"
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})

@@ -11,8 +11,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from . import refs
-from .events import EventError, PubSubMessage, json_object
+from baseroll.contracts.parsing import EventError, json_object
+from baseroll.contracts.pubsub import PubSubMessage
+from baseroll.images import refs
 
 SCHEMA = "baseroll.dev/v1"
 _ROLLOUT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

@@ -9,12 +9,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from . import health, ledger
-from .config import Labels
-from .fleet import ServiceView
-from .match import BaseVersion, ImageFacts, match_image
-from .plan import opted_out
-from .refs import ImageRef
+from baseroll.config import Labels
+from baseroll.contracts import ledger
+from baseroll.fleet import health
+from baseroll.fleet.view import ServiceView
+from baseroll.images.match import BaseVersion, ImageFacts, match_image
+from baseroll.images.refs import ImageRef
+from baseroll.rollout.plan import opted_out
 
 
 @dataclass

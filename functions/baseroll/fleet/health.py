@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .fleet import ServiceView
+from baseroll.fleet.view import ServiceView
 
 
 @dataclass(frozen=True)

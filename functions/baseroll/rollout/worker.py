@@ -5,10 +5,14 @@ whose service already changed is a no-op; `deploy.apply` never updates a service
 """
 from __future__ import annotations
 
-from . import bus as bus_mod, deploy, log, topics
-from .coordinator import Deps, current_digest
-from .messages import Result, Task
-from .records import TERMINAL
+from baseroll import log
+from baseroll.contracts import topics
+from baseroll.contracts.messages import Result, Task
+from baseroll.contracts.records import TERMINAL
+from baseroll.fleet import deploy
+from baseroll.rollout import bus as bus_mod
+from baseroll.rollout.deps import Deps
+from baseroll.rollout.pipeline import current_digest
 
 
 def roll_service(deps: Deps, task: Task) -> Result:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .refs import ImageRef
-from .registry import RegistryClient
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient
 
 SIGN_REQUEST_SCHEMA = "baseroll.dev/sign-request/v1"
 POLICIES = ("report", "require")

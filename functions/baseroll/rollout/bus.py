@@ -9,7 +9,7 @@ from typing import Iterable, Protocol
 from google.api_core import retry as gretry
 from google.cloud import pubsub_v1
 
-from . import messages
+from baseroll.contracts import messages
 
 PUBLISH_TIMEOUT_S = 60.0
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from . import oci
-from .refs import RefError
-from .refs import parse as parse_ref
+from baseroll.images import oci
+from baseroll.images.refs import RefError
+from baseroll.images.refs import parse as parse_ref
 
 DRIFT_KEYS = ("Env", "Entrypoint", "Cmd", "User", "WorkingDir", "ExposedPorts")
 DRIFT_POLICIES = ("apply-or-refuse", "keep-app", "ignore")

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import refs
-from .events import EventError, PubSubMessage
-from .refs import ImageRef, RefError
+from baseroll.contracts.parsing import EventError
+from baseroll.contracts.pubsub import PubSubMessage
+from baseroll.images import refs
+from baseroll.images.refs import ImageRef, RefError
 
 SUCCESS = "SUCCESS"
 # Statuses after which a build changes no more (Build.Status in the Cloud Build API).

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
-from . import refs
-from .refs import ImageRef, RefError
+from baseroll.images import refs
+from baseroll.images.refs import ImageRef, RefError
 
 ANN_BASE_NAME = "org.opencontainers.image.base.name"
 ANN_BASE_DIGEST = "org.opencontainers.image.base.digest"

@@ -1,40 +1,18 @@
-"""Rollout records: one small JSON document per rollout, stored as an OCI artifact tagged with the
-rollout id in a configured repository of an allow-listed registry.
-
-Services carry their own state (the ledger annotations); the record holds what belongs to the
-rollout as a whole: its status (running, halted, aborted, superseded, finished), the wave and
-step it is at (so a duplicate coordinator step is recognised and dropped), and per-wave counts.
-"""
+"""Where rollout records live: the port, and its adapter that keeps each record as an OCI artifact
+tagged with the rollout id in a configured repository of an allow-listed registry."""
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict
+from typing import Protocol
 
-from . import oci
-from .refs import ImageRef
-from .registry import RegistryClient, RegistryError
+from baseroll.contracts.records import RolloutRecord
+from baseroll.images import oci
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient, RegistryError
 
 ARTIFACT_TYPE = "application/vnd.baseroll.rollout.v1+json"
-TERMINAL = ("halted", "aborted", "superseded", "finished")
-
-
-@dataclass
-class RolloutRecord:
-    rollout_id: str
-    track: str
-    base_digest: str
-    track_image: str = ""
-    kind: str = "base"
-    scope: dict[str, Any] = field(default_factory=dict)
-    status: str = "running"  # running | halted | aborted | superseded | finished
-    wave: int = 0
-    seq: int = 0
-    owner: str = ""  # message id of the step that holds the rollout now
-    reason: str = ""
-    waves: list[dict[str, Any]] = field(default_factory=list)  # per wave: size, done, failed, skipped
-    updated: float = field(default_factory=time.time)
 
 
 class RecordStore(Protocol):

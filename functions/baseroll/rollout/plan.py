@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
 
-from . import ledger, refs
-from .config import Labels
-from .fleet import ServiceView
-from .match import BaseVersion, ImageFacts, match_image
-from .refs import ImageRef, RefError
+from baseroll.config import Labels
+from baseroll.contracts import ledger
+from baseroll.fleet.view import ServiceView
+from baseroll.images import refs
+from baseroll.images.match import BaseVersion, ImageFacts, match_image
+from baseroll.images.refs import ImageRef, RefError
 
 Strategy = Literal["rebase", "base-uri", "redeploy"]
 Scope = Callable[[str, Mapping[str, str]], bool]  # (service name, labels) -> in scope
@@ -226,3 +227,9 @@ def make_app_plan(
         else:
             plans.append(ServicePlan(svc, "skip", f"does not run {app}"))
     return Plan(app, new_image, tuple(plans), ())
+
+
+def members(plan: Plan, fleet: list[ServiceView], rollout_id: str) -> list[ServiceView]:
+    """Who belongs to the rollout: services still to roll, and services it already touched."""
+    names = {sp.service.name for sp in plan.to_roll}
+    return [s for s in fleet if s.name in names or s.annotations.get(ledger.ROLLOUT_ID) == rollout_id]

@@ -15,8 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from . import health, ledger
-from .fleet import ServiceView
+from baseroll.contracts import ledger
+from baseroll.fleet import health
+from baseroll.fleet.view import ServiceView
 
 ROLLED = "rolled"
 ROLLED_BACK = "rolled-back"

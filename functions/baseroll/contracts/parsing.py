@@ -1,0 +1,21 @@
+"""Shared helpers for parsing what reaches baseroll: one error type, strict JSON objects."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class EventError(ValueError):
+    """A malformed event: acknowledged, logged with this reason, otherwise ignored."""
+
+
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"{what} is not valid JSON: {exc}") from None
+    except (RecursionError, ValueError) as exc:  # absurd nesting, or a number too long to convert
+        raise EventError(f"{what} is not acceptable JSON: {type(exc).__name__}") from None
+    if not isinstance(value, dict):
+        raise EventError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value

@@ -1,0 +1,35 @@
+"""The rollout record: one small document per rollout, what belongs to the rollout as a whole.
+
+Services carry their own state (the ledger annotations, see `ledger`); the record holds the
+rollout's status, the wave and step it is at (so a duplicate coordinator step is recognised and
+dropped), which step holds it now, and per-wave counts.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+RUNNING = "running"
+HALTED = "halted"
+ABORTED = "aborted"
+SUPERSEDED = "superseded"
+FINISHED = "finished"
+TERMINAL = (HALTED, ABORTED, SUPERSEDED, FINISHED)
+
+
+@dataclass
+class RolloutRecord:
+    rollout_id: str
+    track: str
+    base_digest: str
+    track_image: str = ""
+    kind: str = "base"
+    scope: dict[str, Any] = field(default_factory=dict)
+    status: str = RUNNING  # running | halted | aborted | superseded | finished
+    wave: int = 0
+    seq: int = 0
+    owner: str = ""  # message id of the step that holds the rollout now
+    reason: str = ""
+    waves: list[dict[str, Any]] = field(default_factory=list)  # per wave: size, done, failed, skipped
+    updated: float = field(default_factory=time.time)

@@ -1,0 +1,38 @@
+"""What the rollout core runs on: the ports (fleet, registry, bus, record store, rebase) and the config.
+
+`runtime.build` wires the real adapters; tests pass fakes (see `rollout.fakes`, `fleet.fake`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from baseroll.config import Config
+from baseroll.fleet.view import Fleet
+from baseroll.images.catalog import Catalog
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import RegistryClient
+from baseroll.rollout.bus import Bus
+from baseroll.rollout.pipeline import Rebase
+from baseroll.rollout.store import RecordStore
+
+
+class Busy(Exception):
+    """Another invocation holds this step: raise, so the trigger redelivers it later."""
+
+
+@dataclass
+class Deps:
+    config: Config
+    fleet: Fleet
+    registry: RegistryClient
+    bus: Bus
+    records: RecordStore
+    rebase: Rebase
+    clock: Callable[[], float] = time.time
+    # Lists every version of an Artifact Registry base (tags alone miss untagged old versions).
+    version_lister: Callable[[ImageRef], list[str]] | None = None
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.registry, version_lister=self.version_lister)
