@@ -1,0 +1,146 @@
+"""An in-memory fleet for fast unit tests of the code above the fleet port.
+
+It keeps `ServiceView`s, applies updates the way the Cloud Run stand-in does (a new generation,
+a new revision that becomes ready or fails after a scripted number of reads), checks etags, and
+counts every call so a test can assert that a redelivered task made no update at all. The
+integration tier runs the same code against the Cloud Run stand-in over the wire.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+from baseroll.fleet.view import FleetError, ServiceView, StaleService
+
+
+@dataclass
+class Verdict:
+    """How a revision serving `image` settles: ready, or failed with Cloud Run's reason."""
+
+    ready: bool = True
+    reason: str = "HEALTH_CHECK_CONTAINER_ERROR"
+    message: str = "The user-provided container failed to start and listen on the port"
+    reads_to_settle: int = 0  # reads of the service before the revision settles
+
+
+class FakeFleet:
+    def __init__(self, services: list[ServiceView] | None = None) -> None:
+        self.services: dict[str, ServiceView] = {}
+        self.calls: Counter[str] = Counter()
+        self.updates: list[tuple[str, dict[int, str], dict[str, str]]] = []  # (name, images, annotations)
+        self.verdicts: dict[str, Verdict] = {}  # image -> how its revisions settle; default ready
+        self.stale_updates: Counter[str] = Counter()  # name -> updates to refuse as stale (someone else wrote)
+        self.failing_updates: dict[str, str] = {}  # name -> FleetError message for every update
+        self.before_update: list[Callable[[str], None]] = []  # called with the name before an update lands
+        self._pending: dict[str, int] = {}  # name -> reads left before its latest revision settles
+        self._latest_verdict: dict[str, Verdict] = {}  # name -> how its latest revision settles
+        for svc in services or []:
+            self.add(svc)
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    def add(self, svc: ServiceView) -> ServiceView:
+        """Add a service, ready on its current images unless the view says otherwise."""
+        gen = svc.generation or 1
+        rev = svc.latest_ready_revision or f"{svc.name.rsplit('/', 1)[-1]}-{gen:05d}"
+        svc = dataclasses.replace(
+            svc, generation=gen, observed_generation=svc.observed_generation or gen, etag=svc.etag or f"e{gen}",
+            latest_ready_revision=rev, latest_created_revision=svc.latest_created_revision or rev,
+            terminal_state=svc.terminal_state or "CONDITION_SUCCEEDED")
+        self.services[svc.name] = svc
+        return svc
+
+    def write_by_someone_else(self, name: str, images: Mapping[int, str] | None = None,
+                              annotations: Mapping[str, str] | None = None) -> ServiceView:
+        """A concurrent writer (a human's deploy): new generation and etag, ready at once."""
+        svc = self.services[name]
+        new_images = list(svc.images)
+        for i, image in (images or {}).items():
+            new_images[i] = image
+        return self._store(svc, tuple(new_images), svc.base_image_uris, {**svc.annotations, **(annotations or {})},
+                           Verdict())
+
+    # ------------------------------------------------------------------ the Fleet port
+
+    def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
+        self.calls["list_services"] += 1
+        prefix = f"projects/{project}/locations/{region}/services/"
+        return iter([s for n, s in sorted(self.services.items()) if n.startswith(prefix)])
+
+    def get_service(self, name: str) -> ServiceView:
+        self.calls["get_service"] += 1
+        if name not in self.services:
+            raise FleetError(f"service {name} not found")
+        left = self._pending.get(name)
+        if left is not None:
+            if left <= 0:
+                self._settle(name)
+            else:
+                self._pending[name] = left - 1
+        return self.services[name]
+
+    def update_images(self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str],
+                      timeout: float, base_uris: Mapping[int, str] = {}) -> ServiceView:
+        self.calls["update_images"] += 1
+        name = current.name
+        for hook in self.before_update:
+            hook(name)
+        if name not in self.services:
+            raise FleetError(f"service {name} not found")
+        if name in self.failing_updates:
+            raise FleetError(self.failing_updates[name])
+        svc = self.services[name]
+        if self.stale_updates[name] > 0:
+            self.stale_updates[name] -= 1
+            self.write_by_someone_else(name)
+            raise StaleService(f"{name}: etag mismatch")
+        if svc.etag != current.etag:
+            raise StaleService(f"{name}: etag mismatch")
+        for index in {*images, *base_uris}:
+            if index >= len(svc.images):
+                raise FleetError(f"{name} has no container #{index}")
+        new_images = tuple(images.get(i, img) for i, img in enumerate(svc.images))
+        uris = list(svc.base_image_uris) + [""] * (len(svc.images) - len(svc.base_image_uris))
+        new_uris = tuple(base_uris.get(i, u) for i, u in enumerate(uris))
+        self.updates.append((name, dict(images), dict(annotations)))
+        verdict = self.verdict_for(new_images)
+        return self._store(svc, new_images, new_uris, {**svc.annotations, **annotations}, verdict)
+
+    # ------------------------------------------------------------------ internals
+
+    def verdict_for(self, images: tuple[str, ...]) -> Verdict:
+        for image in images:
+            if image in self.verdicts:
+                return self.verdicts[image]
+        return Verdict()
+
+    def _store(self, svc: ServiceView, images: tuple[str, ...], uris: tuple[str, ...],
+               annotations: dict[str, str], verdict: Verdict) -> ServiceView:
+        gen = svc.generation + 1
+        rev = f"{svc.name.rsplit('/', 1)[-1]}-{gen:05d}"
+        new = dataclasses.replace(svc, images=images, base_image_uris=uris, annotations=annotations,
+                                  generation=gen, etag=f"e{gen}", latest_created_revision=rev,
+                                  reconciling=True, terminal_state="CONDITION_RECONCILING",
+                                  terminal_reason="", terminal_message="")
+        self.services[svc.name] = new
+        self._latest_verdict[svc.name] = verdict
+        self._pending[svc.name] = verdict.reads_to_settle
+        if verdict.reads_to_settle <= 0:
+            self._settle(svc.name)
+        return self.services[svc.name]
+
+    def _settle(self, name: str) -> None:
+        """The latest revision settles as scripted (the stand-in's semantics: observed = generation)."""
+        self._pending.pop(name, None)
+        svc = self.services[name]
+        verdict = self._latest_verdict.get(name, Verdict())
+        if verdict.ready:
+            self.services[name] = dataclasses.replace(
+                svc, observed_generation=svc.generation, latest_ready_revision=svc.latest_created_revision,
+                reconciling=False, terminal_state="CONDITION_SUCCEEDED", terminal_reason="", terminal_message="")
+        else:
+            self.services[name] = dataclasses.replace(
+                svc, observed_generation=svc.generation, reconciling=False, terminal_state="CONDITION_FAILED",
+                terminal_reason=verdict.reason, terminal_message=verdict.message)
