@@ -11,13 +11,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from baseroll.contracts import ids
 from baseroll.contracts.parsing import EventError, json_object
 from baseroll.contracts.pubsub import PubSubMessage
 from baseroll.images import refs
 
 SCHEMA = "baseroll.dev/v1"
-_ROLLOUT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_SERVICE = re.compile(r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z]+-[a-z]+[0-9]+/services/[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,6 @@ class Step:
     released_at: float | None = None  # when the whole wave was released (epoch seconds)
     seq: int = 0  # increases with every step; a stale duplicate carries an old one
     halted_failures: int = 0  # failures already accepted by a `resume`
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     kind = "step"
 
@@ -115,7 +113,7 @@ def _rollout(doc: Any) -> Rollout:
     scope = doc.get("scope") or {}
     if not isinstance(scope, Mapping):
         raise EventError("rollout.scope: an object")
-    return Rollout(_str(doc, "rollout_id", _ROLLOUT_ID), _str(doc, "track"), track_image, digest, kind, dict(scope))
+    return Rollout(_str(doc, "rollout_id", ids.ROLLOUT_ID), _str(doc, "track"), track_image, digest, kind, dict(scope))
 
 
 def _pinned_map(doc: Mapping[str, Any], key: str, *, required: bool) -> dict[str, str]:
@@ -147,18 +145,15 @@ def decode(message: PubSubMessage) -> Task | Result | Step:
         expected = _images(doc, "expected")
         if any(int(i) >= len(expected) for i in [*targets, *base_uris]):
             raise EventError("targets: container index beyond the expected images")
-        return Task(rollout, _str(doc, "service", _SERVICE), _int(doc, "wave"), expected, targets, base_uris)
+        return Task(rollout, _str(doc, "service", ids.SERVICE_NAME), _int(doc, "wave"), expected, targets, base_uris)
     if kind == "result":
         reason = doc.get("reason", "")
-        return Result(rollout, _str(doc, "service", _SERVICE), _int(doc, "wave"), _str(doc, "outcome"),
+        return Result(rollout, _str(doc, "service", ids.SERVICE_NAME), _int(doc, "wave"), _str(doc, "outcome"),
                       reason if isinstance(reason, str) else "", _images(doc, "before"), _images(doc, "after"))
     if kind == "step":
         released = doc.get("released_at")
         if released is not None and (isinstance(released, bool) or not isinstance(released, (int, float))):
             raise EventError("released_at: epoch seconds")
-        extra = doc.get("extra") or {}
-        if not isinstance(extra, Mapping):
-            raise EventError("extra: an object")
         return Step(rollout, _int(doc, "wave"), _int(doc, "cursor", 0), released, _int(doc, "seq", 0),
-                    _int(doc, "halted_failures", 0), dict(extra))
+                    _int(doc, "halted_failures", 0))
     raise EventError(f"kind: one of task, result, step; got {kind!r}")

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from baseroll.contracts import ids
 from baseroll.contracts.parsing import EventError
 from baseroll.contracts.pubsub import PubSubMessage
 from baseroll.contracts.roll import RollRequest
@@ -32,17 +33,9 @@ Action = Literal["roll", "resume", "abort", "sweep"]
 Kind = Literal["base", "app"]
 ACTIONS: tuple[str, ...] = ("roll", "resume", "abort", "sweep")
 
-ROLLOUT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-# Same shapes as config.py accepts for the fleet, plus project numbers (Cloud Run service names
-# may carry either).
-_PROJECT = re.compile(r"^(?:[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20})$")
-_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
-_SERVICE_ID = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_SERVICE_NAME = re.compile(
-    rf"^projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/services/(?P<service>{_SERVICE_ID})$"
-)
+# Where a service lives, read loosely: a location constraint needs only the project and region
+# segments (a name is validated against ids.SERVICE_NAME where it enters, in `filter.services`).
+_LOCATION = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/services/[^/]+")
 
 # Which top-level fields each action accepts ("schema" and "action" are always accepted).
 _COMMON = frozenset({"schema", "action", "reason"})
@@ -92,7 +85,7 @@ class ServiceFilter:
         if self.services and service_name not in self.services:
             return False
         if self.projects or self.regions:
-            m = _SERVICE_NAME.fullmatch(service_name)
+            m = _LOCATION.fullmatch(service_name)
             if m is None:  # cannot tell where it lives, so it cannot pass a location constraint
                 return False
             if self.projects and m["project"] not in self.projects:
@@ -266,8 +259,8 @@ def _reason(value: Any) -> str | None:
 def _rollout_id(value: Any) -> str:
     if value is None:
         raise EventError("rollout_id: required")
-    if not isinstance(value, str) or not ROLLOUT_ID.fullmatch(value):
-        raise EventError(f"rollout_id: {_show(value)} is not a rollout id ({ROLLOUT_ID.pattern})")
+    if not isinstance(value, str) or not ids.ROLLOUT_ID.fullmatch(value):
+        raise EventError(f"rollout_id: {_show(value)} is not a rollout id ({ids.ROLLOUT_ID.pattern})")
     return value
 
 
@@ -281,8 +274,8 @@ def parse_filter(value: Any) -> ServiceFilter:
     if unknown:
         raise EventError(f"filter.{unknown[0]}: unknown field (expected {', '.join(_FILTER_FIELDS)})")
     return ServiceFilter(
-        projects=_strings(value.get("projects"), "filter.projects", _PROJECT, "a project id"),
-        regions=_strings(value.get("regions"), "filter.regions", _REGION, "a region (e.g. us-central1)"),
+        projects=_strings(value.get("projects"), "filter.projects", ids.PROJECT, "a project id"),
+        regions=_strings(value.get("regions"), "filter.regions", ids.REGION, "a region (e.g. us-central1)"),
         labels=_labels(value.get("labels")),
         services=_services(value.get("services")),
     )
@@ -309,8 +302,7 @@ def _strings(value: Any, path: str, pattern: re.Pattern[str], what: str) -> tupl
 def _services(value: Any) -> tuple[str, ...]:
     items = _list(value, "filter.services")
     for i, item in enumerate(items):
-        m = _SERVICE_NAME.fullmatch(item) if isinstance(item, str) else None
-        if m is None or not _PROJECT.fullmatch(m["project"]) or not _REGION.fullmatch(m["region"]):
+        if not isinstance(item, str) or not ids.SERVICE_NAME.fullmatch(item):
             raise EventError(
                 f"filter.services[{i}]: {_show(item)} is not a full service name "
                 "(projects/PROJECT/locations/REGION/services/NAME)"
@@ -326,9 +318,9 @@ def _labels(value: Any) -> tuple[tuple[str, str], ...]:
     if len(value) > MAX_FILTER_ENTRIES:
         raise EventError(f"filter.labels: more than {MAX_FILTER_ENTRIES} entries")
     for key, val in value.items():
-        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
+        if not isinstance(key, str) or not ids.LABEL_KEY.fullmatch(key):
             raise EventError(f"filter.labels: {_show(key)} is not a label key")
-        if not isinstance(val, str) or not _LABEL_VALUE.fullmatch(val):
+        if not isinstance(val, str) or not ids.LABEL_VALUE.fullmatch(val):
             raise EventError(f"filter.labels.{key}: {_show(val)} is not a label value")
     return tuple(value.items())
 

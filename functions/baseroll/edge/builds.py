@@ -1,4 +1,4 @@
-"""Cloud Build notifications (topic `cloud-builds`, REFERENCE.md §2), parsed at the edge.
+"""Cloud Build notifications (topic `cloud-builds`, docs/GOOGLE_APIS.md "Cloud Build"), parsed at the edge.
 
 Cloud Build publishes on every state change, so most messages are QUEUED/WORKING noise: parsing
 is cheap and `is_success` tells the handler whether there is anything to look at. Only images
@@ -6,24 +6,20 @@ listed under a build's `images:` appear in `results.images`; those are what a bu
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from baseroll.contracts.parsing import EventError
+from baseroll.contracts import ids
+from baseroll.contracts.parsing import EventError, json_object
 from baseroll.contracts.pubsub import PubSubMessage
 from baseroll.images import refs
 from baseroll.images.refs import ImageRef, RefError
 
 SUCCESS = "SUCCESS"
-# Statuses after which a build changes no more (Build.Status in the Cloud Build API).
-TERMINAL = frozenset({"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"})
 # Any upper-case token is accepted, so a status added to the API later is not a malformed event.
 _STATUS = re.compile(r"^[A-Z][A-Z_]{0,39}$")
 _BUILD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-# Project ids, including legacy domain-scoped ones ("example.com:proj").
-_PROJECT = re.compile(r"^(?:[a-z0-9.-]{1,63}:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 
 
 @dataclass(frozen=True)
@@ -55,17 +51,13 @@ def is_success(ev: BuildEvent) -> bool:
     return ev.status == SUCCESS
 
 
-def is_terminal(ev: BuildEvent) -> bool:
-    return ev.status in TERMINAL
-
-
 def parse_build(message: PubSubMessage) -> BuildEvent:
     """A `cloud-builds` message → `BuildEvent`; `EventError` with the reason when malformed."""
-    body = _json_object(message.data)
+    body = json_object(message.data, "Cloud Build message data")
     build_id = _agreeing(body.get("id"), message.attributes.get("buildId"), "id", "buildId", _BUILD_ID)
     status = _agreeing(body.get("status"), message.attributes.get("status"), "status", "status", _STATUS)
     project_id = body.get("projectId")
-    if not isinstance(project_id, str) or not _PROJECT.fullmatch(project_id):
+    if not isinstance(project_id, str) or not ids.BUILD_PROJECT_ID.fullmatch(project_id):
         raise EventError(f"projectId: {_show(project_id)} is not a project id")
     return BuildEvent(
         build_id=build_id,
@@ -78,18 +70,6 @@ def parse_build(message: PubSubMessage) -> BuildEvent:
         trigger_id=_optional_string(body.get("buildTriggerId"), "buildTriggerId"),
         finish_time=_optional_string(body.get("finishTime"), "finishTime"),
     )
-
-
-def _json_object(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError and int-digit limits are ValueErrors
-        raise EventError(f"Cloud Build message data is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise EventError("Cloud Build message data is not valid JSON: nested too deeply") from None
-    if not isinstance(value, dict):
-        raise EventError(f"Cloud Build message data must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _agreeing(in_data: Any, in_attrs: str | None, data_name: str, attr_name: str, pattern: re.Pattern[str]) -> str:
@@ -166,14 +146,4 @@ def _show(value: Any, limit: int = 80) -> str:
     except RecursionError:
         return f"<deeply nested {type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def images_named(ev: BuildEvent, name: str) -> tuple[BuiltImage, ...]:
-    """The built images whose `registry/repository` is `name` (one per tag the build pushed)."""
-    return tuple(img for img in ev.images if img.name_ref.name == name)
-
-
-def unique_images(ev: BuildEvent) -> tuple[ImageRef, ...]:
-    """Each distinct image the build pushed, pinned by digest (several tags may share one digest)."""
-    return tuple(sorted({img.pinned for img in ev.images}))
 
