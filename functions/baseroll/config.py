@@ -14,14 +14,12 @@ from typing import Any, Mapping
 
 import yaml
 
+from baseroll.contracts import ids
 from baseroll.images import refs
+from baseroll.images.rebase import DRIFT_POLICIES
 from baseroll.images.refs import ImageRef, RefError
-from baseroll.images.signatures import POLICIES, SigningPolicy
 
-_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
-_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-DRIFT_POLICIES = ("apply-or-refuse", "keep-app", "ignore")
+POLICIES = ("report", "require")  # what to do with a rebased image, whose new digest no signature covers
 
 
 class ConfigError(ValueError):
@@ -36,6 +34,12 @@ class BaseTrack:
     @property
     def repository(self) -> ImageRef:
         return self.image.with_tag(None)
+
+
+@dataclass(frozen=True)
+class SigningPolicy:
+    policy: str = "report"  # report: deploy and say the old signature does not carry; require: signed only
+    request_topic: str | None = None  # where sign requests go (a signing step subscribes to it)
 
 
 @dataclass(frozen=True)
@@ -131,22 +135,48 @@ def parse(doc: Any) -> Config:
     if not isinstance(doc, Mapping):
         raise ConfigError("config must be a mapping")
     _known(doc, "", TOP_LEVEL_KEYS)
-    projects = _list(doc, "projects")
-    for p in projects:
-        if not isinstance(p, str) or not _PROJECT.fullmatch(p):
-            raise ConfigError(f"projects: {p!r} is not a project id")
-    regions = _list(doc, "regions")
-    for r in regions:
-        if not isinstance(r, str) or not _REGION.fullmatch(r):
-            raise ConfigError(f"regions: {r!r} is not a region (e.g. us-central1)")
+    # Fields are checked in this order, so the first error reported stays the same.
+    projects = _matching(doc, "projects", ids.PROJECT_ID, "a project id")
+    regions = _matching(doc, "regions", ids.REGION, "a region (e.g. us-central1)")
+    allowed, plain = _registries(doc)
+    return Config(
+        projects=projects,
+        regions=regions,
+        base_tracks=_tracks(doc, allowed),
+        allowed_registries=allowed,
+        plain_http_registries=plain,
+        labels=_labels(doc.get("labels") or {}),
+        rollout=_rollout(doc.get("rollout") or {}),
+        state_repository=_state_repository(doc.get("state_repository"), allowed),
+        pubsub_project=_pubsub_project(doc.get("pubsub_project")),
+        cloud_run_endpoint=_endpoint(doc.get("cloud_run_endpoint")),
+        signatures=_signatures(doc.get("signatures") or {}),
+    )
+
+
+def _matching(doc: Mapping[str, Any], key: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
+    values = _list(doc, key)
+    for value in values:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ConfigError(f"{key}: {value!r} is not {what}")
+    return tuple(values)
+
+
+def _registries(doc: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+    """The allow-listed registry hosts, and those of them reached over plain HTTP."""
     allowed = _list(doc, "allowed_registries")
     plain = _list(doc, "plain_http_registries", required=False)
     for host in [*allowed, *plain]:
         if not isinstance(host, str) or "/" in host or not host:
             raise ConfigError(f"registries: {host!r} must be host[:port]")
     allowed_set = frozenset(h.lower() for h in allowed)
-    if not set(h.lower() for h in plain) <= allowed_set:
+    plain_set = frozenset(h.lower() for h in plain)
+    if not plain_set <= allowed_set:
         raise ConfigError("plain_http_registries: every entry must also be in allowed_registries")
+    return allowed_set, plain_set
+
+
+def _tracks(doc: Mapping[str, Any], allowed: frozenset[str]) -> tuple[BaseTrack, ...]:
     tracks = []
     for i, item in enumerate(_list(doc, "base_tracks")):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item.get("name"):
@@ -157,67 +187,68 @@ def parse(doc: Any) -> Config:
             raise ConfigError(f"base_tracks[{i}].image: {exc}") from None
         if image.tag is None or image.digest is not None:
             raise ConfigError(f"base_tracks[{i}].image: a track follows a tag (host/repo:tag), got {image}")
-        if image.registry not in allowed_set:
+        if image.registry not in allowed:
             raise ConfigError(f"base_tracks[{i}].image: registry {image.registry} is not in allowed_registries")
         tracks.append(BaseTrack(name=item["name"], image=image))
     if len({t.name for t in tracks}) != len(tracks):
         raise ConfigError("base_tracks: names must be unique")
-    label_doc = doc.get("labels") or {}
-    if not isinstance(label_doc, Mapping):
+    return tuple(tracks)
+
+
+def _labels(doc: Any) -> Labels:
+    if not isinstance(doc, Mapping):
         raise ConfigError("labels: must be a mapping")
-    _known(label_doc, "labels.", ("opt_out", "cohort", "app_tag"))
-    labels = Labels(**{k: label_doc[k] for k in ("opt_out", "cohort", "app_tag") if k in label_doc})
+    _known(doc, "labels.", ("opt_out", "cohort", "app_tag"))
+    labels = Labels(**{k: doc[k] for k in ("opt_out", "cohort", "app_tag") if k in doc})
     for key in (labels.opt_out, labels.cohort, labels.app_tag):
-        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
+        if not isinstance(key, str) or not ids.LABEL_KEY.fullmatch(key):
             raise ConfigError(f"labels: {key!r} is not a valid Cloud Run label key")
-    ro = doc.get("rollout") or {}
-    if not isinstance(ro, Mapping):
+    return labels
+
+
+def _rollout(doc: Any) -> RolloutSettings:
+    if not isinstance(doc, Mapping):
         raise ConfigError("rollout: must be a mapping")
-    _known(ro, "rollout.", ROLLOUT_KEYS)
-    drift = ro.get("drift_policy", "apply-or-refuse")
+    _known(doc, "rollout.", ROLLOUT_KEYS)
+    drift = doc.get("drift_policy", "apply-or-refuse")
     if drift not in DRIFT_POLICIES:
         raise ConfigError(f"rollout.drift_policy: one of {DRIFT_POLICIES}, got {drift!r}")
-    rollout = RolloutSettings(
-        ready_timeout_s=float(_number(ro, "ready_timeout_s", 300, 1, 3600)),
-        concurrency=int(_number(ro, "concurrency", 8, 1, 256)),
+    return RolloutSettings(
+        ready_timeout_s=float(_number(doc, "ready_timeout_s", 300, 1, 3600)),
+        concurrency=int(_number(doc, "concurrency", 8, 1, 256)),
         drift_policy=drift,
-        waves=_waves(ro.get("waves", [0.01, 0.1, 0.5, 1.0])),
-        failure_budget=_budget(ro.get("failure_budget", 0)),
-        write_quota_per_min=int(_number(ro, "write_quota_per_min", 60, 1, 1_000_000)),
-        region_quota=_region_quota(ro.get("region_quota") or {}),
-        invocation_budget_s=float(_number(ro, "invocation_budget_s", 480, 1, 540)),
-        poll_interval_s=float(_number(ro, "poll_interval_s", 2, 0.01, 60)),
-        dry_run=_bool(ro, "dry_run"),
+        waves=_waves(doc.get("waves", [0.01, 0.1, 0.5, 1.0])),
+        failure_budget=_budget(doc.get("failure_budget", 0)),
+        write_quota_per_min=int(_number(doc, "write_quota_per_min", 60, 1, 1_000_000)),
+        region_quota=_region_quota(doc.get("region_quota") or {}),
+        invocation_budget_s=float(_number(doc, "invocation_budget_s", 480, 1, 540)),
+        poll_interval_s=float(_number(doc, "poll_interval_s", 2, 0.01, 60)),
+        dry_run=_bool(doc, "dry_run"),
     )
-    state_repo = doc.get("state_repository")
-    if state_repo is not None:
-        try:
-            state_ref = refs.parse(state_repo)
-        except RefError as exc:
-            raise ConfigError(f"state_repository: {exc}") from None
-        if state_ref.tag or state_ref.digest or state_ref.registry not in allowed_set:
-            raise ConfigError("state_repository: an allow-listed repository without tag or digest")
-    else:
-        state_ref = None
-    pubsub_project = doc.get("pubsub_project")
-    if pubsub_project is not None and (not isinstance(pubsub_project, str) or not _PROJECT.fullmatch(pubsub_project)):
-        raise ConfigError(f"pubsub_project: {pubsub_project!r} is not a project id")
-    endpoint = doc.get("cloud_run_endpoint")
-    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+
+
+def _state_repository(value: Any, allowed: frozenset[str]) -> ImageRef | None:
+    if value is None:
+        return None
+    try:
+        ref = refs.parse(value)
+    except RefError as exc:
+        raise ConfigError(f"state_repository: {exc}") from None
+    if ref.tag or ref.digest or ref.registry not in allowed:
+        raise ConfigError("state_repository: an allow-listed repository without tag or digest")
+    return ref
+
+
+def _pubsub_project(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not ids.PROJECT_ID.fullmatch(value)):
+        raise ConfigError(f"pubsub_project: {value!r} is not a project id")
+    return value
+
+
+def _endpoint(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.startswith(("http://", "https://"))):
         raise ConfigError("cloud_run_endpoint: must be an http(s) URL")
-    return Config(
-        projects=tuple(projects),
-        regions=tuple(regions),
-        base_tracks=tuple(tracks),
-        allowed_registries=allowed_set,
-        plain_http_registries=frozenset(h.lower() for h in plain),
-        labels=labels,
-        rollout=rollout,
-        cloud_run_endpoint=endpoint,
-        pubsub_project=pubsub_project,
-        state_repository=state_ref,
-        signatures=_signatures(doc.get("signatures") or {}),
-    )
+    return value
 
 
 def _signatures(doc: Any) -> SigningPolicy:
@@ -228,7 +259,7 @@ def _signatures(doc: Any) -> SigningPolicy:
     if policy not in POLICIES:
         raise ConfigError(f"signatures.policy: one of {POLICIES}, got {policy!r}")
     topic = doc.get("request_topic")
-    if topic is not None and (not isinstance(topic, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}", topic)):
+    if topic is not None and (not isinstance(topic, str) or not ids.TOPIC_ID.fullmatch(topic)):
         raise ConfigError(f"signatures.request_topic: {topic!r} is not a topic id")
     return SigningPolicy(policy, topic)
 
@@ -285,7 +316,7 @@ def _region_quota(value: Any) -> dict[str, int]:
         raise ConfigError("rollout.region_quota: a mapping region -> writes per minute")
     out = {}
     for region, quota in value.items():
-        if not isinstance(region, str) or not _REGION.fullmatch(region):
+        if not isinstance(region, str) or not ids.REGION.fullmatch(region):
             raise ConfigError(f"rollout.region_quota: {region!r} is not a region")
         if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
             raise ConfigError(f"rollout.region_quota.{region}: a positive integer")

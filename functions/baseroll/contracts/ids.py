@@ -41,6 +41,10 @@ SERVICE_NAME = re.compile(
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 
+# Pub/Sub topic id: 3-255 characters, starts with a letter, then letters, digits and `-_.~+%`;
+# never starts with "goog" (Pub/Sub resource names).
+TOPIC_ID = re.compile(r"(?!goog)[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
+
 # Rollout id: baseroll's own (contracts.ledger.rollout_id builds it from a track name and a digest).
 # At most 63 characters of [a-z0-9-], so it also fits a label value, a DNS label and an OCI tag.
 ROLLOUT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
