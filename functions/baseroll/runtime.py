@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 
+from baseroll import clock as clock_mod
 from baseroll import config as config_mod
 from baseroll.config import Config
 from baseroll.fleet.cloudrun import CloudRunFleet
@@ -10,7 +11,7 @@ from baseroll.images import rebaser
 from baseroll.images.artifact_registry import ArtifactRegistryVersions
 from baseroll.images.refs import ImageRef
 from baseroll.images.registry import RegistryClient
-from baseroll.rollout.bus import PubSubBus
+from baseroll.rollout.bus import Bus, PubSubBus
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.plan import RebaseJob
 from baseroll.rollout.store import RegistryRecordStore
@@ -25,7 +26,8 @@ def state_repository(cfg: Config) -> ImageRef:
     return ImageRef(first.registry, f"{parent}/baseroll-rollouts")
 
 
-def build(cfg: Config) -> Deps:
+def build(cfg: Config, *, bus: Bus | None = None) -> Deps:
+    """The real adapters; `bus` replaces the Pub/Sub one (whose client needs credentials when created)."""
     registry = RegistryClient(plain_http_hosts=cfg.plain_http_registries, allowed_hosts=cfg.allowed_registries)
 
     def rebase(job: RebaseJob, new_base: ImageRef, dry_run: bool = False) -> ImageRef:
@@ -36,9 +38,10 @@ def build(cfg: Config) -> Deps:
         config=cfg,
         fleet=CloudRunFleet.connect(cfg.cloud_run_endpoint),
         registry=registry,
-        bus=PubSubBus(cfg.topic_project),
-        records=RegistryRecordStore(registry, state_repository(cfg)),
+        bus=bus if bus is not None else PubSubBus(cfg.topic_project),
+        records=RegistryRecordStore(registry, state_repository(cfg), clock_mod.SYSTEM),
         rebase=rebase,
+        clock=clock_mod.SYSTEM,
         version_lister=ArtifactRegistryVersions(),
     )
 

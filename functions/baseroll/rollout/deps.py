@@ -1,13 +1,13 @@
-"""What the rollout core runs on: the ports (fleet, registry, bus, record store, rebase) and the config.
+"""What the rollout core runs on: the ports (fleet, registry, bus, record store, rebase, clock) and the config.
 
 `runtime.build` wires the real adapters; tests pass fakes (see `rollout.fakes`, `fleet.fake`).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 
+from baseroll.clock import SYSTEM, Clock
 from baseroll.config import Config
 from baseroll.fleet.view import Fleet
 from baseroll.images.catalog import Catalog
@@ -18,10 +18,6 @@ from baseroll.rollout.pipeline import Rebase
 from baseroll.rollout.store import RecordStore
 
 
-class Busy(Exception):
-    """Another invocation holds this step: raise, so the trigger redelivers it later."""
-
-
 @dataclass
 class Deps:
     config: Config
@@ -30,7 +26,7 @@ class Deps:
     bus: Bus
     records: RecordStore
     rebase: Rebase
-    clock: Callable[[], float] = time.time
+    clock: Clock = SYSTEM  # every wait, deadline and lease age of the core is read from it
     # Lists every version of an Artifact Registry base (tags alone miss untagged old versions).
     version_lister: Callable[[ImageRef], list[str]] | None = None
 

@@ -20,8 +20,8 @@ from baseroll.rollout import bus as bus_mod
 from baseroll.rollout import pipeline as engine
 from baseroll.rollout import waves
 from baseroll.rollout.deps import Deps
+from baseroll.rollout.lease import LEASE_S
 from baseroll.rollout.plan import Plan, members
-from baseroll.rollout.step import LEASE_S
 
 
 def rollout_id_for(request: RollRequest, track_name: str, digest: str, scope: ServiceFilter) -> str:
@@ -122,7 +122,7 @@ def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
         request = RollRequest("base", track.image, None, "sweep", f"sweep:{track.name}")
         result = start(deps, request, scope)
         rec = deps.records.get(result["rollout_id"])
-        quiet = rec is not None and deps.clock() - rec.updated > LEASE_S
+        quiet = rec is not None and deps.clock.now() - rec.updated > LEASE_S
         if rec is not None and ((rec.status == "running" and quiet) or (rec.status == "finished" and result["to_roll"])):
             # A quiet rollout picks up where it stopped; a finished one walks its waves again for stragglers.
             wave = rec.wave if rec.status == "running" else 0

@@ -3,10 +3,10 @@ tagged with the rollout id in a configured repository of an allow-listed registr
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from typing import Protocol
 
+from baseroll.clock import SYSTEM, Clock
 from baseroll.contracts.records import RolloutRecord
 from baseroll.images import oci
 from baseroll.images.refs import ImageRef
@@ -18,13 +18,16 @@ ARTIFACT_TYPE = "application/vnd.baseroll.rollout.v1+json"
 class RecordStore(Protocol):
     def get(self, rollout_id: str) -> RolloutRecord | None: ...
 
-    def put(self, record: RolloutRecord) -> None: ...
+    def put(self, record: RolloutRecord) -> None:
+        """Store `record` (last writer wins), stamping its `updated` with the time of the write."""
+        ...
 
 
 class RegistryRecordStore:
-    def __init__(self, client: RegistryClient, repository: ImageRef) -> None:
+    def __init__(self, client: RegistryClient, repository: ImageRef, clock: Clock = SYSTEM) -> None:
         self._client = client
         self._repo = repository
+        self._clock = clock
 
     def get(self, rollout_id: str) -> RolloutRecord | None:
         try:
@@ -38,7 +41,7 @@ class RegistryRecordStore:
         return RolloutRecord(**{k: v for k, v in doc.items() if k in RolloutRecord.__dataclass_fields__})
 
     def put(self, record: RolloutRecord) -> None:
-        record.updated = time.time()
+        record.updated = self._clock.now()
         config = oci.canonical_json(asdict(record))
         digest = self._client.put_blob(self._repo, config)
         manifest = {
