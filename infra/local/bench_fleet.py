@@ -50,7 +50,7 @@ from google.cloud import run_v2
 from . import seed
 from .seed import COHORT_LABEL, OPT_OUT_LABEL, SeededFleet
 
-# Ten real region names (config._REGION: `[a-z]+-[a-z]+[0-9]+`).
+# Ten real region names (contracts.ids.REGION: `[a-z]+-[a-z]+[0-9]+`).
 REGIONS10 = (
     "us-central1", "us-east1", "us-west1", "europe-west1", "europe-west4",
     "asia-east1", "asia-northeast1", "australia-southeast1", "southamerica-east1", "northamerica-northeast1",

@@ -1,4 +1,4 @@
-"""Deliver a Pub/Sub message to a functions-framework process exactly as Eventarc does (REFERENCE.md §3):
+"""Deliver a Pub/Sub message to a functions-framework process exactly as Eventarc does (docs/GOOGLE_APIS.md#eventarc):
 a binary-mode CloudEvent `google.cloud.pubsub.topic.v1.messagePublished` over HTTP POST."""
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def deliver(url: str, event: CloudEvent, *, timeout: float = 300.0) -> httpx.Res
 
 
 def artifact_push_data(digest_ref: str | None, tag_ref: str | None, action: str = "INSERT") -> bytes:
-    """The Artifact Registry `gcr` message body for a push (REFERENCE.md §1)."""
+    """The Artifact Registry `gcr` message body for a push (docs/GOOGLE_APIS.md#artifact-registry)."""
     payload = {"action": action}
     if digest_ref:
         payload["digest"] = digest_ref

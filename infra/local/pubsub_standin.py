@@ -1,6 +1,6 @@
 """Pub/Sub stand-in: a gRPC server the unmodified google-cloud-pubsub clients reach via PUBSUB_EMULATOR_HOST,
 with push delivery shaped exactly like Eventarc's delivery of a Pub/Sub message to a Cloud Run function
-(REFERENCE.md §3, §5).
+(docs/GOOGLE_APIS.md#eventarc, #pubsub).
 
     with PubSubStandin(min_backoff_s=0.05, max_backoff_s=1.0) as ps:
         os.environ["PUBSUB_EMULATOR_HOST"] = ps.host       # "127.0.0.1:PORT"
@@ -79,7 +79,7 @@ log = logging.getLogger("baseroll.pubsub_standin")
 PUBLISHED_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 DELETED_TOPIC = "_deleted-topic_"
 
-# Pub/Sub's own limits (REFERENCE.md §5) plus the per-request message cap of the real service.
+# Pub/Sub's own limits (docs/GOOGLE_APIS.md#pubsub) plus the per-request message cap of the real service.
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 MAX_ATTRIBUTES = 100
 MAX_ATTRIBUTE_KEY_BYTES = 256

@@ -127,7 +127,7 @@ def cloud_build_message(build_id: str, status: str, built: list[tuple[str, str]]
                         project: str = BUILD_PROJECT, substitutions: dict[str, str] | None = None,
                         trigger_id: str | None = "0b1d6c4e-7a53-4f0e-9a57-6f2c1c9b7d10",
                         with_results: bool | None = None) -> tuple[bytes, dict[str, str]]:
-    """A Cloud Build notification (topic `cloud-builds`, REFERENCE.md §2) as Cloud Build publishes it:
+    """A Cloud Build notification (topic `cloud-builds`, docs/GOOGLE_APIS.md#cloud-build) as Cloud Build publishes it:
     attributes `buildId` and `status`, data the Build resource as camelCase JSON. `built` lists
     (name as under `images:`, digest) for what the build pushed; it reaches `results.images` only
     once the build has pushed: by default on SUCCESS only (`with_results` forces it either way,

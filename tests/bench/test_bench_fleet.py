@@ -44,7 +44,7 @@ pytestmark = pytest.mark.bench
 
 ROOT = Path(__file__).resolve().parents[2]
 REGIONS = bf.REGIONS10
-REAL_QUOTA_PER_MIN = 60  # Cloud Run Admin API writes/min/region, reported default (REFERENCE.md)
+REAL_QUOTA_PER_MIN = 60  # Admin API writes/min/region, reported default (docs/GOOGLE_APIS.md#cloud-run-admin-api-v2)
 PLAN_SERVICES = 10_000  # the planner figures are always for 10,000 services
 PLAN_TIMEOUT_S = 300
 PLANNER_TARGET_S = 3.0

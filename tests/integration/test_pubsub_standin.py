@@ -1,5 +1,5 @@
 """The Pub/Sub stand-in, driven by the unmodified google-cloud-pubsub clients, pushing to a real
-functions-framework CloudEvent function exactly as Eventarc would (REFERENCE.md §3, §5)."""
+functions-framework CloudEvent function exactly as Eventarc would (docs/GOOGLE_APIS.md#eventarc, #pubsub)."""
 from __future__ import annotations
 
 import base64

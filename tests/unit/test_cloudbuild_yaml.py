@@ -154,7 +154,7 @@ def test_parses_with_steps_and_images(config) -> None:
     path, doc = config
     assert set(doc) <= {"steps", "substitutions", "images", "tags", "options", "timeout"}, path.name
     assert doc["steps"] and all(isinstance(s, dict) for s in doc["steps"])
-    # Only images under `images:` reach results.images of the build notification (REFERENCE.md §2).
+    # Only images under `images:` reach results.images of the build notification (docs/GOOGLE_APIS.md#cloud-build).
     assert doc["images"], f"{path.name}: no images: the digest would not appear in results.images"
     ids = [s.get("id") for s in doc["steps"]]
     assert all(ids) and len(set(ids)) == len(ids), "every step has a unique id"

@@ -1,4 +1,4 @@
-"""The pure rebase: every rule of REFERENCE.md §8 (1–5, 8), each crane bug of §8.9, drift, determinism."""
+"""The pure rebase: every rule of docs/OCI.md#rebase (1–5, 8), each known crane bug there, drift, determinism."""
 from __future__ import annotations
 
 import copy
@@ -196,7 +196,7 @@ def test_rule5_base_reference_is_validated(name, digest, reason):
         rebase(o, b, n, new_base_name=name, new_base_digest=digest)
 
 
-# ---------------------------------------------------------------- §8.9: crane's bugs
+# ---------------------------------------------------- crane's bugs (docs/OCI.md#rebase)
 
 
 def test_crane_bug_original_without_history_keeps_its_first_app_layer():

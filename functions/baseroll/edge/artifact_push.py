@@ -18,7 +18,7 @@ from baseroll.images.refs import ImageRef, RefError
 
 @dataclass(frozen=True)
 class ArtifactPush:
-    """An Artifact Registry notification from topic `gcr` (REFERENCE.md §1)."""
+    """An Artifact Registry notification from topic `gcr` (docs/GOOGLE_APIS.md#artifact-registry)."""
 
     action: str  # INSERT | DELETE
     digest: ImageRef | None  # pinned by digest
@@ -43,7 +43,7 @@ def _ref(value: Any, field_name: str) -> ImageRef | None:
 
 
 def artifact_push(message: PubSubMessage) -> ArtifactPush:
-    """Parse an Artifact Registry `gcr` message body (REFERENCE.md §1)."""
+    """Parse an Artifact Registry `gcr` message body (docs/GOOGLE_APIS.md#artifact-registry)."""
     body = json_object(message.data, "Artifact Registry message data")
     action = body.get("action")
     if action not in ("INSERT", "DELETE"):

@@ -1,6 +1,6 @@
 """Admin API write pacing: per project × region release schedules.
 
-Cloud Run's write quota is per project and region (REFERENCE.md §4), so each location gets its
+Cloud Run's write quota is per project and region (docs/GOOGLE_APIS.md#cloud-run-admin-api-v2), so each location gets its
 own rate and locations proceed in parallel.
 """
 from __future__ import annotations
