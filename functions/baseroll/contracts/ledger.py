@@ -13,9 +13,17 @@ ROLLOUT_ID = PREFIX + "rollout-id"
 BASE_DIGEST = PREFIX + "base-digest"
 PREVIOUS_IMAGES = PREFIX + "previous-images"
 PREVIOUS_BASE_URIS = PREFIX + "previous-base-image-uris"
-STATE = PREFIX + "state"  # rolled | rolled-back
+STATE = PREFIX + "state"  # ROLLED | ROLLED_BACK
 REASON = PREFIX + "reason"
 MAX_REASON = 500
+
+# The values of STATE.
+ROLLED = "rolled"  # this rollout updated the service (and the update may still be settling)
+ROLLED_BACK = "rolled-back"  # this rollout's target failed here and the service was restored
+
+# Why a service is left alone: its ledger says this target already failed on it. Decided here, below
+# the fleet, because `fleet.deploy` needs it too; `rollout.policy` re-exports it.
+ALREADY_ROLLED_BACK = "already rolled back from this target: {reason}"
 
 
 def rollout_id(track_name: str, base_digest: str) -> str:
@@ -28,7 +36,7 @@ def rolled(rollout: str, base_digest: str, previous: tuple[str, ...], previous_u
         ROLLOUT_ID: rollout,
         BASE_DIGEST: base_digest,
         PREVIOUS_IMAGES: json.dumps(list(previous), separators=(",", ":")),
-        STATE: "rolled",
+        STATE: ROLLED,
         REASON: "",
     }
     if any(previous_uris):
@@ -37,7 +45,7 @@ def rolled(rollout: str, base_digest: str, previous: tuple[str, ...], previous_u
 
 
 def rolled_back(rollout: str, base_digest: str, reason: str) -> dict[str, str]:
-    return {ROLLOUT_ID: rollout, BASE_DIGEST: base_digest, STATE: "rolled-back", REASON: reason[:MAX_REASON]}
+    return {ROLLOUT_ID: rollout, BASE_DIGEST: base_digest, STATE: ROLLED_BACK, REASON: reason[:MAX_REASON]}
 
 
 def previous(annotations: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -50,3 +58,10 @@ def previous(annotations: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str
         return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
     return load(PREVIOUS_IMAGES), load(PREVIOUS_BASE_URIS)
+
+
+def already_rolled_back(annotations: Mapping[str, str], base_digest: str | None) -> str | None:
+    """Why not to try `base_digest` on a service again: it was rolled back from it; else None."""
+    if annotations.get(STATE) == ROLLED_BACK and annotations.get(BASE_DIGEST) == base_digest:
+        return ALREADY_ROLLED_BACK.format(reason=annotations.get(REASON, ""))
+    return None

@@ -6,17 +6,21 @@ failed revision while a rollback is possible.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 from baseroll import log
+from baseroll.clock import Clock
 from baseroll.contracts import ledger
 from baseroll.fleet import health
 from baseroll.fleet.view import Fleet, FleetError, ServiceView, StaleService
 
 MAX_STALE_RETRIES = 3
 POLL_INTERVAL_S = 0.5
+
+# Why a task leaves its service alone because someone else changed it between planning and the
+# update (decided here, below the rollout; `rollout.policy` re-exports it).
+CHANGED_SINCE_PLANNING = "changed since planning"
 
 
 @dataclass(frozen=True)
@@ -48,43 +52,50 @@ def _containers(svc: ServiceView, indexes: set[int]) -> tuple[tuple[str, str], .
     return tuple((svc.images[i], uris[i] if i < len(uris) else "") for i in sorted(indexes) if i < len(svc.images))
 
 
-def _wait_settled(fleet: Fleet, svc: ServiceView, deadline: float) -> tuple[ServiceView, health.Health]:
+def changed_since_planning(planned: ServiceView, now: ServiceView, indexes: set[int]) -> str | None:
+    """Why not to update `now`: its watched containers differ from what the task was planned on."""
+    return CHANGED_SINCE_PLANNING if _containers(now, indexes) != _containers(planned, indexes) else None
+
+
+def _wait_settled(fleet: Fleet, svc: ServiceView, deadline: float,
+                  clock: Clock) -> tuple[ServiceView, health.Health]:
     """Poll until the service is ready or failed, or the deadline passes (then: failed, timed out)."""
     verdict = health.assess(svc)
     while verdict.state == "pending":
-        if time.monotonic() >= deadline:
+        if clock.monotonic() >= deadline:
             return svc, health.Health("failed", "readiness deadline passed")
-        time.sleep(POLL_INTERVAL_S)
+        clock.sleep(POLL_INTERVAL_S)
         svc = fleet.get_service(svc.name)
         verdict = health.assess(svc)
     return svc, verdict
 
 
 def apply(fleet: Fleet, planned: ServiceView, target: Target, *, rollout: str, base_digest: str,
-          timeout_s: float) -> Outcome:
+          timeout_s: float, clock: Clock) -> Outcome:
     """Move `planned`'s containers to `target`."""
     svc = planned
     watched = target.indexes()
     for attempt in range(MAX_STALE_RETRIES + 1):
-        if svc.annotations.get(ledger.STATE) == "rolled-back" and svc.annotations.get(ledger.BASE_DIGEST) == base_digest:
+        refused = ledger.already_rolled_back(svc.annotations, base_digest)
+        if refused:
             # This target already failed here and was rolled back: never try it a second time.
-            return Outcome(svc.name, "skipped", planned.images, svc.images,
-                           f"already rolled back from this target: {svc.annotations.get(ledger.REASON, '')}")
+            return Outcome(svc.name, "skipped", planned.images, svc.images, refused)
         if target.reached(svc):
             # A redelivered task, or a concurrent worker got here first: never a second update.
-            svc, verdict = _wait_settled(fleet, svc, time.monotonic() + timeout_s)
+            svc, verdict = _wait_settled(fleet, svc, clock.monotonic() + timeout_s, clock)
             if verdict.state == "ready":
                 return Outcome(svc.name, "already-current", planned.images, svc.images, "already on the target")
             before = _recorded_before(svc, rollout, base_digest)
             if before is not None:
                 # A worker died between a failed revision and its rollback: finish the rollback.
                 log.warning("service.unhealthy", service=svc.name, reason=verdict.reason, recovered=True)
-                return _roll_back(fleet, svc, before, watched, rollout, base_digest, verdict.reason, timeout_s)
+                return _roll_back(fleet, svc, before, watched, rollout, base_digest, verdict.reason, timeout_s, clock)
             return Outcome(svc.name, "failed", planned.images, svc.images, f"on the target but {verdict.reason}")
-        if _containers(svc, watched) != _containers(planned, watched):
-            return Outcome(svc.name, "skipped", planned.images, svc.images, "changed since planning")
+        changed = changed_since_planning(planned, svc, watched)
+        if changed:
+            return Outcome(svc.name, "skipped", planned.images, svc.images, changed)
         try:
-            return _update_and_gate(fleet, svc, target, rollout, base_digest, timeout_s)
+            return _update_and_gate(fleet, svc, target, rollout, base_digest, timeout_s, clock)
         except StaleService:
             log.info("service.stale", service=svc.name, attempt=attempt + 1)
             svc = fleet.get_service(planned.name)
@@ -95,7 +106,7 @@ def _recorded_before(svc: ServiceView, rollout: str, base_digest: str) -> Servic
     """The service as it was before this rollout updated it, from the ledger; None if we did not."""
     ann = svc.annotations
     if ann.get(ledger.ROLLOUT_ID) != rollout or ann.get(ledger.BASE_DIGEST) != base_digest \
-            or ann.get(ledger.STATE) != "rolled":
+            or ann.get(ledger.STATE) != ledger.ROLLED:
         return None
     images, uris = ledger.previous(ann)
     if len(images) != len(svc.images):
@@ -104,8 +115,8 @@ def _recorded_before(svc: ServiceView, rollout: str, base_digest: str) -> Servic
 
 
 def _update_and_gate(fleet: Fleet, svc: ServiceView, target: Target, rollout: str, base_digest: str,
-                     timeout_s: float) -> Outcome:
-    deadline = time.monotonic() + timeout_s
+                     timeout_s: float, clock: Clock) -> Outcome:
+    deadline = clock.monotonic() + timeout_s
     before = svc
     try:
         after = fleet.update_images(svc, target.images, base_uris=target.base_uris, timeout=timeout_s,
@@ -113,18 +124,18 @@ def _update_and_gate(fleet: Fleet, svc: ServiceView, target: Target, rollout: st
     except FleetError as exc:
         log.error("service.update_failed", service=svc.name, reason=str(exc))
         return Outcome(svc.name, "failed", svc.images, svc.images, str(exc))
-    after, verdict = _wait_settled(fleet, after, deadline)
+    after, verdict = _wait_settled(fleet, after, deadline, clock)
     if verdict.state == "ready":
         log.notice("service.updated", service=svc.name, before=list(before.images), after=list(after.images),
                    base_image_uris=[u for u in after.base_image_uris if u] or None,
                    revision=after.latest_ready_revision, rollout_id=rollout)
         return Outcome(svc.name, "updated", before.images, after.images)
     log.warning("service.unhealthy", service=svc.name, reason=verdict.reason, revision=after.latest_created_revision)
-    return _roll_back(fleet, after, before, target.indexes(), rollout, base_digest, verdict.reason, timeout_s)
+    return _roll_back(fleet, after, before, target.indexes(), rollout, base_digest, verdict.reason, timeout_s, clock)
 
 
 def _roll_back(fleet: Fleet, svc: ServiceView, previous: ServiceView, indexes: set[int], rollout: str,
-               base_digest: str, reason: str, timeout_s: float) -> Outcome:
+               base_digest: str, reason: str, timeout_s: float, clock: Clock) -> Outcome:
     restore = Target({i: previous.images[i] for i in indexes},
                      {i: previous.base_image_uris[i] for i in indexes if i < len(previous.base_image_uris)})
     annotations = ledger.rolled_back(rollout, base_digest, reason)
@@ -141,7 +152,7 @@ def _roll_back(fleet: Fleet, svc: ServiceView, previous: ServiceView, indexes: s
             return Outcome(svc.name, "rollback-failed", previous.images, svc.images, f"{reason}; rollback: {exc}")
     else:
         return Outcome(svc.name, "rollback-failed", previous.images, svc.images, f"{reason}; rollback: etag conflicts")
-    restored, verdict = _wait_settled(fleet, restored, time.monotonic() + timeout_s)
+    restored, verdict = _wait_settled(fleet, restored, clock.monotonic() + timeout_s, clock)
     if verdict.state != "ready":
         log.error("service.rollback_failed", service=svc.name, reason=verdict.reason, failed_reason=reason)
         return Outcome(svc.name, "rollback-failed", previous.images, restored.images,

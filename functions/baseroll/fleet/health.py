@@ -1,4 +1,4 @@
-"""Pure readiness decisions over a ServiceView (REFERENCE.md §4)."""
+"""Pure readiness decisions over a ServiceView (docs/GOOGLE_APIS.md, Cloud Run v2: conditions)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

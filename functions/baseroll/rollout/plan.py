@@ -10,7 +10,7 @@ Three strategies, per container:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 from baseroll.config import Labels
 from baseroll.contracts import ledger
@@ -18,13 +18,10 @@ from baseroll.fleet.view import ServiceView
 from baseroll.images import refs
 from baseroll.images.match import BaseVersion, ImageFacts, match_image
 from baseroll.images.refs import ImageRef, RefError
+from baseroll.rollout import policy
+from baseroll.rollout.policy import Scope, everything
 
 Strategy = Literal["rebase", "base-uri", "redeploy"]
-Scope = Callable[[str, Mapping[str, str]], bool]  # (service name, labels) -> in scope
-
-
-def everything(name: str, labels: Mapping[str, str]) -> bool:
-    return True
 
 
 @dataclass(frozen=True)
@@ -66,53 +63,71 @@ class Plan:
         return [s for s in self.services if s.action == "roll"]
 
 
-def opted_out(svc: ServiceView, labels: Labels) -> bool:
-    return svc.labels.get(labels.opt_out, "").lower() == "true"
-
-
 def images_to_inspect(services: Sequence[ServiceView], labels: Labels, allowed: frozenset[str],
                       scope: Scope = everything, *, include_opted_out: bool = False) -> set[str]:
     """The distinct container images worth reading from the registry (opted-out, out-of-scope and foreign ones are not)."""
     wanted: set[str] = set()
     for svc in services:
-        if (opted_out(svc, labels) and not include_opted_out) or not scope(svc.name, svc.labels):
+        if (policy.opted_out(svc, labels) and not include_opted_out) or not scope(svc.name, svc.labels):
             continue
         for index, image in enumerate(svc.images):
             if index < len(svc.base_image_uris) and svc.base_image_uris[index]:
                 continue  # Cloud Run manages this container's base; its image is not rebased
             try:
-                if refs.is_allowed(refs.parse(image), allowed):
+                if policy.registry_refused(refs.parse(image), allowed) is None:
                     wanted.add(image)
             except RefError:
                 continue
     return wanted
 
 
-def _precheck(svc: ServiceView, labels: Labels, scope: Scope, new_digest: str | None) -> str | None:
-    """A reason to skip the service before looking at its containers, or None."""
-    if not scope(svc.name, svc.labels):
-        return "outside the request's filter"
-    if opted_out(svc, labels):
-        return f"opted out by label {labels.opt_out}=true"
-    if (svc.annotations.get(ledger.STATE) == "rolled-back"
-            and svc.annotations.get(ledger.BASE_DIGEST) == new_digest):
-        return f"already rolled back from this target: {svc.annotations.get(ledger.REASON, '')}"
-    return None
+@dataclass
+class _BaseMatcher:
+    """Decides each container of a base rollout; collects one rebase job per app image × old base."""
 
+    track_image: ImageRef
+    new_base: ImageRef
+    new_version: BaseVersion
+    known_versions: Sequence[BaseVersion]
+    facts: Mapping[str, ImageFacts | str]
+    allowed: frozenset[str]
+    jobs: dict[tuple[ImageRef, str], RebaseJob] = field(default_factory=dict)
 
-def _base_uri_change(uri: str, base_repo: ImageRef, new_base: ImageRef) -> Change | str | None:
-    """For a container with base_image_uri: a Change, 'current', a skip reason, or None (another base)."""
-    try:
-        ref = refs.parse(uri)
-    except RefError as exc:
-        return f"base_image_uri: {exc}"
-    if ref.name != base_repo.name:
-        return None
-    if ref.digest is None:
-        return f"base_image_uri {uri} follows a tag: Cloud Run's automatic base image updates manage it"
-    if ref.digest == new_base.digest:
-        return "current"
-    return Change("base-uri", target=new_base.pinned())
+    def change(self, image: str, uri: str) -> Change | str | None:
+        """The container's Change, None when it is already on the new base, or why it is left alone."""
+        if uri:
+            return self._base_uri_change(uri)
+        try:
+            ref = refs.parse(image)
+        except RefError as exc:
+            return str(exc)
+        refused = policy.registry_refused(ref, self.allowed)
+        if refused:
+            return refused
+        fact = self.facts.get(image)
+        if fact is None or isinstance(fact, str):
+            return policy.UNREADABLE.format(why=fact or policy.NOT_INSPECTED)
+        m = match_image(fact, self.track_image, self.new_version, self.known_versions)
+        if m.verdict == "outdated" and m.old_base_digest:
+            base_repo = self.track_image.with_tag(None)
+            job = self.jobs.setdefault((fact.ref, m.old_base_digest),
+                                       RebaseJob(fact.ref, base_repo.with_digest(m.old_base_digest)))
+            return Change("rebase", job=job)
+        return None if m.verdict == "current" else m.reason
+
+    def _base_uri_change(self, uri: str) -> Change | str | None:
+        """For a container with base_image_uri: move its pin, None when current, or why not."""
+        try:
+            ref = refs.parse(uri)
+        except RefError as exc:
+            return policy.BASE_URI_UNPARSABLE.format(error=exc)
+        if ref.name != self.track_image.with_tag(None).name:
+            return policy.BASE_URI_OTHER_BASE
+        if ref.digest is None:
+            return policy.BASE_URI_FOLLOWS_TAG.format(uri=uri)
+        if ref.digest == self.new_base.digest:
+            return None
+        return Change("base-uri", target=self.new_base.pinned())
 
 
 def make_plan(
@@ -128,11 +143,10 @@ def make_plan(
     scope: Scope = everything,
 ) -> Plan:
     """Plan a base rollout. `facts` maps each container image string to its facts, or to why it could not be read."""
-    base_repo = track_image.with_tag(None)
-    jobs: dict[tuple[ImageRef, str], RebaseJob] = {}
+    matcher = _BaseMatcher(track_image, new_base, new_version, known_versions, facts, allowed)
     plans: list[ServicePlan] = []
     for svc in sorted(services, key=lambda s: s.name):
-        skip = _precheck(svc, labels, scope, new_base.digest)
+        skip = policy.service_skip(svc, labels, scope, new_base.digest)
         if skip:
             plans.append(ServicePlan(svc, "skip", skip))
             continue
@@ -140,46 +154,20 @@ def make_plan(
         reasons: list[str] = []
         current = False
         for index, image in enumerate(svc.images):
-            uri = svc.base_image_uris[index] if index < len(svc.base_image_uris) else ""
-            if uri:
-                found = _base_uri_change(uri, base_repo, new_base)
-                if isinstance(found, Change):
-                    containers[index] = found
-                elif found == "current":
-                    current = True
-                elif found:
-                    reasons.append(f"container {index}: {found}")
-                else:
-                    reasons.append(f"container {index}: base_image_uri is another base")
-                continue
-            try:
-                ref = refs.parse(image)
-            except RefError as exc:
-                reasons.append(f"container {index}: {exc}")
-                continue
-            if not refs.is_allowed(ref, allowed):
-                reasons.append(f"container {index}: registry {ref.registry} is not allow-listed")
-                continue
-            fact = facts.get(image)
-            if fact is None or isinstance(fact, str):
-                reasons.append(f"container {index}: image unreadable: {fact or 'not inspected'}")
-                continue
-            m = match_image(fact, track_image, new_version, known_versions)
-            if m.verdict == "outdated" and m.old_base_digest:
-                key = (fact.ref, m.old_base_digest)
-                job = jobs.setdefault(key, RebaseJob(fact.ref, base_repo.with_digest(m.old_base_digest)))
-                containers[index] = Change("rebase", job=job)
-            elif m.verdict == "current":
+            found = matcher.change(image, svc.base_image_uris[index] if index < len(svc.base_image_uris) else "")
+            if isinstance(found, Change):
+                containers[index] = found
+            elif found is None:
                 current = True
             else:
-                reasons.append(f"container {index}: {m.reason}")
+                reasons.append(policy.container(index, found))
         if containers:
             plans.append(ServicePlan(svc, "roll", "built on an older version of the base", containers))
         elif current:
-            plans.append(ServicePlan(svc, "skip", "already on the new base"))
+            plans.append(ServicePlan(svc, "skip", policy.ALREADY_ON_NEW_BASE))
         else:
-            plans.append(ServicePlan(svc, "skip", "; ".join(reasons) or "no container"))
-    return Plan(track_image, new_base, tuple(plans), tuple(jobs.values()))
+            plans.append(ServicePlan(svc, "skip", "; ".join(reasons) or policy.NO_CONTAINER))
+    return Plan(track_image, new_base, tuple(plans), tuple(matcher.jobs.values()))
 
 
 def make_app_plan(
@@ -199,7 +187,7 @@ def make_app_plan(
     """
     plans: list[ServicePlan] = []
     for svc in sorted(services, key=lambda s: s.name):
-        skip = _precheck(svc, labels, scope, new_image.digest)
+        skip = policy.service_skip(svc, labels, scope, new_image.digest)
         if skip:
             plans.append(ServicePlan(svc, "skip", skip))
             continue
@@ -223,9 +211,9 @@ def make_app_plan(
         if containers:
             plans.append(ServicePlan(svc, "roll", f"runs {app}", containers))
         elif current:
-            plans.append(ServicePlan(svc, "skip", "already on the new build"))
+            plans.append(ServicePlan(svc, "skip", policy.ALREADY_ON_NEW_BUILD))
         else:
-            plans.append(ServicePlan(svc, "skip", f"does not run {app}"))
+            plans.append(ServicePlan(svc, "skip", policy.DOES_NOT_RUN.format(app=app)))
     return Plan(app, new_image, tuple(plans), ())
 
 

@@ -15,7 +15,7 @@ from baseroll.fleet import health
 from baseroll.fleet.view import ServiceView
 from baseroll.images.match import BaseVersion, ImageFacts, match_image
 from baseroll.images.refs import ImageRef
-from baseroll.rollout.plan import opted_out
+from baseroll.rollout.policy import opted_out
 
 
 @dataclass
@@ -60,7 +60,7 @@ def summarize(track_name: str, track_image: ImageRef, current: BaseVersion, know
         if verdict == "pending":
             st.in_flight += 1
             row["state"] = "in-flight"
-        elif verdict == "failed" or svc.annotations.get(ledger.STATE) == "rolled-back":
+        elif verdict == "failed" or svc.annotations.get(ledger.STATE) == ledger.ROLLED_BACK:
             st.failed += 1
             row["state"] = "failed"
             row["reason"] = svc.annotations.get(ledger.REASON) or svc.terminal_reason

@@ -19,9 +19,6 @@ from baseroll.contracts import ledger
 from baseroll.fleet import health
 from baseroll.fleet.view import ServiceView
 
-ROLLED = "rolled"
-ROLLED_BACK = "rolled-back"
-
 
 def _order_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
@@ -81,7 +78,7 @@ def status(wave: Sequence[str], fleet: Mapping[str, ServiceView], rollout_id: st
             continue
         mine = svc.annotations.get(ledger.ROLLOUT_ID) == rollout_id
         state = svc.annotations.get(ledger.STATE, "")
-        if mine and state == ROLLED and name not in still_outdated:
+        if mine and state == ledger.ROLLED and name not in still_outdated:
             verdict = health.assess(svc).state
             if verdict == "ready":
                 st.done.append(name)
@@ -89,7 +86,7 @@ def status(wave: Sequence[str], fleet: Mapping[str, ServiceView], rollout_id: st
                 st.failed.append(name)  # on a failed revision and not restored: never counted as done
             else:
                 st.pending.append(name)
-        elif mine and state == ROLLED_BACK:
+        elif mine and state == ledger.ROLLED_BACK:
             st.failed.append(name)
         elif name not in still_outdated and not mine:
             st.skipped.append(name)  # no longer needs this rollout (changed elsewhere, or already current)

@@ -1,31 +1,31 @@
 """The worker: apply one task (one service, one target) and publish what happened.
 
 Safe under at-least-once delivery: a task whose base was superseded, whose rollout stopped, or
-whose service already changed is a no-op; `deploy.apply` never updates a service twice.
+whose service already changed is a no-op (`policy` decides each); `deploy.apply` never updates a
+service twice.
 """
 from __future__ import annotations
 
 from baseroll import log
 from baseroll.contracts import topics
 from baseroll.contracts.messages import Result, Task
-from baseroll.contracts.records import TERMINAL
 from baseroll.fleet import deploy
 from baseroll.rollout import bus as bus_mod
+from baseroll.rollout import policy
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.pipeline import current_digest
 
 
 def roll_service(deps: Deps, task: Task) -> Result:
     ro = task.rollout
-    current = current_digest(deps.registry, ro)
-    if current != ro.base_digest:
-        result = Result(ro, task.service, task.wave, "superseded", f"{ro.track_image} now points at {current}")
+    # The record is read only for a task that is not superseded.
+    refused = (policy.superseded(ro, current_digest(deps.registry, ro))
+               or policy.cancelled(deps.records.get(ro.rollout_id)))
+    if refused is not None:
+        outcome, reason = refused
+        result = Result(ro, task.service, task.wave, outcome, reason)
     else:
-        rec = deps.records.get(ro.rollout_id)
-        if rec is not None and rec.status in TERMINAL and rec.status != "finished":
-            result = Result(ro, task.service, task.wave, "cancelled", f"rollout {rec.status}: {rec.reason}")
-        else:
-            result = _apply(deps, task)
+        result = _apply(deps, task)
     log.emit("task.done", "WARNING" if result.outcome in ("rolled-back", "rollback-failed", "failed") else "INFO",
              service=task.service, rollout_id=ro.rollout_id, outcome=result.outcome, reason=result.reason,
              wave=task.wave)
@@ -37,10 +37,9 @@ def _apply(deps: Deps, task: Task) -> Result:
     ro = task.rollout
     svc = deps.fleet.get_service(task.service)
     target = deploy.Target({int(i): v for i, v in task.targets.items()}, {int(i): v for i, v in task.base_uris.items()})
-    for i in target.images:
-        if i >= len(svc.images) or (svc.images[i] != target.images[i] and svc.images[i] != task.expected[i]):
-            return Result(ro, task.service, task.wave, "skipped", "image changed since planning",
-                          svc.images, svc.images)
+    changed = policy.image_changed_since_planning(svc, target.images, task.expected)
+    if changed:
+        return Result(ro, task.service, task.wave, "skipped", changed, svc.images, svc.images)
     outcome = deploy.apply(deps.fleet, svc, target, rollout=ro.rollout_id, base_digest=ro.base_digest,
-                           timeout_s=deps.config.rollout.ready_timeout_s)
+                           timeout_s=deps.config.rollout.ready_timeout_s, clock=deps.clock)
     return Result(ro, task.service, task.wave, outcome.result, outcome.reason, outcome.before, outcome.after)
