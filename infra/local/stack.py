@@ -4,7 +4,8 @@ each entry point as its own functions-framework process.
     with LocalStack(targets=("on_artifact_push",)) as stack:
         stack.function_url("on_artifact_push")
 
-CLI: `python -m infra.local.stack up` starts it and prints its endpoints until Ctrl-C.
+CLI: `python -m infra.local.stack up` (or `make up`) starts it with a seeded fleet and keeps it up
+until Ctrl-C, printing the exports and commands to try (infra/local/playground.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterable
 
@@ -262,22 +262,13 @@ class LocalStack:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import playground  # it builds on this module
+
     parser = argparse.ArgumentParser(prog="python -m infra.local.stack")
     parser.add_argument("command", choices=["up"])
-    parser.add_argument("--seconds", type=float, default=3600, help="stop after this long")
+    parser.add_argument("--services", type=int, default=40, help="how many tenant services to seed")
     args = parser.parse_args(argv)
-    with LocalStack() as stack:
-        print(f"registry:   {stack.registry.url}")
-        print(f"cloud run:  {stack.cloudrun.url if stack.cloudrun else '-'}")
-        for target in stack.targets:
-            print(f"{target}: {stack.function_url(target)}  (log {stack.function_log(target)})")
-        print(f"pubsub:     PUBSUB_EMULATOR_HOST={stack.pubsub.host}")
-        print(f"config:     {stack.config_path}")
-        try:
-            time.sleep(args.seconds)
-        except KeyboardInterrupt:
-            pass
-    return 0
+    return playground.up(args.services)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""What every command shares: the exit codes, the global options' state, and the output helpers."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, NoReturn, Sequence
+
+import click
+
+from baseroll import config as configuration
+
+# Exit codes are part of the interface (scripts and Cloud Build steps branch on them).
+EXIT_OK = 0
+EXIT_FAILED = 1  # a registry, Cloud Run or credentials problem, or `roll` did not finish in time
+EXIT_INVALID = 2  # bad option, request or configuration; a refused rebase (also click's usage errors)
+EXIT_PUBLISH_FAILED = 3  # Pub/Sub did not accept the message
+EXIT_HALTED = 4  # roll: the rollout halted, was aborted or superseded
+
+
+@dataclass
+class CliState:
+    config_path: str | None
+    json_output: bool
+    debug: bool = False
+    _config: configuration.Config | None = field(default=None, repr=False)
+
+    def config(self) -> configuration.Config:
+        """The configuration: --config / BASEROLL_CONFIG, else BASEROLL_CONFIG_YAML. Exit 2 when invalid."""
+        if self._config is None:
+            env = dict(os.environ)
+            if self.config_path:  # an explicit path wins over an inline document in the environment
+                env.pop("BASEROLL_CONFIG_YAML", None)
+                env["BASEROLL_CONFIG"] = self.config_path
+            try:
+                self._config = configuration.load(env)
+            except configuration.ConfigError as exc:
+                where = self.config_path or os.environ.get("BASEROLL_CONFIG") or "$BASEROLL_CONFIG_YAML"
+                fail(EXIT_INVALID, f"config {where}: {exc} (pass --config PATH or export BASEROLL_CONFIG)")
+        return self._config
+
+
+def fail(code: int, message: str) -> NoReturn:
+    """Print `error: ...` on stderr (one line) and exit with `code`."""
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def emit_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A rich table on stdout (for commands whose --json output is the same rows as objects)."""
+    from rich.console import Console  # imported on use: `publish` never pays for it
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console().print(table)

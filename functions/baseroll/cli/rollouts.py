@@ -1,0 +1,194 @@
+"""`baseroll plan`, `roll` and `status`: the functions' pipeline, run in-process with the configured clients.
+
+`roll` plans here and hands the rollout to the deployed coordinator (one step on the results topic),
+then follows its record. `plan` and `status` publish nothing, so they never create a Pub/Sub client
+(that would need Google credentials, or PUBSUB_EMULATOR_HOST, for nothing).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import click
+
+from baseroll import config as configuration
+from baseroll.cli.common import (
+    EXIT_FAILED,
+    EXIT_HALTED,
+    EXIT_INVALID,
+    CliState,
+    emit_json,
+    emit_table,
+    fail,
+)
+
+
+class NoBus:
+    """The bus of a command that publishes nothing: building it creates no Pub/Sub client."""
+
+    def publish(self, topic: str, items: Iterable[tuple[bytes, dict[str, str]]]) -> list[str]:
+        raise RuntimeError(f"this command publishes nothing, yet tried to publish to {topic}")
+
+
+def _deps(state: CliState, projects: tuple[str, ...], regions: tuple[str, ...], *, publishes: bool) -> Any:
+    """The functions' wiring for this configuration; with the Pub/Sub bus only when the command publishes."""
+    import dataclasses
+
+    from baseroll import runtime
+
+    cfg = state.config()
+    if projects:
+        cfg = dataclasses.replace(cfg, projects=projects)
+    if regions:
+        cfg = dataclasses.replace(cfg, regions=regions)
+    return runtime.build(cfg) if publishes else runtime.build(cfg, bus=NoBus())
+
+
+def _roll_request(cfg: configuration.Config, base: str | None, app: str | None, digest: str | None,
+                  dry_run: bool) -> Any:
+    from baseroll.contracts.roll import RollRequest
+    from baseroll.images import refs
+
+    if bool(base) == bool(app):
+        fail(EXIT_INVALID, "give exactly one of --base or --app")
+    try:
+        ref = refs.parse(base or app or "")
+    except refs.RefError as exc:
+        fail(EXIT_INVALID, str(exc))
+    image = refs.ImageRef(ref.registry, ref.repository, ref.tag)
+    if base and cfg.track_for(image) is None:
+        fail(EXIT_INVALID, f"--base: {base} is not a configured base track (host/repo:tag)")
+    if app and not (digest or ref.digest):
+        fail(EXIT_INVALID, "--app: needs a digest (in the reference or --digest)")
+    return RollRequest("app" if app else "base", image, digest or ref.digest, "cli", "cli", dry_run)
+
+
+location_options = [
+    click.option("--project", "projects", multiple=True, help="Override the configured projects."),
+    click.option("--region", "regions", multiple=True, help="Override the configured regions."),
+]
+
+
+def with_locations(fn: Any) -> Any:
+    for option in reversed(location_options):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@click.option("--base", metavar="REF", help="A configured base track, host/repo:tag.")
+@click.option("--app", metavar="REF", help="An app image to redeploy, host/repo[:tag]@sha256:...")
+@click.option("--digest", help="The digest to roll to (default: what the tag points at now).")
+@with_locations
+@click.pass_obj
+def plan(state: CliState, base: str | None, app: str | None, digest: str | None,
+         projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
+    """Show what a rollout would do, changing nothing (a dry run of the whole pipeline)."""
+    from baseroll.rollout import planner
+
+    deps = _deps(state, projects, regions, publishes=False)
+    report = planner.start(deps, _roll_request(deps.config, base, app, digest, dry_run=True))
+    if state.json_output:
+        emit_json(report)
+        return
+    rows = [(r["service"].split("/services/")[-1], "/".join(r["service"].split("/")[1:4:2]), r["action"],
+             r.get("strategy", ""), r.get("wave", ""), _short(next(iter((r.get("targets") or r.get("base_uris") or {}).values()), "")),
+             r["reason"]) for r in report["services"]]
+    emit_table(f"plan {report['rollout_id']} -> {report['target']}",
+               ("service", "project/region", "action", "strategy", "wave", "target", "reason"), rows)
+    click.echo(f"{report['to_roll']} to roll in {len(report['waves'])} waves, {report['skipped']} skipped")
+
+
+def _short(image: str) -> str:
+    name, _, digest = image.partition("@")
+    return f"{name.rsplit('/', 1)[-1]}@{digest[7:19]}" if digest else name
+
+
+@click.command()
+@click.option("--base", metavar="REF", help="A configured base track, host/repo:tag.")
+@click.option("--app", metavar="REF", help="An app image to redeploy, host/repo[:tag]@sha256:...")
+@click.option("--digest", help="The digest to roll to (default: what the tag points at now).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the rollout until it ends.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True)
+@with_locations
+@click.pass_obj
+def roll(state: CliState, base: str | None, app: str | None, digest: str | None, wait: bool, timeout: float,
+         projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
+    """Start a rollout (planned here, executed by the deployed coordinator and workers) and follow it."""
+    import time
+
+    from rich.progress import Progress
+
+    from baseroll.contracts.records import TERMINAL
+    from baseroll.rollout import planner
+
+    deps = _deps(state, projects, regions, publishes=True)
+    started = planner.start(deps, _roll_request(deps.config, base, app, digest, dry_run=False))
+    rollout_id, total = started["rollout_id"], max(1, started["to_roll"])
+    if not wait or started.get("status") == "nothing-to-do":
+        emit_json(started) if state.json_output else click.echo(f"{rollout_id}: {started.get('status')}")
+        return
+    deadline = time.monotonic() + timeout
+    record = None
+    with Progress(disable=state.json_output) as progress:
+        bar = progress.add_task(rollout_id, total=total)
+        while time.monotonic() < deadline:
+            record = deps.records.get(rollout_id)
+            if record is not None:
+                done = sum(w.get("done", 0) + w.get("failed", 0) + w.get("skipped", 0) for w in record.waves)
+                progress.update(bar, completed=done, description=f"{rollout_id} wave {record.wave} {record.status}")
+                if record.status in TERMINAL:
+                    break
+            time.sleep(2.0)
+    if record is None or record.status not in TERMINAL:
+        fail(EXIT_FAILED, f"{rollout_id}: not finished within {timeout:.0f}s (still {record.status if record else 'unknown'})")
+    if state.json_output:
+        emit_json(record.__dict__)
+    else:
+        click.echo(f"{rollout_id}: {record.status} {record.reason}".rstrip())
+    if record.status != "finished":
+        raise click.exceptions.Exit(EXIT_HALTED)
+
+
+@click.command()
+@click.option("--base", "track_names", multiple=True, metavar="TRACK", help="Only these base tracks (by name).")
+@click.option("--services", "show_services", is_flag=True, help="List every service, not only the counts.")
+@with_locations
+@click.pass_obj
+def status(state: CliState, track_names: tuple[str, ...], show_services: bool,
+           projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
+    """Per base track and base digest: how many services are on it, in flight, failed, opted out."""
+    from baseroll.rollout import pipeline
+    from baseroll.rollout import plan as planning
+    from baseroll.rollout import status as status_mod
+
+    deps = _deps(state, projects, regions, publishes=False)
+    cfg = deps.config
+    unknown = set(track_names) - {t.name for t in cfg.base_tracks}
+    if unknown:
+        fail(EXIT_INVALID, f"--base: unknown track(s) {', '.join(sorted(unknown))}")
+    services = pipeline.discover(deps.fleet, cfg, quiet=True)
+    catalog = deps.catalog()
+    facts = catalog.facts_many(planning.images_to_inspect(services, cfg.labels, cfg.allowed_registries,
+                                                          include_opted_out=True))
+    out = []
+    for track in cfg.base_tracks:
+        if track_names and track.name not in track_names:
+            continue
+        current = catalog.version(track.image)
+        st = status_mod.summarize(track.name, track.image, current, catalog.base_versions(track.image),
+                                  services, facts, cfg.labels)
+        out.append(st)
+    if state.json_output:
+        emit_json([{"track": s.track, "current_digest": s.current_digest, "on_digest": dict(s.on_digest),
+                    "on_current": s.on_current, "outdated": s.outdated, "in_flight": s.in_flight,
+                    "failed": s.failed, "opted_out": s.opted_out,
+                    **({"services": s.services} if show_services else {})} for s in out])
+        return
+    rows = [(s.track, d[:19] + (" (current)" if d == s.current_digest else ""), n, "", "", "")
+            for s in out for d, n in sorted(s.on_digest.items(), key=lambda kv: -kv[1])]
+    rows += [(s.track, "total", sum(s.on_digest.values()), s.in_flight, s.failed, s.opted_out) for s in out]
+    emit_table("fleet status", ("track", "base digest", "services", "in flight", "failed", "opted out"), rows)
+    if show_services:
+        emit_table("services", ("service", "base digest", "state", "rollout", "reason"),
+                   [(r["service"], r["base_digest"][:19], r["state"], r.get("rollout_id"), r.get("reason"))
+                    for s in out for r in s.services])
