@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 _lock = threading.Lock()
 _use_stderr = False  # stdout is what Cloud Logging reads from a function; the CLI logs to stderr
+_SEVERITIES = ("DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL")
+_threshold = 0  # lines below this severity rank are dropped (`baseroll --json` keeps only errors)
 # Never let a credential reach a log line, whatever a caller passes in.
 _SECRET_KEYS = re.compile(r"(authorization|token|password|secret|credential)", re.I)
 _BEARER = re.compile(r"(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.I)
@@ -35,6 +37,8 @@ def emit(event: str, severity: str = "INFO", *, stream: TextIO | None = None, **
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     }
     record.update(_scrub({k: v for k, v in fields.items() if v is not None}))
+    if _rank(severity) < _threshold:
+        return record
     line = json.dumps(record, default=str, separators=(",", ":"))
     with _lock:
         out = stream or (sys.stderr if _use_stderr else sys.stdout)
@@ -47,6 +51,16 @@ def to_stderr(enabled: bool = True) -> None:
     """Send log lines to stderr (the CLI keeps stdout for its tables and --json)."""
     global _use_stderr
     _use_stderr = enabled
+
+
+def only_from(severity: str) -> None:
+    """Drop log lines below `severity` (one of DEBUG, INFO, NOTICE, WARNING, ERROR, CRITICAL)."""
+    global _threshold
+    _threshold = _rank(severity)
+
+
+def _rank(severity: str) -> int:
+    return _SEVERITIES.index(severity) if severity in _SEVERITIES else 0
 
 
 def info(event: str, **fields: Any) -> dict[str, Any]:
