@@ -6,11 +6,11 @@ none), the updates that landed, where the service ends, and what the ledger anno
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import pytest
-
 from baseroll.clock import FakeClock
 from baseroll.contracts import ledger
 from baseroll.fleet import deploy
@@ -25,6 +25,15 @@ BASE = "sha256:" + "b" * 64
 RID = ledger.rollout_id("python", BASE)
 TIMEOUT_S = 60.0
 FAILED = "HEALTH_CHECK_CONTAINER_ERROR"
+
+
+@pytest.fixture(autouse=True)
+def no_real_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy waits and measures deadlines only through the clock it is given."""
+    def refuse(*_: object) -> float:
+        raise AssertionError("deploy must use its injected clock, not the time module")
+    monkeypatch.setattr(time, "sleep", refuse)
+    monkeypatch.setattr(time, "monotonic", refuse)
 
 
 def _ready(fleet: FakeFleet, clock: FakeClock) -> ServiceView:
