@@ -35,11 +35,11 @@ from typing import Any, Callable
 from baseroll.config import Labels
 from baseroll.fleet.view import ServiceView
 from baseroll.images.match import (
-    ANN_BASE_DIGEST,
-    ANN_BASE_NAME,
     BaseVersion,
     ImageFacts,
 )
+from baseroll.images.oci import ANNOTATION_BASE_DIGEST as ANN_BASE_DIGEST
+from baseroll.images.oci import ANNOTATION_BASE_NAME as ANN_BASE_NAME
 from baseroll.images.refs import ImageRef
 from baseroll.rollout import waves
 from baseroll.rollout.plan import images_to_inspect, make_plan

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from baseroll.images.match import ANN_BASE_DIGEST, ANN_BASE_NAME
+from baseroll.images.oci import ANNOTATION_BASE_DIGEST as ANN_BASE_DIGEST
+from baseroll.images.oci import ANNOTATION_BASE_NAME as ANN_BASE_NAME
 from baseroll.images.refs import ImageRef
 from baseroll.images.registry import RegistryClient
 from google.cloud import run_v2

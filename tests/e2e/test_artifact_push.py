@@ -6,7 +6,8 @@ import json
 
 import httpx
 import pytest
-from baseroll.images.match import ANN_BASE_DIGEST, ANN_BASE_NAME
+from baseroll.images.oci import ANNOTATION_BASE_DIGEST as ANN_BASE_DIGEST
+from baseroll.images.oci import ANNOTATION_BASE_NAME as ANN_BASE_NAME
 from baseroll.images.refs import parse
 
 from infra.local import eventarc, scenario

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from baseroll.images import oci
 from baseroll.images.rebase import RebaseError
-from baseroll.images.rebaser import find_old_base, rebase_image
+from baseroll.images.rebaser import rebase_image
 from baseroll.images.refs import ImageRef
 from baseroll.images.registry import (
     SINGLE_POST_MAX,
@@ -196,16 +196,6 @@ def test_not_a_prefix_is_refused(world, registry):
         assert c.stats.manifest_puts == 0
 
 
-def test_find_old_base_by_tags_and_candidates(world, registry):
-    app, _, _ = _refs(world)
-    with new_client(registry.host) as c:
-        assert find_old_base(c, app, world["bases"]) == (world["v1"].digest, 2)
-        gets = c.stats.manifest_gets
-        assert find_old_base(c, app, world["bases"], candidates=[world["v2"].digest, world["v1"].digest]) == (world["v1"].digest, 2)
-        assert c.stats.manifest_gets == gets + 1  # only the app by tag; candidates come from the cache
-        assert find_old_base(c, app, world["bases"], candidates=[world["v2"].digest]) is None
-
-
 def test_client_basics_against_the_real_registry(world, registry):
     host = registry.host
     repo = ImageRef(host, "misc/tags")
@@ -307,15 +297,6 @@ def test_index_missing_platform_is_an_error(multi, registry):
         with pytest.raises(RebaseError, match="linux/arm64"):
             rebase_image(c, app, old, ImageRef(host, "bases/m", "v3-amd64-only"))
         assert c.stats.manifest_puts == 0
-
-
-def test_find_old_base_for_an_index_app(multi, registry):
-    host = registry.host
-    with new_client(host) as c:
-        found = find_old_base(c, ImageRef(host, "apps/m", "1"), ImageRef(host, "bases/m"))
-        assert found == (c.head_manifest(ImageRef(host, "bases/m", "v1")), 1)
-        found = find_old_base(c, ImageRef(host, "apps/m", "1"), ImageRef(host, "bases/m"), platform="linux/arm64")
-        assert found is not None and found[1] == 1
 
 
 # ---------------------------------------------------------------- client logic over MockTransport

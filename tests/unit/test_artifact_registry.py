@@ -38,7 +38,7 @@ def d(n: int) -> str:
 
 
 class FakeAR:
-    """``list_versions`` / ``list_docker_images`` answering from a list, ``per_page`` at most per call."""
+    """``list_versions`` answering from a list, ``per_page`` at most per call."""
 
     def __init__(self, digests: list[str], per_page: int = 3, error: Exception | None = None) -> None:
         self.digests = digests
@@ -61,12 +61,6 @@ class FakeAR:
         versions = [SimpleNamespace(name=f"{request['parent']}/versions/{x}") for x in chunk]
         return SimpleNamespace(versions=versions, next_page_token=nxt)
 
-    def list_docker_images(self, *, request: dict[str, Any], retry: Any, timeout: float) -> Any:
-        self.calls.append({"method": "list_docker_images", **request})
-        chunk, nxt = self._page(request)
-        images = [SimpleNamespace(name=f"{request['parent']}/dockerImages/{x}") for x in chunk]
-        return SimpleNamespace(docker_images=images, next_page_token=nxt)
-
 
 # ---------------------------------------------------------------- name mapping
 
@@ -84,11 +78,10 @@ def test_package_name_mapping(ref: str, expected: str) -> None:
     assert package_path(parse(ref)).package_name == expected
 
 
-def test_docker_image_prefix_and_repository_name() -> None:
+def test_package_path_parts_and_repository_name() -> None:
     p = package_path(parse(f"{HOST}/proj/bases/python/slim"))
     assert (p.project, p.location, p.repository, p.image) == ("proj", "europe-west1", "bases", "python/slim")
     assert p.repository_name == REPO_NAME
-    assert p.docker_image_prefix == f"{REPO_NAME}/dockerImages/python%2Fslim@"
 
 
 @pytest.mark.parametrize("ref", ["gcr.io/p/img", "docker.pkg.dev/p/r/img", "us-docker.pkg.dev.evil.com/p/r/img",
@@ -156,15 +149,6 @@ def test_api_errors_become_registry_errors() -> None:
         ArtifactRegistryVersions(fake).versions(parse(f"{HOST}/proj/bases/python/slim"))
     assert isinstance(info.value, RegistryError) and info.value.status == 403
     assert "PermissionDenied" in str(info.value)
-
-
-def test_docker_images_listing_is_filtered_to_the_image() -> None:
-    mine, other, child = d(1), d(2), d(3)
-    names = [f"python%2Fslim@{mine}", f"python@{other}", f"python%2Fslim-dev@{other}", f"python%2Fslim@{child}"]
-    fake = FakeAR(names, per_page=2)
-    got = ArtifactRegistryVersions(fake).docker_image_digests(parse(f"{HOST}/proj/bases/python/slim"))
-    assert got == [mine, child]
-    assert {c["parent"] for c in fake.calls} == {REPO_NAME}
 
 
 def test_client_is_created_lazily_once() -> None:

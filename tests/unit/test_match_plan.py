@@ -2,12 +2,12 @@ from baseroll.config import Labels
 from baseroll.contracts import ledger
 from baseroll.fleet.view import ServiceView
 from baseroll.images.match import (
-    ANN_BASE_DIGEST,
-    ANN_BASE_NAME,
     BaseVersion,
     ImageFacts,
     match_image,
 )
+from baseroll.images.oci import ANNOTATION_BASE_DIGEST as ANN_BASE_DIGEST
+from baseroll.images.oci import ANNOTATION_BASE_NAME as ANN_BASE_NAME
 from baseroll.images.refs import ImageRef
 from baseroll.rollout.plan import make_plan
 
@@ -76,7 +76,7 @@ def test_plan_dedups_rebases_and_explains_skips():
 def test_plan_never_retries_a_rolled_back_target():
     a = f"{H}/apps/a@{d('f')}"
     rolled_back = ServiceView(name="projects/p-aaaaa/locations/us-central1/services/s", images=(a,),
-                              annotations={ledger.STATE: "rolled-back", ledger.BASE_DIGEST: V2.digest,
+                              annotations={ledger.STATE: ledger.ROLLED_BACK, ledger.BASE_DIGEST: V2.digest,
                                            ledger.REASON: "HEALTH_CHECK_CONTAINER_ERROR"})
     plan = make_plan(track_image=TRACK, new_base=TRACK.with_digest(V2.digest), new_version=V2, known_versions=[V1],
                      services=[rolled_back], facts={a: app([d("a"), d("b"), d("e")])}, labels=Labels(),

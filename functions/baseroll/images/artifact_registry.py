@@ -1,8 +1,8 @@
-"""Every version of a base image in Artifact Registry, tagged or not (REFERENCE.md §6).
+"""Every version of a base image in Artifact Registry, tagged or not (docs/GOOGLE_APIS.md#artifact-registry).
 
 The OCI tags API only shows what tags point at now; once a base's track tag moves, the version an
 app was built on may have no tag left. Artifact Registry's ListVersions still lists it, so its
-manifest digests are the candidates for ``rebaser.find_old_base`` and ``Catalog(version_lister=...)``.
+manifest digests are the base versions ``Catalog(version_lister=...)`` reads besides the tags.
 
 The google-cloud-artifact-registry client is imported and created on first use, never at import,
 so tests and non-Google registries never load it or touch Application Default Credentials.
@@ -47,11 +47,6 @@ class PackagePath:
     def package_name(self) -> str:
         """``.../packages/IMAGE`` with every "/" of the image escaped as %2F."""
         return f"{self.repository_name}/packages/{self.image.replace('/', '%2F')}"
-
-    @property
-    def docker_image_prefix(self) -> str:
-        """What the name of each DockerImage of this image starts with (before ``sha256:...``)."""
-        return f"{self.repository_name}/dockerImages/{self.image.replace('/', '%2F')}@"
 
 
 def is_artifact_registry(ref: ImageRef) -> bool:
@@ -99,7 +94,7 @@ class ArtifactRegistryVersions:
 
     Bounded: at most ``max_pages`` RPCs of ``page_size`` and ``max_versions`` digests per call
     (a warning is logged when the bound cuts the listing). ``client`` is any object with the
-    ``list_versions`` / ``list_docker_images`` methods of ``artifactregistry_v1.ArtifactRegistryClient``;
+    ``list_versions`` method of ``artifactregistry_v1.ArtifactRegistryClient``;
     by default that client is created on first use.
     """
 
@@ -137,23 +132,11 @@ class ArtifactRegistryVersions:
         """
         pkg = package_path(repo_ref)
         found: list[str] = []
-        for response in self._pages("list_versions", "versions", pkg.package_name, repo_ref):
+        for response in self._pages(pkg.package_name, repo_ref):
             for version in response.versions:
                 digest = str(version.name).rsplit("/versions/", 1)[-1]
                 if oci.is_digest(digest):
                     found.append(digest)
-        return self._bounded(found, repo_ref)
-
-    def docker_image_digests(self, repo_ref: ImageRef) -> list[str]:
-        """The same from ListDockerImages (which lists the whole repository, so it is filtered to the image)."""
-        pkg = package_path(repo_ref)
-        prefix = pkg.docker_image_prefix
-        found: list[str] = []
-        for response in self._pages("list_docker_images", "docker_images", pkg.repository_name, repo_ref):
-            for image in response.docker_images:
-                name = str(image.name)
-                if name.startswith(prefix) and oci.is_digest(name[len(prefix):]):
-                    found.append(name[len(prefix):])
         return self._bounded(found, repo_ref)
 
     # ------------------------------------------------------------ internals
@@ -164,8 +147,8 @@ class ArtifactRegistryVersions:
                 self._client = self._factory()
             return self._client
 
-    def _pages(self, method: str, field: str, parent: str, repo_ref: ImageRef) -> Iterator[Any]:
-        """One response per RPC, following next_page_token for at most max_pages (and max_versions).
+    def _pages(self, parent: str, repo_ref: ImageRef) -> Iterator[Any]:
+        """One ListVersions response per RPC, following next_page_token for at most max_pages (and max_versions).
 
         Each RPC is a separate call with its own page_token (only the first page of the returned
         pager is read), so every page gets the retry and the bound is exact.
@@ -177,22 +160,22 @@ class ArtifactRegistryVersions:
         while True:
             request = {"parent": parent, "page_size": min(self.page_size, self.max_versions - seen), "page_token": token}
             try:
-                call = getattr(self._api(), method)
-                response = call(request=request, retry=self._retry or default_retry(), timeout=self.timeout)
+                response = self._api().list_versions(request=request, retry=self._retry or default_retry(),
+                                                     timeout=self.timeout)
             except exceptions.NotFound:
                 return
             except (exceptions.GoogleAPIError, google.auth.exceptions.GoogleAuthError) as e:
                 status = getattr(e, "code", None)
-                raise ArtifactRegistryError(f"{method} {parent}: {type(e).__name__}: {e}",
+                raise ArtifactRegistryError(f"list_versions {parent}: {type(e).__name__}: {e}",
                                             status=status if isinstance(status, int) else None) from e
             pages += 1
-            seen += len(getattr(response, field))
+            seen += len(response.versions)
             yield response
             token = getattr(response, "next_page_token", "") or ""
             if not token:
                 return
             if pages >= self.max_pages or seen >= self.max_versions:
-                log.warning("artifact_registry.listing_truncated", image=repo_ref.name, method=method,
+                log.warning("artifact_registry.listing_truncated", image=repo_ref.name, method="list_versions",
                             pages=pages, items=seen, max_pages=self.max_pages, max_versions=self.max_versions)
                 return
 
@@ -217,16 +200,3 @@ def _default_client() -> Any:
         raise ArtifactRegistryError(f"no Google credentials for Artifact Registry: {type(e).__name__}",
                                     code="UNAUTHORIZED") from None
 
-
-_shared: ArtifactRegistryVersions | None = None
-_shared_lock = threading.Lock()
-
-
-def versions(repo_ref: ImageRef) -> list[str]:
-    """Manifest digests of all versions of ``repo_ref``'s image, via a process-wide lazily created client."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = ArtifactRegistryVersions()
-        lister = _shared
-    return lister.versions(repo_ref)

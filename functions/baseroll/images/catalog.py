@@ -1,28 +1,23 @@
 """Reading images for matching: app image facts and the known versions of a base, cached by digest.
 
-Only manifests are read here (never layers). Cloud Run runs linux/amd64, so a multi-platform
-image is matched through its linux/amd64 child while the service keeps the index digest.
+Only manifests (and, for build labels, configs) are read here, never layers, through the image
+model (``images.image``): a multi-platform image is matched through its linux/amd64 child while the
+service keeps the index digest.
 """
 from __future__ import annotations
 
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
 from baseroll import log
-from baseroll.images import refs
-from baseroll.images.match import (
-    ANN_BASE_DIGEST,
-    ANN_BASE_NAME,
-    BaseVersion,
-    ImageFacts,
-)
-from baseroll.images.oci import MAX_CONFIG_BYTES
+from baseroll.images import image as image_model
+from baseroll.images import oci, refs
+from baseroll.images.match import BaseVersion, ImageFacts
 from baseroll.images.refs import ImageRef
 from baseroll.images.registry import RegistryClient, RegistryError
 
-RUN_PLATFORM = ("linux", "amd64")
+_BASE_KEYS = (oci.ANNOTATION_BASE_NAME, oci.ANNOTATION_BASE_DIGEST)
 MAX_BASE_TAGS = 200  # how many tags of a base repository are read to find old versions
 MAX_BASE_LISTED = 500  # how many digests from a version lister (Artifact Registry) are read
 
@@ -47,20 +42,15 @@ class Catalog:
             cached = self._by_digest.get(digest)
         if cached is not None:
             return digest, cached[0], cached[1]
-        manifest = self._client.get_manifest(ref.with_digest(digest))
-        annotations = dict(manifest.data.get("annotations") or {})
-        image = manifest
-        if manifest.is_index:
-            image = self._client.get_manifest(ref.with_digest(_platform_child(manifest.data, ref)))
-            # Base annotations may sit on the index, the child or both; the index wins.
-            annotations = {**dict(image.data.get("annotations") or {}), **annotations}
-        layers = tuple(layer["digest"] for layer in image.data.get("layers", []))
-        if ANN_BASE_NAME not in annotations:
+        found = image_model.read(self._client, ref.with_digest(digest))
+        annotations = found.annotations
+        if oci.ANNOTATION_BASE_NAME not in annotations:
             # `docker build --label` (e.g. infra/cloudbuild/app.Dockerfile) puts them in the config instead.
-            annotations = {**_config_labels(self._client, ref, image.data), **annotations}
+            labels = image_model.config_labels(image_model.read_config(self._client, found))
+            annotations = {**{k: v for k, v in labels.items() if k in _BASE_KEYS}, **annotations}
         with self._lock:
-            self._by_digest[digest] = (layers, annotations)
-        return digest, layers, annotations
+            self._by_digest[digest] = (found.layers, annotations)
+        return digest, found.layers, annotations
 
     def facts(self, image: str) -> ImageFacts:
         ref = refs.parse(image)
@@ -111,19 +101,3 @@ class Catalog:
         unique = {v.digest: v for v in found}
         return list(unique.values())
 
-
-def _config_labels(client: RegistryClient, ref: ImageRef, manifest: dict) -> dict[str, str]:
-    digest = (manifest.get("config") or {}).get("digest")
-    if not digest:
-        return {}
-    config = json.loads(client.get_blob(ref, digest, max_bytes=MAX_CONFIG_BYTES))
-    labels = ((config.get("config") or {}).get("Labels") or {}) if isinstance(config, dict) else {}
-    return {k: v for k, v in labels.items() if k in (ANN_BASE_NAME, ANN_BASE_DIGEST) and isinstance(v, str)}
-
-
-def _platform_child(index: dict, ref: ImageRef) -> str:
-    for child in index.get("manifests", []):
-        platform = child.get("platform") or {}
-        if (platform.get("os"), platform.get("architecture")) == RUN_PLATFORM:
-            return child["digest"]
-    raise RegistryError(f"{ref} has no linux/amd64 image, which Cloud Run needs")

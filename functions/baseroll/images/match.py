@@ -2,7 +2,7 @@
 
 Evidence, strongest first: the OCI base annotations the build wrote
 (`org.opencontainers.image.base.name`/`.digest`), then the longest layer prefix shared with
-a known version of the base repository. The rebase itself re-checks the prefix (REFERENCE.md §8.1),
+a known version of the base repository. The rebase itself re-checks the prefix (docs/OCI.md#rebase),
 so a wrong annotation can never produce a wrong image.
 """
 from __future__ import annotations
@@ -10,11 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
-from baseroll.images import refs
+from baseroll.images import oci, refs
 from baseroll.images.refs import ImageRef, RefError
-
-ANN_BASE_NAME = "org.opencontainers.image.base.name"
-ANN_BASE_DIGEST = "org.opencontainers.image.base.digest"
 
 
 @dataclass(frozen=True)
@@ -41,8 +38,8 @@ class Match:
 
 
 def _annotated_base(app: ImageFacts) -> tuple[ImageRef | None, str | None]:
-    name = app.annotations.get(ANN_BASE_NAME)
-    digest = app.annotations.get(ANN_BASE_DIGEST)
+    name = app.annotations.get(oci.ANNOTATION_BASE_NAME)
+    digest = app.annotations.get(oci.ANNOTATION_BASE_DIGEST)
     if not name:
         return None, None
     try:

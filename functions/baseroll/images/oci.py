@@ -56,10 +56,6 @@ class OCIError(ValueError):
     """Bytes that are not a usable manifest, index or config; the message says why."""
 
 
-class DigestMismatch(OCIError):
-    """Content whose sha256 is not the digest it was asked for or announced with."""
-
-
 # ---------------------------------------------------------------- digests and encoding
 
 
@@ -69,16 +65,6 @@ def sha256_digest(data: bytes) -> str:
 
 def is_digest(value: Any) -> bool:
     return isinstance(value, str) and bool(DIGEST_RE.fullmatch(value))
-
-
-def verify_digest(data: bytes, expected: str, what: str = "content") -> str:
-    """Raise DigestMismatch unless sha256(data) == expected; return the digest."""
-    if not is_digest(expected):
-        raise OCIError(f"{what}: unsupported digest {expected!r} (only sha256 is accepted)")
-    actual = sha256_digest(data)
-    if actual != expected:
-        raise DigestMismatch(f"{what}: digest mismatch: expected {expected}, got {actual}")
-    return actual
 
 
 def canonical_json(obj: Any) -> bytes:

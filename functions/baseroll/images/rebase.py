@@ -1,9 +1,9 @@
-"""Pure rebase of one single-platform image onto a new base (REFERENCE.md §8). No I/O.
+"""Pure rebase of one single-platform image onto a new base (docs/OCI.md#rebase). No I/O.
 
 Inputs are plain dicts as read from the registry; the output is the exact bytes to push. The same
 inputs always give the same bytes (canonical JSON), hence the same digest, so a re-run is a no-op.
 
-Deliberate differences from ``crane rebase`` (§8.9), each covered by a unit test:
+Deliberate differences from ``crane rebase`` (docs/OCI.md#rebase, item 9), each unit-tested:
 - layers are taken from the manifests by position, never rebuilt from history, so an original
   without history keeps every app layer and an old base without history does not duplicate layers;
 - layer descriptors are copied, never keyed by diff_id, so equal diff_ids with different digests
@@ -181,8 +181,9 @@ def _check_prefix(original: ImageParts, old_base: ImageParts) -> int:
 def _fit_layers(manifest_type: str, layers: Sequence[dict[str, Any]], warnings: list[str]) -> list[dict[str, Any]]:
     """New base descriptors, copied verbatim, except that a Docker manifest may not hold OCI types.
 
-    crane wrote Docker manifests around OCI layers (§8.9); Docker runtimes reject that. The gzip
-    types have byte-identical Docker twins, so only the label changes; anything else is refused.
+    crane wrote Docker manifests around OCI layers (docs/OCI.md#rebase, item 9); Docker runtimes
+    reject that. The gzip types have byte-identical Docker twins, so only the label changes;
+    anything else is refused.
     """
     out = oci.deepcopy_json(list(layers))
     if manifest_type != oci.DOCKER_MANIFEST:
@@ -340,6 +341,51 @@ def _env_list(env: dict[str, str | None]) -> list[str]:
     return [name if value is None else f"{name}={value}" for name, value in env.items()]
 
 
+@dataclass
+class _Drift:
+    """What the new base changed against the old one, by key (or ``Env NAME``)."""
+
+    drifted: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # ...where the app has its own value
+    applied: list[str] = field(default_factory=list)  # ...where the app kept the old base's value
+
+
+def _env_drift(o_env: dict[str, str | None], b: dict[str, Any], n: dict[str, Any],
+               drift: _Drift) -> dict[str, str | None]:
+    """The original's Env with each variable the new base changed taken from it, unless overridden."""
+    b_env, n_env = _env_map(b.get("Env"), "old base"), _env_map(n.get("Env"), "new base")
+    env = dict(o_env)
+    for name in list(n_env) + [k for k in b_env if k not in n_env]:
+        if b_env.get(name, _MISSING) == n_env.get(name, _MISSING):
+            continue
+        drift.drifted.append(f"Env {name}")
+        if o_env.get(name, _MISSING) != b_env.get(name, _MISSING):
+            drift.conflicts.append(f"Env {name}")
+            continue
+        if name in n_env:
+            env[name] = n_env[name]
+        else:
+            env.pop(name, None)
+        drift.applied.append(f"Env {name}")
+    return env
+
+
+def _keys_drift(o: dict[str, Any], b: dict[str, Any], n: dict[str, Any], drift: _Drift) -> dict[str, Any]:
+    """The new base's value of every other drift key it changed and the app did not override."""
+    pending: dict[str, Any] = {}
+    for key in DRIFT_KEYS[1:]:
+        bv, nv = _norm(b.get(key)), _norm(n.get(key))
+        if bv == nv:
+            continue
+        drift.drifted.append(key)
+        if _norm(o.get(key)) != bv:
+            drift.conflicts.append(key)
+        else:
+            pending[key] = n.get(key)
+            drift.applied.append(key)
+    return pending
+
+
 def _apply_drift(
     o: dict[str, Any], b: dict[str, Any], n: dict[str, Any], policy: str, warnings: list[str]
 ) -> dict[str, Any]:
@@ -352,49 +398,23 @@ def _apply_drift(
     value with a warning, and "ignore" changes nothing at all (crane's behaviour) but warns.
     """
     out = oci.deepcopy_json(o)
-    conflicts: list[str] = []
-    applied: list[str] = []
-    drifted: list[str] = []
-
-    o_env, b_env, n_env = _env_map(o.get("Env"), "original"), _env_map(b.get("Env"), "old base"), _env_map(n.get("Env"), "new base")
-    env = dict(o_env)
-    for name in list(n_env) + [k for k in b_env if k not in n_env]:
-        if b_env.get(name, _MISSING) == n_env.get(name, _MISSING):
-            continue
-        drifted.append(f"Env {name}")
-        if o_env.get(name, _MISSING) != b_env.get(name, _MISSING):
-            conflicts.append(f"Env {name}")
-        elif name in n_env:
-            env[name] = n_env[name]
-            applied.append(f"Env {name}")
-        else:
-            env.pop(name, None)
-            applied.append(f"Env {name}")
-
-    pending: dict[str, Any] = {}
-    for key in DRIFT_KEYS[1:]:
-        bv, nv = _norm(b.get(key)), _norm(n.get(key))
-        if bv == nv:
-            continue
-        drifted.append(key)
-        if _norm(o.get(key)) != bv:
-            conflicts.append(key)
-        else:
-            pending[key] = n.get(key)
-            applied.append(key)
-
-    if not drifted:
+    drift = _Drift()
+    o_env = _env_map(o.get("Env"), "original")
+    env = _env_drift(o_env, b, n, drift)
+    pending = _keys_drift(o, b, n, drift)
+    if not drift.drifted:
         return out
     if policy == "ignore":
-        warnings.append(f"new base changed {', '.join(drifted)}; drift policy 'ignore' kept the original's values")
+        warnings.append(f"new base changed {', '.join(drift.drifted)}; drift policy 'ignore' kept the original's values")
         return out
-    if conflicts and policy == "apply-or-refuse":
+    if drift.conflicts and policy == "apply-or-refuse":
         raise RebaseError(
-            f"config drift: the new base changed {', '.join(conflicts)}, which the application overrides; "
+            f"config drift: the new base changed {', '.join(drift.conflicts)}, which the application overrides; "
             "rebuild the image or choose drift policy 'keep-app'"
         )
-    if conflicts:
-        warnings.append(f"new base changed {', '.join(conflicts)}; kept the application's values (drift policy 'keep-app')")
+    if drift.conflicts:
+        warnings.append(f"new base changed {', '.join(drift.conflicts)}; kept the application's values "
+                        "(drift policy 'keep-app')")
     if env != o_env:
         out["Env"] = _env_list(env)
     for key, value in pending.items():
@@ -402,8 +422,8 @@ def _apply_drift(
             out.pop(key, None)
         else:
             out[key] = oci.deepcopy_json(value)
-    if applied:
-        warnings.append(f"applied the new base's {', '.join(applied)}")
+    if drift.applied:
+        warnings.append(f"applied the new base's {', '.join(drift.applied)}")
     return out
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from baseroll import log
+from baseroll.images import image as image_model
 from baseroll.images import oci
 from baseroll.images.rebase import (
     ImageParts,
@@ -29,7 +30,6 @@ from baseroll.images.refs import ImageRef
 from baseroll.images.registry import Manifest, RegistryClient, RegistryError
 
 DEFAULT_DRIFT_POLICY = "apply-or-refuse"
-PREFERRED_PLATFORM = oci.Platform("linux", "amd64")  # Cloud Run runs linux/amd64
 POOL_WORKERS = 32
 
 
@@ -91,6 +91,37 @@ def rebase_image(
     """
     dest = target or ImageRef(app.registry, app.repository)
     want = oci.Platform.parse(platform) if platform else None
+    ctx, app_m = _read(client, app, old_base, new_base, drift_policy)
+    warnings: list[str] = []
+    if app_m.is_index:
+        children = _rebase_index_children(ctx, app_m, want, warnings)
+    else:
+        children = [_rebase_one(ctx, app_m, want)]
+    for c in children:
+        warnings.extend(f"{c.platform}: {w}" for w in c.output.warnings)
+    is_index = app_m.is_index and want is None
+    top_raw, top_type = _top(app_m, children) if is_index else (children[0].output.manifest,
+                                                                  children[0].output.media_type)
+    digest = oci.sha256_digest(top_raw)
+    mounted, pushed = 0, False
+    if not dry_run:
+        tag = target.tag if target is not None else None
+        mounted, pushed = _push(ctx, dest, tag, children, is_index, top_raw, top_type)
+    result = RebaseResult(digest=digest, ref=dest.with_digest(digest), media_type=top_type,
+                          platforms=tuple(c.platform for c in children), mounted_layers=mounted,
+                          warnings=tuple(warnings), pushed=pushed)
+    log.info("rebase.done", app=str(ctx.app), old_base=str(old_base), new_base=str(new_base),
+             result=str(result.ref), platforms=list(result.platforms), mounted=mounted, pushed=pushed,
+             dry_run=dry_run, warnings=list(result.warnings))
+    return result
+
+
+# ---------------------------------------------------------------- planning (reads only)
+
+
+def _read(client: RegistryClient, app: ImageRef, old_base: ImageRef, new_base: ImageRef,
+          drift_policy: str) -> tuple[_Context, Manifest]:
+    """The three top manifests, read together; a single-platform one's config follows at once."""
     configs: dict[str, dict[str, Any]] = {}
 
     def read(ref: ImageRef) -> Manifest:
@@ -100,47 +131,14 @@ def rebase_image(
         return m
 
     app_m, old_top, new_top = _parallel([lambda: read(app), lambda: read(old_base), lambda: read(new_base)])
-    app_pinned = app.with_digest(app_m.digest)
-    ctx = _Context(client, app_pinned, old_base, new_base, old_top, new_top, drift_policy, configs)
-    warnings: list[str] = []
-
-    if app_m.is_index:
-        children = _rebase_index_children(ctx, app_m, want, warnings)
-    else:
-        children = [_rebase_one(ctx, app_m, want)]
-    for c in children:
-        warnings.extend(f"{c.platform}: {w}" for w in c.output.warnings)
-
-    is_index = app_m.is_index and want is None
-    if is_index:
-        top_raw = rebuild_index(app_m.data, [child_descriptor(c.descriptor or {}, c.output.manifest, c.output.media_type)
-                                             for c in children])
-        top_type = app_m.media_type
-    else:
-        top_raw, top_type = children[0].output.manifest, children[0].output.media_type
-    digest = oci.sha256_digest(top_raw)
-
-    mounted, pushed = 0, False
-    if not dry_run:
-        tag = target.tag if target is not None else None
-        mounted, pushed = _push(ctx, dest, tag, children, is_index, top_raw, top_type)
-
-    result = RebaseResult(
-        digest=digest,
-        ref=dest.with_digest(digest),
-        media_type=top_type,
-        platforms=tuple(c.platform for c in children),
-        mounted_layers=mounted,
-        warnings=tuple(warnings),
-        pushed=pushed,
-    )
-    log.info("rebase.done", app=str(app_pinned), old_base=str(old_base), new_base=str(new_base),
-             result=str(result.ref), platforms=list(result.platforms), mounted=mounted, pushed=pushed,
-             dry_run=dry_run, warnings=list(result.warnings))
-    return result
+    ctx = _Context(client, app.with_digest(app_m.digest), old_base, new_base, old_top, new_top, drift_policy, configs)
+    return ctx, app_m
 
 
-# ---------------------------------------------------------------- planning (reads only)
+def _top(index: Manifest, children: list[_Child]) -> tuple[bytes, str]:
+    """The rebased index: the original's, listing the rebased children with their original entries."""
+    descriptors = [child_descriptor(c.descriptor or {}, c.output.manifest, c.output.media_type) for c in children]
+    return rebuild_index(index.data, descriptors), index.media_type
 
 
 def _rebase_index_children(ctx: _Context, index: Manifest, want: oci.Platform | None,
@@ -161,7 +159,10 @@ def _rebase_index_children(ctx: _Context, index: Manifest, want: oci.Platform | 
         child_m = ctx.client.get_manifest(ctx.app.with_digest(desc["digest"]))
         if child_m.is_index:
             raise RebaseError(f"original {ctx.app}: nested index {desc['digest']} is not supported")
-        child = _rebase_one(ctx, child_m, desc_platform)
+        try:
+            child = _rebase_one(ctx, child_m, desc_platform)
+        except RebaseError as e:  # which of the platforms was refused, for a multi-platform app
+            raise RebaseError(f"{desc_platform or desc['digest']}: {e}") from None
         child.descriptor = desc
         return child
 
@@ -196,15 +197,10 @@ def _rebase_one(ctx: _Context, app_m: Manifest, want: oci.Platform | None) -> _C
 def _for_platform(ctx: _Context, ref: ImageRef, top: Manifest, plat: oci.Platform,
                   label: str) -> tuple[ImageRef, Manifest]:
     """The base's manifest for ``plat``; a single-platform base is checked by ``rebase`` itself."""
-    if not top.is_index:
-        return ref, top
-    child = oci.select_platform(top.data, plat)
-    if child is None:
-        raise RebaseError(f"{label} {ref} has no {plat} image")
-    m = ctx.client.get_manifest(ref.with_digest(child["digest"]))
-    if m.is_index:
-        raise RebaseError(f"{label} {ref}: nested index {child['digest']} is not supported")
-    return ref, m
+    try:
+        return ref, image_model.platform_manifest(ctx.client, ref, top, plat)
+    except image_model.PlatformMissing as e:
+        raise RebaseError(f"{label} {e}") from None
 
 
 def _config(client: RegistryClient, configs: dict[str, dict[str, Any]], repo: ImageRef, m: Manifest) -> dict[str, Any]:
@@ -304,75 +300,3 @@ def _push_manifest(client: RegistryClient, ref: ImageRef, raw: bytes, media_type
         return False
     client.put_manifest(ref, raw, media_type)
     return True
-
-
-# ---------------------------------------------------------------- discovery
-
-
-def find_old_base(
-    client: RegistryClient,
-    app: ImageRef,
-    base_repo: ImageRef,
-    *,
-    candidates: list[str] | None = None,
-    platform: str | None = None,
-    max_candidates: int = 500,
-) -> tuple[str, int] | None:
-    """Which version of ``base_repo`` the app was built on: (digest, layer count) or None.
-
-    The longest candidate whose layers are a prefix of the app's wins; the first one listed wins a
-    tie. Candidates are the digests given (e.g. from Artifact Registry's ListVersions, which still
-    shows versions whose tag has moved) or else the repository's current tags. The digest returned
-    is the candidate's own (its index when multi-platform). Manifests come from the client's
-    by-digest cache, so scanning again is cheap.
-    """
-    app_m = client.get_manifest(app)
-    want = oci.Platform.parse(platform) if platform else None
-    app_layers, plat = _layers(client, app.with_digest(app_m.digest), app_m, want)
-    if not app_layers:
-        return None
-    digests = _candidate_digests(client, base_repo, candidates, max_candidates)
-    best: tuple[str, int] | None = None
-    for digest in digests:
-        try:
-            m = client.get_manifest(base_repo.with_digest(digest))
-            layers, _ = _layers(client, base_repo, m, plat)
-        except (RegistryError, RebaseError) as e:
-            log.info("find_old_base.skip", base=base_repo.name, digest=digest, reason=str(e))
-            continue
-        if not layers or len(layers) > len(app_layers) or app_layers[: len(layers)] != layers:
-            continue
-        if best is None or len(layers) > best[1]:
-            best = (digest, len(layers))
-    log.info("find_old_base", app=str(app), base=base_repo.name, candidates=len(digests),
-             found=best[0] if best else None, layers=best[1] if best else None)
-    return best
-
-
-def _candidate_digests(client: RegistryClient, base_repo: ImageRef, candidates: list[str] | None,
-                       limit: int) -> list[str]:
-    if candidates is not None:
-        found = [d for d in candidates if oci.is_digest(d)]
-    else:
-        found = []
-        for tag in client.list_tags(base_repo)[:limit]:
-            d = client.head_manifest(base_repo.with_tag(tag))
-            if d:
-                found.append(d)
-    return list(dict.fromkeys(found))[:limit]  # dedupe, keep order
-
-
-def _layers(client: RegistryClient, ref: ImageRef, m: Manifest,
-            want: oci.Platform | None) -> tuple[list[str], oci.Platform | None]:
-    """Layer digests of ``m`` for ``want`` (an index: that platform, else linux/amd64, else its first image)."""
-    if m.is_index:
-        child = oci.select_platform(m.data, want or PREFERRED_PLATFORM)
-        if child is None and want is None:
-            child = next((c for c in m.data["manifests"] if not oci.is_attestation(c)), None)
-        if child is None:
-            raise RebaseError(f"{ref.name}@{m.digest} has no {want or 'image'} manifest")
-        want = want or oci.Platform.from_dict(child.get("platform"))
-        m = client.get_manifest(ref.with_digest(child["digest"]))
-        if m.is_index:
-            raise RebaseError(f"{ref.name}: nested index {child['digest']}")
-    return [d["digest"] for d in m.data["layers"]], want

@@ -1,4 +1,4 @@
-"""Signatures do not follow a rebase (REFERENCE.md §8.10): a signature covers a digest, and the
+"""Signatures do not follow a rebase (docs/OCI.md#rebase, item 10): a signature covers a digest, and the
 rebased image has a new one. baseroll reports that per service and, where policy requires
 signatures, never deploys an unsigned rebased image: it asks a signing step (a Pub/Sub topic the
 config names) to sign it and holds the service back until a signature exists.

@@ -186,7 +186,8 @@ class Authenticator:
     def _fetch_token(self, host: str, challenge: Challenge, scopes: tuple[str, ...],
                      creds: tuple[str, str] | None) -> tuple[str, float]:
         realm = httpx.URL(challenge.realm)
-        if realm.scheme != "https" and not (realm.scheme == "http" and self._transport.may_use_http(realm.netloc.decode(), host)):
+        plain_ok = realm.scheme == "http" and self._transport.may_use_http(realm.netloc.decode(), host)
+        if realm.scheme != "https" and not plain_ok:
             raise RegistryError(f"{host}: token realm is not https", code="DENIED")
         params: list[tuple[str, str]] = []
         if challenge.service:
