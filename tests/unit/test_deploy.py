@@ -235,3 +235,10 @@ def test_base_image_uri_target() -> None:
     svc = fleet.services[NAME]
     assert (svc.images, svc.base_image_uris) == ((OLD,), (new_uri,))
     assert ledger.previous(svc.annotations) == ((OLD,), (old_uri,))
+
+
+def test_ledger_state_values_are_what_fleets_already_carry() -> None:
+    """The ledger lives on the services: renaming a state would orphan every rollout recorded so far."""
+    assert (ledger.ROLLED, ledger.ROLLED_BACK) == ("rolled", "rolled-back")
+    assert ledger.rolled(RID, BASE, (OLD,))[ledger.STATE] == "rolled"
+    assert ledger.rolled_back(RID, BASE, FAILED)[ledger.STATE] == "rolled-back"

@@ -51,8 +51,8 @@ def test_tiny_fleets_get_no_empty_waves():
 
 def test_status_reads_the_ledger():
     r = "py-abc"
-    done = svc(1, **{ledger.ROLLOUT_ID: r, ledger.STATE: "rolled"})
-    back = svc(2, **{ledger.ROLLOUT_ID: r, ledger.STATE: "rolled-back"})
+    done = svc(1, **{ledger.ROLLOUT_ID: r, ledger.STATE: ledger.ROLLED})
+    back = svc(2, **{ledger.ROLLOUT_ID: r, ledger.STATE: ledger.ROLLED_BACK})
     pending = svc(3)
     moved = svc(4)  # no longer outdated, never touched by this rollout: someone else changed it
     failed_rev = ServiceView(**{**done.__dict__, "name": done.name + "x", "latest_ready_revision": "r1",
@@ -71,8 +71,8 @@ def test_recheck_judges_only_the_pending_members_from_fresh_reads():
     prev = waves.WaveStatus(done=["earlier"], pending=[first.name, second.name, waiting.name])
     planned = {s.name: s.images for s in (first, second, waiting)}
     rolled = ServiceView(**{**first.__dict__, "images": ("new",), "annotations": {ledger.ROLLOUT_ID: r,
-                                                                                  ledger.STATE: "rolled"}})
-    back = ServiceView(**{**second.__dict__, "annotations": {ledger.ROLLOUT_ID: r, ledger.STATE: "rolled-back"}})
+                                                                                  ledger.STATE: ledger.ROLLED}})
+    back = ServiceView(**{**second.__dict__, "annotations": {ledger.ROLLOUT_ID: r, ledger.STATE: ledger.ROLLED_BACK}})
     fresh = {first.name: rolled, second.name: back, waiting.name: waiting}
     st = waves.recheck(prev, fresh, planned, r, deadline_passed=False)
     assert st is not None
