@@ -35,8 +35,8 @@ class CliState:
             try:
                 self._config = configuration.load(env)
             except configuration.ConfigError as exc:
-                where = self.config_path or os.environ.get("BASEROLL_CONFIG") or "$BASEROLL_CONFIG_YAML"
-                fail(EXIT_INVALID, f"config {where}: {exc} (pass --config PATH or export BASEROLL_CONFIG)")
+                fail(EXIT_INVALID, f"config: {exc}" if self.config_path or "BASEROLL_CONFIG" in env or
+                     "BASEROLL_CONFIG_YAML" in env else f"config: {exc}; pass --config PATH (`make up` prints one)")
         return self._config
 
 

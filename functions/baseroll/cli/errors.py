@@ -36,16 +36,26 @@ def explain(exc: BaseException) -> tuple[int, str] | None:
     if module.startswith("google."):
         return _google(exc)
     if module.startswith(("requests.", "urllib3.")) or isinstance(exc, ConnectionError):
-        # The Cloud Run client's REST transport lets a refused or reset connection through as is.
-        return EXIT_FAILED, f"cannot reach an endpoint: {_first_line(exc)}; is it running (`make up` for the local stack)?"
+        return EXIT_FAILED, _unreachable(exc)
     return None
+
+
+def _unreachable(exc: BaseException) -> str:
+    """The Cloud Run client's REST transport (requests) lets a refused connection through as is."""
+    from urllib.parse import urlsplit
+
+    url = getattr(getattr(exc, "request", None), "url", None)
+    if not url:
+        return f"cannot connect: {_first_line(exc)}"
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+    return (f"cannot reach {origin} ({type(exc).__name__}): is cloud_run_endpoint in the config right, "
+            "and the server running (`make up` starts the local stack)?")
 
 
 def _registry(exc: "RegistryError") -> str:
     text = str(exc)
     if exc.status == 404 or exc.code in _MISSING_CODES or "not found" in text or "does not exist" in text:
-        return (f"registry: {text}; check the reference, or push the image first "
-                "(a base track's tag must exist before baseroll can plan or report on it)")
+        return f"registry: {text}; check the reference, or push the image first"
     if exc.status in (401, 403) or exc.code in _AUTH_CODES:
         return f"registry: {text}; {CREDENTIALS_HINT}"
     return f"registry: {text}"
