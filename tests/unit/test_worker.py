@@ -2,6 +2,7 @@
 update, and exactly one result on the results topic whatever it decided."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -94,6 +95,7 @@ class Case:
     update_calls: int
     final: str
     reads_fleet: bool = True  # the worker reads the service at all
+    severity: str = "INFO"  # of the task.done line
 
 
 CASES = {
@@ -105,12 +107,12 @@ CASES = {
     "finished-rollout": Case(_finished, "updated", "", 1, NEW),
     "image-changed-since-planning": Case(_image_changed, "skipped", policy.IMAGE_CHANGED_SINCE_PLANNING, 0, OTHER),
     "redelivered-already-on-target": Case(_already_on_target, "already-current", "already on the target", 0, NEW),
-    "revision-fails": Case(_revision_fails, "rolled-back", "HEALTH_CHECK_CONTAINER_ERROR", 2, OLD),
+    "revision-fails": Case(_revision_fails, "rolled-back", "HEALTH_CHECK_CONTAINER_ERROR", 2, OLD, severity="WARNING"),
 }
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_roll_service(case: Case) -> None:
+def test_roll_service(case: Case, capsys: pytest.CaptureFixture[str]) -> None:
     r = rig()
     case.arrange(r)
     r.w.fleet.calls.clear()
@@ -125,6 +127,8 @@ def test_roll_service(case: Case) -> None:
     # Whatever it decided, the coordinator hears of it: exactly this result, and it parses.
     assert r.w.bus.messages(topics.RESULTS) == [result]
     assert r.w.bus.published[topics.TASKS] == []
+    done = [line for line in map(json.loads, capsys.readouterr().out.splitlines()) if line["message"] == "task.done"]
+    assert [(d["severity"], d["outcome"], d["service"]) for d in done] == [(case.severity, case.outcome, NAME)]
 
 
 def test_a_task_for_a_container_the_service_no_longer_has_is_skipped() -> None:

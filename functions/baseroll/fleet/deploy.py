@@ -38,10 +38,16 @@ class Target:
         return {*self.images, *self.base_uris}
 
 
+# What applying a target did (a Result's outcome). Not the ledger's states: `ledger.ROLLED_BACK` is
+# what the service records, "rolled-back" here is what this one attempt reports.
+OutcomeName = Literal["updated", "already-current", "rolled-back", "rollback-failed", "failed", "skipped"]
+FAILED_OUTCOMES: frozenset[OutcomeName] = frozenset({"rolled-back", "rollback-failed", "failed"})
+
+
 @dataclass(frozen=True)
 class Outcome:
     service: str
-    result: Literal["updated", "already-current", "rolled-back", "rollback-failed", "failed", "skipped"]
+    result: OutcomeName
     before: tuple[str, ...]
     after: tuple[str, ...]
     reason: str = ""

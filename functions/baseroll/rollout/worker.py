@@ -26,7 +26,7 @@ def roll_service(deps: Deps, task: Task) -> Result:
         result = Result(ro, task.service, task.wave, outcome, reason)
     else:
         result = _apply(deps, task)
-    log.emit("task.done", "WARNING" if result.outcome in ("rolled-back", "rollback-failed", "failed") else "INFO",
+    log.emit("task.done", "WARNING" if result.outcome in deploy.FAILED_OUTCOMES else "INFO",
              service=task.service, rollout_id=ro.rollout_id, outcome=result.outcome, reason=result.reason,
              wave=task.wave)
     bus_mod.send(deps.bus, topics.RESULTS, result)
