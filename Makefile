@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := docker-registry skopeo umoci busybox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps system-deps test unit demo bench clean
+.PHONY: deps system-deps test unit demo up bench clean
 
 deps: system-deps $(STAMP)
 
@@ -33,6 +33,10 @@ unit: $(STAMP)
 
 demo: deps
 	$(BIN)/python -m infra.local.demo
+
+# The local stack with a seeded fleet, kept up until Ctrl-C: prints the exports and commands to try.
+up: deps
+	$(BIN)/python -m infra.local.playground up
 
 bench: deps
 	$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/bench
