@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 from baseroll import config
@@ -77,3 +82,21 @@ def test_observe_mode_and_concurrency():
     assert cfg.rollout.dry_run and cfg.rollout.concurrency == 3
     with pytest.raises(ConfigError, match="rollout.dry_run"):
         config.parse({**GOOD, "rollout": {"dry_run": "yes"}})
+
+
+def test_signing_policy_is_configuration():
+    cfg = config.parse({**GOOD, "signatures": {"policy": "require", "request_topic": "sign-requests"}})
+    assert cfg.signatures == config.SigningPolicy("require", "sign-requests")
+    assert config.parse(GOOD).signatures == config.SigningPolicy()
+    for bad in ({"policy": "maybe"}, {"request_topic": "goog-sign"}, {"request_topic": "ab"}):
+        with pytest.raises(ConfigError, match="signatures"):
+            config.parse({**GOOD, "signatures": bad})
+
+
+def test_config_pulls_in_no_http_client_or_google_sdk():
+    """config is pure: loading it must not import httpx (through the registry client) or a Google SDK."""
+    code = ("import sys, baseroll.config; bad = [m for m in sys.modules if m.split('.')[0] in ('httpx', 'grpc')"
+            " or m.startswith(('google.cloud.run', 'google.cloud.pubsub', 'google.auth'))]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(config.__file__).parents[1])})
+    assert out.stdout.strip() == "[]"

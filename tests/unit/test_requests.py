@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from baseroll.contracts import requests
-from baseroll.edge import envelope as envelopes
+from baseroll.contracts import ids, messages, requests
 from baseroll.contracts.parsing import EventError
 from baseroll.contracts.requests import SCHEMA, Request, ServiceFilter
 from baseroll.contracts.roll import RollRequest
+from baseroll.edge import envelope as envelopes
 from baseroll.images.refs import ImageRef
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -252,6 +252,36 @@ def test_to_roll_request_refuses_other_actions() -> None:
 )
 def test_filter_matches(flt: ServiceFilter, name: str, labels: dict[str, str], expected: bool) -> None:
     assert flt.matches(name, labels) is expected
+
+
+@pytest.mark.parametrize(
+    "service_id, valid",
+    [("a" * 49, True), ("a" * 50, False), ("a-b", True), ("a-", False), ("1a", False), ("A", False)],
+)
+def test_service_ids_have_one_rule_in_requests_and_messages(service_id: str, valid: bool) -> None:
+    """Cloud Run service ids are fewer than 50 characters (docs/GOOGLE_APIS.md#resource-names); a roll
+    request's filter and a worker task agree, because both read contracts.ids."""
+    name = f"projects/tenants-prod-a/locations/us-central1/services/{service_id}"
+    task = messages.Task(messages.Rollout("python-111111111111", "python", BASE, D1), name, 0,
+                         (f"{APP}@{D1}",), {"0": f"{APP}@{D2}"})
+    outcomes = []
+    for parse_one in (lambda: parse(doc(base=BASE, filter={"services": [name]})),
+                      lambda: messages.decode(requests.message(*messages.encode(task)))):
+        try:
+            parse_one()
+            outcomes.append(True)
+        except EventError:
+            outcomes.append(False)
+    assert outcomes == [valid, valid]
+
+
+@pytest.mark.parametrize("project, valid", [
+    ("tenants-prod-a", True), ("123456789012", True), ("abcde", False), ("a" * 31, False), ("tenant-", False),
+])
+def test_project_ids_and_numbers_in_service_names(project: str, valid: bool) -> None:
+    name = f"projects/{project}/locations/us-central1/services/shop"
+    assert bool(ids.SERVICE_NAME.fullmatch(name)) is valid
+    assert bool(ids.PROJECT.fullmatch(project)) is valid
 
 
 def test_filter_is_hashable_and_canonical() -> None:
