@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from baseroll.contracts import topics
 from baseroll import cli
-from baseroll.contracts import requests
+from baseroll.contracts import requests, topics
 from baseroll.contracts.requests import Request, ServiceFilter
 from baseroll.edge import envelope
 from baseroll.images.refs import ImageRef
@@ -229,3 +228,25 @@ def test_console_script_publishes(standin, topic, receiver) -> None:
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not fully qualified" in bad.stderr
     assert published(standin, topic) == 1
+
+
+COMMANDS = ("demo", "plan", "publish", "rebase", "roll", "status")
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m"])
+def test_every_entry_lists_every_command(entry) -> None:
+    argv = [str(_console_script())] if entry == "console script" else [sys.executable, "-m", "baseroll.cli"]
+    proc = subprocess.run([*argv, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: baseroll "), proc.stdout
+    listed = proc.stdout.split("Commands:", 1)[1].split()
+    assert all(command in listed for command in COMMANDS), proc.stdout
+
+
+def test_json_publish_prints_only_json(standin, topic, receiver) -> None:
+    env = {"PATH": os.environ["PATH"], "PUBSUB_EMULATOR_HOST": standin.host, "GOOGLE_CLOUD_PROJECT": PROJECT}
+    proc = subprocess.run([sys.executable, "-m", "baseroll.cli", "--json", "publish", "--action", "sweep"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    out = json.loads(proc.stdout)
+    assert received_request(receiver, out["message_id"])[0] == Request(action="sweep")
