@@ -1,4 +1,4 @@
-"""Cloud Build notifications (topic `cloud-builds`, docs/GOOGLE_APIS.md "Cloud Build") with realistic payloads."""
+"""Cloud Build notifications (topic `cloud-builds`, docs/GOOGLE_APIS.md#cloud-build) with realistic payloads."""
 from __future__ import annotations
 
 import base64

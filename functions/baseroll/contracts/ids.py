@@ -1,6 +1,6 @@
 """Identifiers: Google Cloud resource names and baseroll's rollout ids, each defined once.
 
-The limits are the ones the real APIs enforce; docs/GOOGLE_APIS.md ("Resource names") gives the
+The limits are the ones the real APIs enforce; docs/GOOGLE_APIS.md#resource-names gives the
 source of each. Every pattern is meant for `fullmatch`.
 """
 from __future__ import annotations

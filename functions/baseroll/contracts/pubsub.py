@@ -1,4 +1,4 @@
-"""The Pub/Sub message as baseroll reads it, and the limits Pub/Sub puts on one (docs/GOOGLE_APIS.md)."""
+"""The Pub/Sub message as baseroll reads it, and the limits Pub/Sub puts on one (docs/GOOGLE_APIS.md#pubsub)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

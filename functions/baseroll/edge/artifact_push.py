@@ -1,4 +1,4 @@
-"""Artifact Registry pushes (topic `gcr`) at the edge (docs/GOOGLE_APIS.md).
+"""Artifact Registry pushes (topic `gcr`) at the edge (docs/GOOGLE_APIS.md#artifact-registry).
 
 A push becomes either a `RollRequest` (a tag that a base track follows moved) or an `Ignored`
 (a well-formed event that is not for us, with the reason). A malformed one raises `EventError`;

@@ -1,4 +1,4 @@
-"""Cloud Build notifications (topic `cloud-builds`, docs/GOOGLE_APIS.md "Cloud Build"), parsed at the edge.
+"""Cloud Build notifications (topic `cloud-builds`, docs/GOOGLE_APIS.md#cloud-build), parsed at the edge.
 
 Cloud Build publishes on every state change, so most messages are QUEUED/WORKING noise: parsing
 is cheap and `is_success` tells the handler whether there is anything to look at. Only images
