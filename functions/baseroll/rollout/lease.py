@@ -82,11 +82,14 @@ class Lease:
 
 def finish(deps: Deps, rec: RolloutRecord, step: Step, nxt: Step | None, **changes: object) -> None:
     """Record what the step decided and hand over to `nxt` (if any), unless the rollout ended meanwhile."""
-    ended = stopped(deps, rec.rollout_id)
-    if ended is not None:
+    now = deps.records.get(rec.rollout_id)
+    if now is not None and now.status in TERMINAL:
         # Never write a stale copy over an abort, and never hand over to a next step.
-        log.info("step.stopped", rollout_id=rec.rollout_id, seq=step.seq, status=ended.status)
+        log.info("step.stopped", rollout_id=rec.rollout_id, seq=step.seq, status=now.status)
         return
+    if now is not None and now.owner != rec.owner:
+        # Taken over (or restarted) since the last renewal: the record is no longer this step's to write.
+        raise Busy(f"step {step.seq} of {rec.rollout_id} was taken over")
     for key, value in changes.items():
         setattr(rec, key, value)
     rec.owner = f"{rec.owner}:done"

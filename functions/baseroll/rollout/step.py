@@ -105,8 +105,8 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
         if cursor < len(wave):  # out of time: continue in a fresh invocation
             lease.finish(deps, rec, step, Step(ro, step.wave, cursor, None, step.seq + 1, step.halted_failures))
             return
-        step = dataclasses.replace(step, cursor=cursor, released_at=deps.clock.now())
-    released_at = step.released_at or deps.clock.now()
+        step = dataclasses.replace(step, cursor=cursor)
+    released_at = step.released_at or deps.clock.now()  # a continuation keeps its wave's release time
     status = _await_wave(run, wave, released_at)
     if not status.settled:
         log.info("wave.waiting", rollout_id=ro.rollout_id, wave=step.wave, pending=len(status.pending))

@@ -1,0 +1,226 @@
+"""In-memory stand-ins for the rollout core's ports, for fast unit tests of the planner and the step.
+
+- `FakeBus`: keeps what was published per topic, decodes baseroll's own messages back with
+  `contracts.messages` (so a test also proves they parse), and delivers queued messages to
+  subscribers only when the test says so (e.g. from a `FakeClock.on_sleep` hook: "while the step waits").
+- `MemoryRecordStore`: a dict of records, copied on put and get as a real store would serialise them,
+  stamped with the injected clock, with every write kept in order.
+- `FakeRegistry`: the registry verbs the planning path calls (tags, manifests, config blobs), with
+  single-platform OCI image manifests made from named layers.
+- `FakeRebase`: the rebase port; rebased images are pushed to the `FakeRegistry` so a re-plan reads them.
+- `FakeWorld`: all of them with a `FakeFleet` (`fleet.fake`) and a `FakeClock`, and the `Deps` over them.
+
+The integration tier runs the same core against the real registry server and the Pub/Sub and
+Cloud Run stand-ins.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from baseroll.clock import Clock, FakeClock
+from baseroll.config import BaseTrack, Config, FailureBudget, RolloutSettings
+from baseroll.contracts import messages
+from baseroll.contracts.messages import Result, Step, Task
+from baseroll.contracts.pubsub import PubSubMessage
+from baseroll.contracts.records import RolloutRecord
+from baseroll.fleet.fake import FakeFleet
+from baseroll.images import oci, refs
+from baseroll.images.oci import ANNOTATION_BASE_DIGEST as ANN_BASE_DIGEST
+from baseroll.images.oci import ANNOTATION_BASE_NAME as ANN_BASE_NAME
+from baseroll.images.rebase import RebaseError
+from baseroll.images.refs import ImageRef
+from baseroll.images.registry import Manifest, RegistryError
+from baseroll.rollout.deps import Deps
+from baseroll.rollout.plan import RebaseJob
+
+REGISTRY = "registry.test"  # the fake world's registry host (allow-listed by `config`)
+
+Message = Task | Result | Step
+
+
+class FakeBus:
+    """The bus port in memory: every publish is kept per topic and queued for `deliver`."""
+
+    def __init__(self) -> None:
+        self.published: dict[str, list[PubSubMessage]] = defaultdict(list)
+        self._queued: dict[str, deque[PubSubMessage]] = defaultdict(deque)
+        self._subscribers: dict[str, list[Callable[[Message], object]]] = defaultdict(list)
+        self._ids = 0
+
+    def publish(self, topic: str, items: Iterable[tuple[bytes, dict[str, str]]]) -> list[str]:
+        ids = []
+        for data, attributes in items:
+            self._ids += 1
+            msg = PubSubMessage(str(self._ids), data, dict(attributes), None, None)
+            self.published[topic].append(msg)
+            self._queued[topic].append(msg)
+            ids.append(msg.message_id)
+        return ids
+
+    def messages(self, topic: str) -> list[Message]:
+        """Everything published to `topic`, decoded as baseroll's own messages (raises if one does not parse)."""
+        return [messages.decode(m) for m in self.published[topic]]
+
+    def steps(self, topic: str) -> list[Step]:
+        return [m for m in self.messages(topic) if isinstance(m, Step)]
+
+    def tasks(self, topic: str) -> list[Task]:
+        return [m for m in self.messages(topic) if isinstance(m, Task)]
+
+    def subscribe(self, topic: str, handler: Callable[[Message], object]) -> None:
+        self._subscribers[topic].append(handler)
+
+    def deliver(self, topic: str) -> int:
+        """Hand every queued message of `topic` to its subscribers (in order); how many were delivered."""
+        count = 0
+        while self._queued[topic]:
+            msg = messages.decode(self._queued[topic].popleft())
+            for handler in self._subscribers[topic]:
+                handler(msg)
+            count += 1
+        return count
+
+
+class MemoryRecordStore:
+    """The record store port in memory, last writer wins like the registry store."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.records: dict[str, RolloutRecord] = {}
+        self.puts: list[RolloutRecord] = []  # a copy of every write through the port, in order
+
+    def get(self, rollout_id: str) -> RolloutRecord | None:
+        rec = self.records.get(rollout_id)
+        return copy.deepcopy(rec) if rec is not None else None
+
+    def put(self, record: RolloutRecord) -> None:
+        record.updated = self.clock.now()
+        self.records[record.rollout_id] = copy.deepcopy(record)
+        self.puts.append(copy.deepcopy(record))
+
+    def write_by_someone_else(self, rollout_id: str, **changes: object) -> RolloutRecord:
+        """Another invocation's write (not through this port's `puts`): change fields, stamp it now."""
+        rec = self.records[rollout_id]
+        for key, value in changes.items():
+            setattr(rec, key, value)
+        rec.updated = self.clock.now()
+        return copy.deepcopy(rec)
+
+
+def layer(name: str) -> str:
+    """A layer digest named for readability in tests (no blob behind it)."""
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
+class FakeRegistry:
+    """Just what `Catalog`, `current_digest`, `resolve_new_ref` and the signature check read."""
+
+    def __init__(self) -> None:
+        self.manifests: dict[tuple[str, str], Manifest] = {}  # (name, digest) -> manifest
+        self.tags: dict[tuple[str, str], str] = {}  # (name, tag) -> digest
+        self.blobs: dict[str, bytes] = {}
+        self.calls: Counter[str] = Counter()
+
+    def push(self, image: str | ImageRef, layers: Sequence[str], annotations: dict[str, str] | None = None) -> ImageRef:
+        """Store an image of `layers`; move its tag (if any) to it; return it pinned (tag kept for naming)."""
+        ref = refs.parse(image) if isinstance(image, str) else image
+        config = oci.canonical_json({"architecture": "amd64", "os": "linux", "config": {"Labels": {}}})
+        config_digest = oci.sha256_digest(config)
+        self.blobs[config_digest] = config
+        data: dict = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                      "config": {"mediaType": oci.OCI_CONFIG, "digest": config_digest, "size": len(config)},
+                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": 1}
+                                 for d in layers]}
+        if annotations:
+            data["annotations"] = dict(annotations)
+        raw = oci.canonical_json(data)
+        digest = oci.sha256_digest(raw)
+        self.manifests[(ref.name, digest)] = Manifest(oci.OCI_MANIFEST, digest, raw, data, len(raw))
+        if ref.tag:
+            self.tags[(ref.name, ref.tag)] = digest
+        return ref.at(digest)
+
+    def move_tag(self, image: str | ImageRef, digest: str) -> None:
+        ref = refs.parse(image) if isinstance(image, str) else image
+        assert ref.tag, "a tag to move"
+        self.tags[(ref.name, ref.tag)] = digest
+
+    def head_manifest(self, ref: ImageRef) -> str | None:
+        self.calls["head_manifest"] += 1
+        if ref.digest:
+            return ref.digest if (ref.name, ref.digest) in self.manifests else None
+        return self.tags.get((ref.name, ref.tag or "latest"))
+
+    def get_manifest(self, ref: ImageRef) -> Manifest:
+        self.calls["get_manifest"] += 1
+        digest = self.head_manifest(ref)
+        if digest is None or (ref.name, digest) not in self.manifests:
+            raise RegistryError(f"{ref} does not exist", status=404, code="MANIFEST_UNKNOWN")
+        return self.manifests[(ref.name, digest)]
+
+    def list_tags(self, repo: ImageRef, **_: object) -> list[str]:
+        self.calls["list_tags"] += 1
+        return sorted(tag for name, tag in self.tags if name == repo.name)
+
+    def get_blob(self, repo: ImageRef, digest: str, max_bytes: int = 0) -> bytes:
+        self.calls["get_blob"] += 1
+        if digest not in self.blobs:
+            raise RegistryError(f"blob {digest} not in {repo}", status=404, code="BLOB_UNKNOWN")
+        return self.blobs[digest]
+
+
+class FakeRebase:
+    """The rebase port: the app's layers above the old base's go onto the new base's, pushed to `registry`
+    (untagged) so a re-plan reads the result. `refuse[str(app)] = reason` refuses that app."""
+
+    def __init__(self, registry: FakeRegistry) -> None:
+        self.registry = registry
+        self.calls: list[tuple[RebaseJob, ImageRef, bool]] = []
+        self.refuse: dict[str, str] = {}
+
+    def __call__(self, job: RebaseJob, new_base: ImageRef, dry_run: bool = False) -> ImageRef:
+        self.calls.append((job, new_base, dry_run))
+        if str(job.app) in self.refuse:
+            raise RebaseError(self.refuse[str(job.app)])
+        app = self.registry.get_manifest(job.app).data
+        old = self.registry.get_manifest(job.old_base).data
+        new = self.registry.get_manifest(new_base).data
+        layers = [d["digest"] for d in new["layers"]] + [d["digest"] for d in app["layers"][len(old["layers"]):]]
+        # As the real rebase writes them: the base by its tag, and the digest it now is.
+        annotations = {ANN_BASE_NAME: str(new_base.with_tag(new_base.tag)),
+                       ANN_BASE_DIGEST: new_base.digest or ""}
+        return self.registry.push(job.app.with_tag(None), layers, annotations).pinned()
+
+
+def config(*, projects: Sequence[str] = ("tenants-aaaaa",), regions: Sequence[str] = ("us-east1",),
+           tracks: Sequence[tuple[str, str]] = (("python", f"{REGISTRY}/bases/python:3.12"),),
+           budget: FailureBudget | None = None, **rollout: object) -> Config:
+    """A config for the fake world: `rollout` overrides `RolloutSettings` fields."""
+    settings = RolloutSettings(**({"failure_budget": budget or FailureBudget()} | rollout))  # type: ignore[arg-type]
+    return Config(projects=tuple(projects), regions=tuple(regions),
+                  base_tracks=tuple(BaseTrack(name, refs.parse(image)) for name, image in tracks),
+                  allowed_registries=frozenset({REGISTRY}), rollout=settings)
+
+
+@dataclass
+class FakeWorld:
+    """Every port faked, sharing one `FakeClock`; `deps` is what the core is called with."""
+
+    config: Config
+    clock: FakeClock = field(default_factory=FakeClock)
+    fleet: FakeFleet = field(default_factory=FakeFleet)
+    registry: FakeRegistry = field(default_factory=FakeRegistry)
+    bus: FakeBus = field(default_factory=FakeBus)
+    records: MemoryRecordStore = field(init=False)
+    rebase: FakeRebase = field(init=False)
+    deps: Deps = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records = MemoryRecordStore(self.clock)
+        self.rebase = FakeRebase(self.registry)
+        self.deps = Deps(config=self.config, fleet=self.fleet, registry=self.registry,  # type: ignore[arg-type]
+                         bus=self.bus, records=self.records, rebase=self.rebase, clock=self.clock)

@@ -1,0 +1,343 @@
+"""The coordinator step (`rollout.step.handle_step`) against in-memory fakes and a FakeClock.
+
+Each test starts a rollout with the planner, then runs the step it published. Workers are the real
+`rollout.worker` over the FakeFleet, delivered tasks only while the step sleeps (`FakeClock.on_sleep`),
+the way Pub/Sub delivers them to another function while the coordinator waits. Nothing sleeps for real.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import pytest
+from baseroll.config import FailureBudget
+from baseroll.contracts import topics
+from baseroll.contracts.messages import Step
+from baseroll.contracts.roll import RollRequest
+from baseroll.fleet.fake import Verdict
+from baseroll.fleet.view import ServiceView
+from baseroll.images import refs
+from baseroll.rollout import fakes, lease, planner, step, worker
+
+APP = f"{fakes.REGISTRY}/apps/shop:prod"
+TASKS, RESULTS = topics.TASKS, topics.RESULTS
+
+
+@pytest.fixture(autouse=True)
+def no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core waits only through the injected clock."""
+    def refuse(seconds: float) -> None:
+        raise AssertionError(f"time.sleep({seconds}) called: the core must sleep on deps.clock")
+    monkeypatch.setattr(time, "sleep", refuse)
+
+
+@dataclasses.dataclass
+class Rig:
+    w: fakes.FakeWorld
+    rollout_id: str
+    new_image: str  # the app build the rollout deploys, pinned
+
+    @property
+    def record(self):
+        return self.w.records.get(self.rollout_id)
+
+    def steps(self) -> list[Step]:
+        return self.w.bus.steps(RESULTS)
+
+    def workers_run_while_the_step_waits(self) -> None:
+        self.w.clock.on_sleep.append(lambda now: self.w.bus.deliver(TASKS))
+
+
+def rig(services: int = 4, *, workers: bool = True, **rollout: object) -> Rig:
+    """An app rollout of `services` services (all in one location), started: its first step is on the bus."""
+    rollout.setdefault("waves", (0.5, 1.0))
+    w = fakes.FakeWorld(fakes.config(**rollout))
+    old = w.registry.push(APP, [fakes.layer("app-v1")])
+    new = w.registry.push(APP, [fakes.layer("app-v2")])
+    for i in range(services):
+        w.fleet.add(ServiceView(f"projects/tenants-aaaaa/locations/us-east1/services/shop{i}",
+                                (str(old.pinned()),), labels={"baseroll-app-tag": "prod"}))
+    # A task for a service deleted meanwhile fails in its worker; here it is simply lost.
+    w.bus.subscribe(TASKS, lambda task: worker.roll_service(w.deps, task) if task.service in w.fleet.services else None)
+    out = planner.start(w.deps, RollRequest("app", refs.parse(APP), None, "request", "e-1"))
+    assert out["status"] == "running" and out["to_roll"] == services
+    r = Rig(w, out["rollout_id"], str(new.pinned()))
+    if workers:
+        r.workers_run_while_the_step_waits()
+    return r
+
+
+def first_step(r: Rig) -> Step:
+    (s,) = r.steps()
+    assert (s.wave, s.cursor, s.seq) == (0, 0, 1)
+    return s
+
+
+# ------------------------------------------------------------------------------------------ outcomes
+
+
+def _fail_every_revision(r: Rig) -> None:
+    r.w.fleet.verdicts[r.new_image] = Verdict(ready=False)
+
+
+def _tag_moved(r: Rig) -> None:
+    r.w.registry.push(APP, [fakes.layer("app-v3")])
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    rollout: dict = dataclasses.field(default_factory=dict)
+    setup: Callable[[Rig], None] = lambda r: None
+    step: Callable[[Step], Step] = lambda s: s
+    status: str = "running"
+    reason: str = ""
+    wave: int = 0
+    next_step: tuple | None = None  # (wave, cursor, seq, halted_failures) of the step handed over
+    tasks: int = 2
+    waves_log: list | None = None
+    workers: bool = True
+
+
+OUTCOMES = [
+    Case("wave-settles", next_step=(1, 0, 2, 0), wave=1,
+         waves_log=[{"wave": 0, "size": 2, "done": 2, "failed": 0, "skipped": 0}]),
+    Case("last-wave-settles", rollout={"waves": (1.0,)}, status="finished", tasks=4,
+         waves_log=[{"wave": 0, "size": 4, "done": 4, "failed": 0, "skipped": 0}]),
+    Case("budget-exceeded", setup=_fail_every_revision, status="halted",
+         reason="wave 0: 2 of 2 failed, over the failure budget",
+         waves_log=[{"wave": 0, "size": 2, "done": 0, "failed": 2, "skipped": 0}]),
+    Case("failures-within-budget", rollout={"budget": FailureBudget(count=2)}, setup=_fail_every_revision,
+         next_step=(1, 0, 2, 0), wave=1, waves_log=[{"wave": 0, "size": 2, "done": 0, "failed": 2, "skipped": 0}]),
+    Case("failures-accepted-by-resume", setup=_fail_every_revision, step=lambda s: dataclasses.replace(s, halted_failures=2),
+         next_step=(1, 0, 2, 0), wave=1),
+    Case("no-wave-left", step=lambda s: dataclasses.replace(s, wave=2), status="finished", wave=2, tasks=0),
+    Case("superseded", setup=_tag_moved, status="superseded", reason=f"{APP} moved to sha256:", tasks=0),
+    # Quota 60/min with a burst of 1 releases one task a second; a 4 s budget stops releasing 2 s
+    # (one poll interval) before its end: services 0, 1 and 2 go, the continuation starts at 3.
+    Case("out-of-time-releasing", rollout={"waves": (1.0,), "concurrency": 1, "write_quota_per_min": 60,
+                                           "invocation_budget_s": 4.0, "poll_interval_s": 2.0},
+         next_step=(0, 3, 2, 0), tasks=3),
+    Case("out-of-time-waiting", rollout={"invocation_budget_s": 30.0}, workers=False, next_step=(0, 2, 2, 0)),
+]
+
+
+@pytest.mark.parametrize("case", OUTCOMES, ids=[c.name for c in OUTCOMES])
+def test_step_outcome(case: Case) -> None:
+    r = rig(5 if case.name == "out-of-time-releasing" else 4, workers=case.workers, **case.rollout)
+    case.setup(r)
+    s = case.step(first_step(r))
+    step.handle_step(r.w.deps, s, "m-1")
+
+    rec = r.record
+    assert (rec.status, rec.wave, rec.seq) == (case.status, case.wave, 1)
+    assert rec.owner.startswith("m-1:") and rec.owner.endswith(":done")
+    assert case.reason in rec.reason
+    if case.waves_log is not None:
+        assert rec.waves == case.waves_log
+    assert len(r.w.bus.tasks(TASKS)) == case.tasks
+    handed = r.steps()[1:]
+    if case.next_step is None:
+        assert handed == []
+    else:
+        (nxt,) = handed
+        assert (nxt.wave, nxt.cursor, nxt.seq, nxt.halted_failures) == case.next_step
+        assert nxt.rollout == s.rollout
+
+
+def test_a_step_that_runs_out_of_time_waiting_hands_over_its_release_time() -> None:
+    r = rig(workers=False, invocation_budget_s=30.0)
+    s = first_step(r)
+    released_at = r.w.clock.now() + lease.CLAIM_SETTLE_S
+    step.handle_step(r.w.deps, s, "m-1")
+    (nxt,) = r.steps()[1:]
+    assert nxt.released_at == released_at
+    # The continuation releases nothing again and picks up the wait where it stopped.
+    r.workers_run_while_the_step_waits()
+    step.handle_step(r.w.deps, nxt, "m-2")
+    assert len(r.w.bus.tasks(TASKS)) == 2
+    assert r.record.waves == [{"wave": 0, "size": 2, "done": 2, "failed": 0, "skipped": 0}]
+    assert r.steps()[-1].wave == 1
+
+
+def test_a_continuation_past_its_wave_settle_deadline_counts_the_pending_as_failed() -> None:
+    r = rig(workers=False, invocation_budget_s=30.0)
+    step.handle_step(r.w.deps, first_step(r), "m-1")
+    (nxt,) = r.steps()[1:]
+    settle_s = 2 * r.w.config.rollout.ready_timeout_s + step.SETTLE_GRACE_S
+    r.w.clock.advance(settle_s)  # the workers never answered
+    step.handle_step(r.w.deps, nxt, "m-2")
+    assert r.record.status == "halted"
+    assert r.record.waves == [{"wave": 0, "size": 2, "done": 0, "failed": 2, "skipped": 0}]
+    assert len(r.w.bus.tasks(TASKS)) == 2  # nothing released twice
+
+
+def test_a_member_deleted_while_the_wave_waits_is_skipped() -> None:
+    r = rig(workers=False)
+    s = first_step(r)
+    gone: list[str] = []
+
+    def hook(now: float) -> None:
+        if r.w.bus.published[TASKS] and not gone:
+            gone.append(r.w.bus.tasks(TASKS)[0].service)
+            del r.w.fleet.services[gone[0]]
+        r.w.bus.deliver(TASKS)
+
+    r.w.clock.on_sleep.append(hook)
+    step.handle_step(r.w.deps, s, "m-1")
+    assert r.record.waves == [{"wave": 0, "size": 2, "done": 1, "failed": 0, "skipped": 1}]
+    assert r.steps()[-1].wave == 1
+
+
+def test_a_rollout_walks_every_wave_to_finished_and_rolls_each_service_once() -> None:
+    r = rig(6, waves=(0.2, 0.5, 1.0))
+    s = first_step(r)
+    for i in range(1, 10):
+        step.handle_step(r.w.deps, s, f"m-{i}")
+        if r.record.status != "running":
+            break
+        s = r.steps()[-1]
+    assert r.record.status == "finished"
+    assert [w["size"] for w in r.record.waves] == [2, 1, 3]
+    assert r.w.fleet.calls["update_images"] == 6
+    assert {svc.images for svc in r.w.fleet.services.values()} == {(r.new_image,)}
+    assert sum(r.w.clock.slept) < 60  # fake seconds: settling is seen within a few polls
+
+
+# ------------------------------------------------------------------------------------------ abort mid-step
+
+
+def _abort_once_tasks_are_out(r: Rig, deliver: bool) -> list[int]:
+    """An operator aborts while the step waits for its wave; returns [number of writes after the abort]."""
+    at_abort: list[int] = []
+
+    def hook(now: float) -> None:
+        if deliver:
+            r.w.bus.deliver(TASKS)  # before the abort: a worker that sees the abort first does nothing
+        if r.w.bus.published[TASKS] and not at_abort:
+            assert planner.control(r.w.deps, "abort", r.rollout_id)["status"] == "aborted"
+            at_abort.append(len(r.w.records.puts))
+
+    r.w.clock.on_sleep.insert(0, hook)
+    return at_abort
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["wave-still-pending", "wave-settles-meanwhile"])
+def test_an_abort_seen_mid_step_stops_the_step_and_stays(workers: bool) -> None:
+    r = rig(workers=False)
+    at_abort = _abort_once_tasks_are_out(r, deliver=workers)
+    step.handle_step(r.w.deps, first_step(r), "m-1")
+
+    assert at_abort, "the abort landed while the step waited"
+    assert len(r.w.records.puts) == at_abort[0], "nothing written after the abort"
+    rec = r.record
+    assert (rec.status, rec.reason) == ("aborted", "aborted by request")
+    assert r.steps()[1:] == []  # no hand-over
+    # Within one heartbeat of the abort, not at the end of the invocation budget.
+    assert sum(r.w.clock.slept) <= lease.CLAIM_SETTLE_S + lease.HEARTBEAT_S + 2 * r.w.config.rollout.poll_interval_s
+
+
+# ------------------------------------------------------------------------------------------ lease lost
+
+
+def _take_over_while_waiting(r: Rig) -> list[int]:
+    taken: list[int] = []
+
+    def hook(now: float) -> None:
+        if r.w.bus.published[TASKS] and not taken:
+            r.w.records.write_by_someone_else(r.rollout_id, owner="m-2:takeover")
+            taken.append(len(r.w.records.puts))
+
+    r.w.clock.on_sleep.insert(0, hook)
+    return taken
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["noticed-on-renewal", "noticed-when-finishing"])
+def test_a_step_taken_over_raises_busy_and_leaves_the_record_alone(workers: bool) -> None:
+    r = rig(workers=workers)
+    taken = _take_over_while_waiting(r)
+    with pytest.raises(lease.Busy):
+        step.handle_step(r.w.deps, first_step(r), "m-1")
+    assert taken
+    assert len(r.w.records.puts) == taken[0]
+    rec = r.record
+    assert (rec.status, rec.owner, rec.wave) == ("running", "m-2:takeover", 0)
+    assert r.steps()[1:] == []
+
+
+def test_a_step_held_by_a_live_invocation_is_busy_without_a_write() -> None:
+    r = rig()
+    r.w.records.write_by_someone_else(r.rollout_id, seq=1, owner="m-0:alive")
+    puts = len(r.w.records.puts)
+    with pytest.raises(lease.Busy):
+        step.handle_step(r.w.deps, first_step(r), "m-1")
+    assert len(r.w.records.puts) == puts
+    assert r.record.owner == "m-0:alive"
+    assert r.w.bus.published[TASKS] == []
+
+
+def test_a_step_whose_holder_went_silent_is_taken_over() -> None:
+    r = rig()
+    r.w.records.write_by_someone_else(r.rollout_id, seq=1, owner="m-0:crashed")
+    r.w.clock.advance(lease.LEASE_S + 1)
+    step.handle_step(r.w.deps, first_step(r), "m-1")
+    assert r.record.owner.startswith("m-1:")
+    assert r.steps()[-1].wave == 1
+
+
+def test_a_concurrent_claim_during_the_settle_wait_is_busy() -> None:
+    r = rig()
+    r.w.clock.on_sleep.insert(0, lambda now: r.w.records.write_by_someone_else(r.rollout_id, owner="m-2:claim")
+                              if r.w.clock.slept == [lease.CLAIM_SETTLE_S] else None)
+    with pytest.raises(lease.Busy):
+        step.handle_step(r.w.deps, first_step(r), "m-1")
+    assert r.record.owner == "m-2:claim"
+    assert r.w.bus.published[TASKS] == []
+
+
+def test_an_unexpected_error_gives_the_step_back() -> None:
+    r = rig()
+
+    def broken(project: str, region: str):
+        raise RuntimeError("listing failed")
+
+    r.w.fleet.list_services = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        step.handle_step(r.w.deps, first_step(r), "m-1")
+    assert (r.record.seq, r.record.owner, r.record.status) == (1, "", "running")
+
+
+# ------------------------------------------------------------------------------------------ duplicates
+
+
+def _finished_once(r: Rig, s: Step) -> Step:
+    step.handle_step(r.w.deps, s, "m-1")
+    return s
+
+
+def _stale(r: Rig, s: Step) -> Step:
+    r.w.records.write_by_someone_else(r.rollout_id, seq=3)
+    return s
+
+
+def _over(r: Rig, s: Step) -> Step:
+    planner.control(r.w.deps, "abort", r.rollout_id)
+    return s
+
+
+def _unknown(r: Rig, s: Step) -> Step:
+    return dataclasses.replace(s, rollout=dataclasses.replace(s.rollout, rollout_id="app-shop-000000000000"))
+
+
+@pytest.mark.parametrize("prepare", [_finished_once, _stale, _over, _unknown],
+                         ids=["same-step-again", "older-seq", "rollout-over", "unknown-rollout"])
+def test_a_duplicate_or_stale_step_is_dropped(prepare: Callable[[Rig, Step], Step]) -> None:
+    r = rig()
+    s = prepare(r, first_step(r))
+    before = (len(r.w.records.puts), r.record, len(r.w.bus.published[RESULTS]), len(r.w.bus.published[TASKS]),
+              r.w.fleet.calls["update_images"])
+    step.handle_step(r.w.deps, s, "m-9")
+    after = (len(r.w.records.puts), r.record, len(r.w.bus.published[RESULTS]), len(r.w.bus.published[TASKS]),
+             r.w.fleet.calls["update_images"])
+    assert after == before
