@@ -299,6 +299,18 @@ def test_index_missing_platform_is_an_error(multi, registry):
         assert c.stats.manifest_puts == 0
 
 
+def test_a_refused_platform_of_a_multi_platform_rebase_is_named(multi, registry):
+    host = registry.host
+    app, v1, v2 = ImageRef(host, "apps/m", "1"), ImageRef(host, "bases/m", "v1"), ImageRef(host, "bases/m", "v2")
+    with new_client(host) as c:
+        with pytest.raises(RebaseError) as err:
+            rebase_image(c, app, v1, ImageRef(host, "bases/m", "v3-amd64-only"))  # amd64 fine, arm64 refused
+        assert str(err.value).startswith("linux/arm64/v8: new base ") and "has no linux/arm64/v8 image" in str(err.value)
+        with pytest.raises(RebaseError, match=r"^linux/amd64: old base is not a prefix of the original"):
+            rebase_image(c, app, v2, v2)  # both platforms refused: the first one listed is reported
+        assert c.stats.manifest_puts == 0
+
+
 # ---------------------------------------------------------------- client logic over MockTransport
 
 REG = "reg.example"
