@@ -91,6 +91,23 @@ def listening(host_port: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
+def wait_for(check, *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(1.0)
+    return False
+
+
+def node_rolled(exports: list[str], digest: str) -> bool:
+    """Every node service is on `digest`, the one just pushed (none was before the push)."""
+    status = in_fresh_shell(exports, "baseroll --json status --base node")
+    node = json.loads(status.stdout)[0]
+    return (node["current_digest"] == digest and node["on_current"] > 0 and node["outdated"] == node["opted_out"]
+            and node["in_flight"] == 0)
+
+
 def test_printed_commands_work_in_a_fresh_shell(playground):
     printed = playground.wait_ready()
     exports, commands = parse(printed)
@@ -110,6 +127,12 @@ def test_printed_commands_work_in_a_fresh_shell(playground):
     assert status.returncode == 0 and status.stderr == "", status.stderr
     python = json.loads(status.stdout)[0]
     assert python["on_current"] > 0 and python["outdated"] == python["opted_out"] and python["failed"] == 0
+
+    # push-base --notify: Artifact Registry's event reaches the functions, which roll node by themselves.
+    pushed = in_fresh_shell(exports, "python -m infra.local.playground push-base node --notify")
+    assert pushed.returncode == 0 and "published Artifact Registry's push event" in pushed.stdout, pushed.stderr
+    digest = re.search(r"-> (sha256:[0-9a-f]{64})", pushed.stdout).group(1)
+    assert wait_for(lambda: node_rolled(exports, digest), timeout=120), "the pushed node base was not rolled"
 
     emulator = next(line for line in exports if line.startswith("export PUBSUB_EMULATOR_HOST="))
     os.kill(playground.proc.pid, signal.SIGTERM)
