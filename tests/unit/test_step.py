@@ -17,7 +17,8 @@ from baseroll.contracts.messages import Step
 from baseroll.contracts.roll import RollRequest
 from baseroll.fleet.fake import Verdict
 from baseroll.fleet.view import ServiceView
-from baseroll.images import refs
+from baseroll.images import refs, signatures
+from baseroll.images.signatures import SigningPolicy
 from baseroll.rollout import fakes, lease, planner, step, worker
 
 APP = f"{fakes.REGISTRY}/apps/shop:prod"
@@ -341,3 +342,70 @@ def test_a_duplicate_or_stale_step_is_dropped(prepare: Callable[[Rig, Step], Ste
     after = (len(r.w.records.puts), r.record, len(r.w.bus.published[RESULTS]), len(r.w.bus.published[TASKS]),
              r.w.fleet.calls["update_images"])
     assert after == before
+
+
+# ------------------------------------------------------------------------------------------ base rollouts
+
+TRACK = f"{fakes.REGISTRY}/bases/python:3.12"
+SIGN_TOPIC = "sign-requests"
+
+
+def base_rig(signing: str = "report", *, app_signed: bool = False) -> tuple[fakes.FakeWorld, Step]:
+    """Two services on one app image built on python 3.12.1; the track moved to 3.12.2; started."""
+    cfg = dataclasses.replace(fakes.config(waves=(1.0,)), signatures=SigningPolicy(signing, SIGN_TOPIC))
+    w = fakes.FakeWorld(cfg)
+    w.registry.push(f"{TRACK}.1", [fakes.layer("os"), fakes.layer("py-3.12.1")])
+    v2 = w.registry.push(f"{TRACK}.2", [fakes.layer("os"), fakes.layer("py-3.12.2")])
+    w.registry.move_tag(TRACK, v2.digest or "")
+    app = w.registry.push(f"{fakes.REGISTRY}/apps/shop:v1",
+                          [fakes.layer("os"), fakes.layer("py-3.12.1"), fakes.layer("shop")]).pinned()
+    if app_signed:
+        w.registry.push(app.with_tag(signatures.signature_tag(app.digest or "")), [fakes.layer("sig")])
+    for i in range(2):
+        w.fleet.add(ServiceView(f"projects/tenants-aaaaa/locations/us-east1/services/shop{i}", (str(app),)))
+    w.bus.subscribe(TASKS, lambda task: worker.roll_service(w.deps, task))
+    w.clock.on_sleep.append(lambda now: w.bus.deliver(TASKS))
+    out = planner.start(w.deps, RollRequest("base", refs.parse(TRACK), None, "artifact-push", "e-1"))
+    assert out["status"] == "running" and out["to_roll"] == 2
+    (s,) = w.bus.steps(RESULTS)
+    return w, s
+
+
+def test_a_base_rollout_deploys_the_rebased_image_and_sees_it_current() -> None:
+    w, s = base_rig(app_signed=True)
+    step.handle_step(w.deps, s, "m-1")
+    rec = w.records.get(s.rollout.rollout_id)
+    assert rec is not None and rec.status == "finished"
+    rebased = w.rebase.results[-1]
+    assert [dry for _, _, dry in w.rebase.calls] == [False, False]  # the start's, then the step's (idempotent)
+    assert {svc.images for svc in w.fleet.services.values()} == {(str(rebased),)}
+    assert {t.targets["0"] for t in w.bus.tasks(TASKS)} == {str(rebased)}
+    assert w.bus.published[SIGN_TOPIC] == []  # `report` never asks for a signature
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed-meanwhile"])
+def test_signatures_required_hold_back_an_unsigned_rebased_image(signed: bool) -> None:
+    w, s = base_rig("require")
+    if signed:
+        rebased = w.rebase.results[-1]  # the start's rebase; the step's gives the same digest
+        w.registry.push(rebased.with_tag(signatures.signature_tag(rebased.digest or "")), [fakes.layer("sig")])
+    step.handle_step(w.deps, s, "m-1")
+    rec = w.records.get(s.rollout.rollout_id)
+    assert rec is not None
+    if signed:
+        assert rec.status == "finished" and len(w.bus.tasks(TASKS)) == 2
+        assert w.bus.published[SIGN_TOPIC] == []
+    else:
+        assert (rec.status, rec.reason) == ("halted", "wave 0: 2 of 2 failed, over the failure budget")
+        assert w.bus.tasks(TASKS) == [] and w.fleet.calls["update_images"] == 0
+        assert len(w.bus.published[SIGN_TOPIC]) == 1  # one request per image and step, not per service
+
+
+def test_a_refused_rebase_fails_its_services_at_once_and_sends_nothing() -> None:
+    w, s = base_rig()
+    w.rebase.refuse[str(w.rebase.calls[0][0].app)] = "config drift: Env differs"
+    step.handle_step(w.deps, s, "m-1")
+    rec = w.records.get(s.rollout.rollout_id)
+    assert rec is not None and (rec.status, rec.waves[0]["failed"]) == ("halted", 2)
+    assert w.bus.tasks(TASKS) == []
+    assert sum(w.clock.slept) == lease.CLAIM_SETTLE_S  # failed now, not at the wave's deadline

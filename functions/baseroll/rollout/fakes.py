@@ -128,6 +128,14 @@ class FakeRegistry:
     def push(self, image: str | ImageRef, layers: Sequence[str], annotations: dict[str, str] | None = None) -> ImageRef:
         """Store an image of `layers`; move its tag (if any) to it; return it pinned (tag kept for naming)."""
         ref = refs.parse(image) if isinstance(image, str) else image
+        manifest = self.manifest_of(layers, annotations)
+        self.manifests[(ref.name, manifest.digest)] = manifest
+        if ref.tag:
+            self.tags[(ref.name, ref.tag)] = manifest.digest
+        return ref.at(manifest.digest)
+
+    def manifest_of(self, layers: Sequence[str], annotations: dict[str, str] | None = None) -> Manifest:
+        """The single-platform OCI image manifest of `layers` (its config blob is stored, the manifest not)."""
         config = oci.canonical_json({"architecture": "amd64", "os": "linux", "config": {"Labels": {}}})
         config_digest = oci.sha256_digest(config)
         self.blobs[config_digest] = config
@@ -138,11 +146,7 @@ class FakeRegistry:
         if annotations:
             data["annotations"] = dict(annotations)
         raw = oci.canonical_json(data)
-        digest = oci.sha256_digest(raw)
-        self.manifests[(ref.name, digest)] = Manifest(oci.OCI_MANIFEST, digest, raw, data, len(raw))
-        if ref.tag:
-            self.tags[(ref.name, ref.tag)] = digest
-        return ref.at(digest)
+        return Manifest(oci.OCI_MANIFEST, oci.sha256_digest(raw), raw, data, len(raw))
 
     def move_tag(self, image: str | ImageRef, digest: str) -> None:
         ref = refs.parse(image) if isinstance(image, str) else image
@@ -175,11 +179,12 @@ class FakeRegistry:
 
 class FakeRebase:
     """The rebase port: the app's layers above the old base's go onto the new base's, pushed to `registry`
-    (untagged) so a re-plan reads the result. `refuse[str(app)] = reason` refuses that app."""
+    (untagged, unless `dry_run`) so a re-plan reads the result. `refuse[str(app)] = reason` refuses that app."""
 
     def __init__(self, registry: FakeRegistry) -> None:
         self.registry = registry
         self.calls: list[tuple[RebaseJob, ImageRef, bool]] = []
+        self.results: list[ImageRef] = []  # every rebased image, in call order
         self.refuse: dict[str, str] = {}
 
     def __call__(self, job: RebaseJob, new_base: ImageRef, dry_run: bool = False) -> ImageRef:
@@ -193,7 +198,11 @@ class FakeRebase:
         # As the real rebase writes them: the base by its tag, and the digest it now is.
         annotations = {ANN_BASE_NAME: str(new_base.with_tag(new_base.tag)),
                        ANN_BASE_DIGEST: new_base.digest or ""}
-        return self.registry.push(job.app.with_tag(None), layers, annotations).pinned()
+        if dry_run:  # the digest the rebase would push, nothing stored
+            self.results.append(job.app.with_digest(self.registry.manifest_of(layers, annotations).digest))
+        else:
+            self.results.append(self.registry.push(job.app.with_tag(None), layers, annotations).pinned())
+        return self.results[-1]
 
 
 def config(*, projects: Sequence[str] = ("tenants-aaaaa",), regions: Sequence[str] = ("us-east1",),

@@ -17,6 +17,7 @@ from baseroll.images.rebase import RebaseError
 from baseroll.images.refs import ImageRef
 from baseroll.images.registry import RegistryClient, RegistryError
 from baseroll.rollout import plan as planning
+from baseroll.rollout import policy
 from baseroll.rollout.plan import Plan, RebaseJob, Scope, ServicePlan
 
 # job, new base, dry_run → the rebased image pinned by digest
@@ -98,7 +99,7 @@ def targets_for(sp: ServicePlan, rebased: Mapping[RebaseJob, ImageRef | str]) ->
             assert change.job is not None
             result = rebased.get(change.job, "not rebased")
             if isinstance(result, str):
-                return f"rebase failed: {result}"
+                return policy.rebase_refused(result)
             images[index] = str(result)
         elif change.strategy == "redeploy":
             images[index] = str(change.target)

@@ -23,7 +23,7 @@ from baseroll.images import signatures
 from baseroll.images.catalog import Catalog
 from baseroll.images.refs import ImageRef, parse
 from baseroll.rollout import bus as bus_mod
-from baseroll.rollout import lease, pacing, waves
+from baseroll.rollout import lease, pacing, policy, waves
 from baseroll.rollout import pipeline as engine
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.pipeline import current_digest
@@ -199,20 +199,18 @@ def _targets(run: _Run, sp: ServicePlan) -> tuple[dict[int, str], dict[int, str]
 def _signature_check(run: _Run, job: RebaseJob, image: ImageRef) -> str | None:
     """None when the rebased image may be deployed; else why not. Logs once per image and step."""
     deps, ro, cache = run.deps, run.ro, run.cache
-    policy = deps.config.signatures
+    signing = deps.config.signatures
     if image not in cache.signature:
-        cache.signature[image] = None
         was_signed = signatures.is_signed(deps.registry, job.app)
         signed = signatures.is_signed(deps.registry, image)
         if was_signed and not signed:
             log.warning("signature.not_carried", app=str(job.app), rebased=str(image), rollout_id=ro.rollout_id,
-                        policy=policy.policy)
-        if policy.policy == "require" and not signed:
-            cache.signature[image] = f"rebased image {image} is unsigned and signatures.policy is require"
-            if policy.request_topic:
-                deps.bus.publish(policy.request_topic, [(signatures.sign_request(image, job.app, ro.rollout_id),
-                                                         {"schema": signatures.SIGN_REQUEST_SCHEMA})])
-                log.notice("signature.requested", image=str(image), topic=policy.request_topic, rollout_id=ro.rollout_id)
+                        policy=signing.policy)
+        cache.signature[image] = policy.signature_verdict(image, signed, signing.policy)
+        if cache.signature[image] and signing.request_topic:
+            deps.bus.publish(signing.request_topic, [(signatures.sign_request(image, job.app, ro.rollout_id),
+                                                      {"schema": signatures.SIGN_REQUEST_SCHEMA})])
+            log.notice("signature.requested", image=str(image), topic=signing.request_topic, rollout_id=ro.rollout_id)
     return cache.signature[image]
 
 
