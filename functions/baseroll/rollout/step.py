@@ -9,7 +9,6 @@ lease, finish) is in `rollout.lease`; every wait goes through `deps.clock`.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from baseroll import log
@@ -105,7 +104,6 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
         if cursor < len(wave):  # out of time: continue in a fresh invocation
             lease.finish(deps, rec, step, Step(ro, step.wave, cursor, None, step.seq + 1, step.halted_failures))
             return
-        step = dataclasses.replace(step, cursor=cursor)
     released_at = step.released_at or deps.clock.now()  # a continuation keeps its wave's release time
     status = _await_wave(run, wave, released_at)
     if not status.settled:
