@@ -14,8 +14,7 @@ from baseroll.contracts.roll import RollRequest
 from baseroll.edge import artifact_push as pushes
 from baseroll.edge import builds, envelope
 from baseroll.edge.artifact_push import Ignored
-from baseroll.images import refs
-from baseroll.rollout import planner, step, worker
+from baseroll.rollout import planner, policy, step, worker
 from baseroll.rollout.deps import Deps
 
 DepsFactory = Callable[[], Deps]
@@ -108,9 +107,9 @@ def on_build_complete(data: Any, event_id: str, deps: DepsFactory) -> dict[str, 
     started = []
     for image in build.images:
         ref = image.name_ref
-        if not refs.is_allowed(ref, d.config.allowed_registries):
-            log.warning("event.ignored", event_id=event_id, trigger="cloud-build", image=str(ref),
-                        reason=f"registry {ref.registry} is not allow-listed")
+        refused = policy.registry_refused(ref, d.config.allowed_registries)
+        if refused:
+            log.warning("event.ignored", event_id=event_id, trigger="cloud-build", image=str(ref), reason=refused)
             continue
         kind = "base" if ref.tag and d.config.track_for(ref) is not None else "app"
         roll = RollRequest(kind, ref, image.digest, "cloud-build", f"{build.build_id}:{ref}")

@@ -8,19 +8,11 @@ Signatures are found the way cosign stores them: the tag `sha256-<hex>.sig` in t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from baseroll.images.refs import ImageRef
 from baseroll.images.registry import RegistryClient
 
 SIGN_REQUEST_SCHEMA = "baseroll.dev/sign-request/v1"
-POLICIES = ("report", "require")
-
-
-@dataclass(frozen=True)
-class SigningPolicy:
-    policy: str = "report"  # report: deploy and say the old signature does not carry; require: signed only
-    request_topic: str | None = None  # where sign requests go (a signing step subscribes to it)
 
 
 def signature_tag(digest: str) -> str:
