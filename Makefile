@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := docker-registry skopeo umoci busybox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps system-deps test unit demo up bench clean
+.PHONY: deps system-deps test unit fuzz demo up bench clean
 
 deps: system-deps $(STAMP)
 
@@ -25,11 +25,23 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-test: deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not bench"
+# The import contract (.importlinter) first, then every tier but the bench on $(TEST_WORKERS) pytest-xdist
+# workers: tests/conftest.py groups each integration/e2e module on one worker and longest first.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
+test: deps
+	$(BIN)/lint-imports --no-cache --no-logo
+	$(PYTEST) -m "not bench"
+
+# The quick loop: the contract and the unit tier but its fuzzers (10,000 inputs per parser, about
+# a minute of CPU), which `make test` runs beside the end-to-end tests and `make fuzz` alone.
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+	$(BIN)/lint-imports --no-cache --no-logo
+	$(PYTEST) -m "not fuzz" tests/unit
+
+fuzz: $(STAMP)
+	$(PYTEST) -m fuzz tests/unit
 
 demo: deps
 	$(BIN)/python -m infra.local.demo
