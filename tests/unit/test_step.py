@@ -11,14 +11,13 @@ import time
 from typing import Callable
 
 import pytest
-from baseroll.config import FailureBudget
+from baseroll.config import FailureBudget, SigningPolicy
 from baseroll.contracts import topics
 from baseroll.contracts.messages import Step
 from baseroll.contracts.roll import RollRequest
 from baseroll.fleet.fake import Verdict
 from baseroll.fleet.view import ServiceView
 from baseroll.images import refs, signatures
-from baseroll.images.signatures import SigningPolicy
 from baseroll.rollout import fakes, lease, planner, step, worker
 
 APP = f"{fakes.REGISTRY}/apps/shop:prod"
