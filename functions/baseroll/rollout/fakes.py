@@ -111,6 +111,21 @@ class MemoryRecordStore:
         return copy.deepcopy(rec)
 
 
+class MemoryLineage:
+    """LineageStore in memory: per track, the digests its tag was seen at, oldest first."""
+
+    def __init__(self) -> None:
+        self.by_track: dict[str, list[str]] = {}
+
+    def record_version(self, track: str, digest: str) -> None:
+        seen = self.by_track.setdefault(track, [])
+        if digest not in seen:
+            seen.append(digest)
+
+    def versions(self, track: str) -> list[str]:
+        return list(self.by_track.get(track, []))
+
+
 def layer(name: str) -> str:
     """A layer digest named for readability in tests (no blob behind it)."""
     return "sha256:" + hashlib.sha256(name.encode()).hexdigest()

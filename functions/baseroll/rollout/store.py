@@ -23,6 +23,19 @@ class RecordStore(Protocol):
         ...
 
 
+class LineageStore(Protocol):
+    """Per base track, every digest its tag has been seen pointing to: what makes an old image a
+    version of *this* track rather than merely another tag of the same repository."""
+
+    def record_version(self, track: str, digest: str) -> None:
+        """Remember that `track`'s tag pointed to `digest` (idempotent)."""
+        ...
+
+    def versions(self, track: str) -> list[str]:
+        """The digests recorded for `track`, oldest first."""
+        ...
+
+
 class RegistryRecordStore:
     def __init__(self, client: RegistryClient, repository: ImageRef, clock: Clock = SYSTEM) -> None:
         self._client = client
