@@ -26,9 +26,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 # The import contract (.importlinter) first, then every tier but the bench on $(TEST_WORKERS) pytest-xdist
-# workers: tests/conftest.py groups each integration/e2e module on one worker and longest first.
-TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+# workers (most e2e time is spent waiting on deploys, quotas and deliveries, so more workers than
+# cores): tests/conftest.py keeps each integration/e2e module on one worker and starts the longest first.
+TEST_WORKERS ?= 3
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope
 
 test: deps
 	$(BIN)/lint-imports --no-cache --no-logo
