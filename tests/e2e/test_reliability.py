@@ -9,9 +9,11 @@
 2. Crash safety: the worker and then the coordinator are SIGKILLed mid-rollout and restarted on
    the same port; Pub/Sub redelivers. The rollout finishes, nothing is updated twice, and no
    service is left on a failed revision.
-3. No credentials in any function log line of these runs.
+3. No credentials in any function log line of these runs: each test's function logs are checked
+   when it ends, whether it passed or failed (`logs_checked_for_credentials`).
 
-Each stack is started inside its test, so the file holds one stack at a time.
+Each stack is started inside its test, so `make test` runs the three on different workers at once
+(tests/conftest.py, STANDALONE).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from google.api_core import exceptions as gexc
@@ -38,22 +41,21 @@ PROJECTS = ("tenants-prod-a", "tenants-prod-b")
 REGIONS = ("us-central1", "europe-west1", "asia-east1")
 WRITER_HEADER = "x-baseroll-test-writer"
 
-# Function logs of every stack started in this module, kept for the credentials check.
-_COLLECTED: list[Path] = []
 
-
-@pytest.fixture(scope="module")
-def log_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("reliability-logs")
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Iterator[Path]:
+    """Where a test keeps its stack's function logs (`collect_logs`); every line of them is checked
+    for credentials at teardown, so a leak is reported even when the test itself failed."""
+    yield tmp_path
+    hits = scan_for_credentials(sorted(tmp_path.glob("*.log")))[2]
+    assert not hits, "\n".join(hits[:20])
 
 
 def collect_logs(stack: LocalStack, log_dir: Path, label: str) -> None:
     for target in stack.targets:
         src = stack.function_log(target)
         if src.exists():
-            dst = log_dir / f"{label}-{target}.log"
-            shutil.copyfile(src, dst)
-            _COLLECTED.append(dst)
+            shutil.copyfile(src, log_dir / f"{label}-{target}.log")
 
 
 def service_stats(stack: LocalStack) -> dict[str, dict]:
@@ -373,9 +375,24 @@ SECRET_PATTERNS = [
 ]
 
 
+def scan_for_credentials(paths: list[Path]) -> tuple[int, int, list[str]]:
+    """(lines, JSON lines, lines matching a credential pattern) over `paths`; every structured line
+    must be one JSON object."""
+    lines = json_lines = 0
+    hits: list[str] = []
+    for path in paths:
+        for line in path.read_text(errors="replace").splitlines():
+            lines += 1
+            if line.startswith("{"):
+                json_lines += 1
+                json.loads(line)
+            hits.extend(f"{path.name}: {line[:200]}" for p in SECRET_PATTERNS if p.search(line))
+    return lines, json_lines, hits
+
+
 def test_no_credentials_in_any_function_log_line(log_dir):
-    """Every log line of every function of this module's runs (plus one small rollout of its own,
-    so this test stands alone) is checked for credential patterns."""
+    """A small rollout of its own, its function logs checked line by line (the other tests of this
+    file have theirs checked by the same `log_dir` fixture when they end)."""
     stack = LocalStack(ready_timeout_s=20, rollout={"failure_budget": "100%"})
     with stack:
         try:
@@ -386,15 +403,8 @@ def test_no_credentials_in_any_function_log_line(log_dir):
             assert record["status"] == "finished", record
         finally:
             collect_logs(stack, log_dir, "creds")
-    lines = json_lines = 0
-    hits: list[str] = []
-    for path in _COLLECTED:
-        for line in path.read_text(errors="replace").splitlines():
-            lines += 1
-            if line.startswith("{"):
-                json_lines += 1
-                json.loads(line)  # every structured line is one JSON object
-            hits.extend(f"{path.name}: {line[:200]}" for p in SECRET_PATTERNS if p.search(line))
-    print(f"\ncredentials check: {len(_COLLECTED)} logs, {lines} lines ({json_lines} JSON), {len(hits)} hits")
+    paths = sorted(log_dir.glob("*.log"))
+    lines, json_lines, hits = scan_for_credentials(paths)
+    print(f"\ncredentials check: {len(paths)} logs, {lines} lines ({json_lines} JSON), {len(hits)} hits")
     assert json_lines > 50
     assert not hits, "\n".join(hits[:20])
