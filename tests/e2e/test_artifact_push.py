@@ -6,6 +6,7 @@ import json
 
 import httpx
 import pytest
+from baseroll.contracts import messages, topics
 from baseroll.images.oci import ANNOTATION_BASE_DIGEST as ANN_BASE_DIGEST
 from baseroll.images.oci import ANNOTATION_BASE_NAME as ANN_BASE_NAME
 from baseroll.images.refs import parse
@@ -71,6 +72,38 @@ def test_redelivered_event_updates_nothing(stack, fleet):
     assert stack.wait_idle(30)
     assert stack.update_counts() == before
     assert {r.seeded.name: r.image for r in scenario.results(stack, fleet)} == images_before
+
+
+def test_duplicate_task_updates_nothing(stack, fleet):
+    """A task delivered again after its service was handled (the coordinator re-released it, or
+    Pub/Sub redelivered it after a lost ack) makes no update: the worker finds a rolled service
+    already on its target, and one rolled back from this target is never tried a second time."""
+    new_base = fleet.base_versions["python"][-1]
+    rec = scenario.record_store(stack).get(scenario.rollout_id("python", new_base))
+    assert rec is not None and rec.status == "finished", rec
+    rollout = messages.Rollout(rec.rollout_id, rec.track, rec.track_image, rec.base_digest, rec.kind, rec.scope)
+    final = scenario.results(stack, fleet)
+    rolled = next(r for r in final if r.state == "rolled")
+    rolled_back = next(r for r in final if r.state == "rolled-back")
+    # The target it was rolled back from: the stand-in's update history is [target, original image].
+    failed_target = stack.cloudrun.stats()["services"][rolled_back.seeded.name]["images"][-2]
+    duplicates = {rolled.seeded.name: (rolled.seeded.image, rolled.image),
+                  rolled_back.seeded.name: (rolled_back.seeded.image, failed_target)}
+    done_before = len(stack.log_records("task.done", target="roll_service"))
+    before = stack.update_counts()
+
+    for name, (planned_on, target) in duplicates.items():
+        task = messages.Task(rollout, name, 0, (planned_on,), {"0": target})
+        data, attributes = messages.encode(task)
+        stack.publish(topics.TASKS, data, **attributes)
+    assert stack.wait_idle(30)
+
+    assert stack.update_counts() == before
+    done = stack.log_records("task.done", target="roll_service")[done_before:]
+    outcomes = {r["service"]: (r["outcome"], r["reason"]) for r in done}
+    assert outcomes.get(rolled.seeded.name, ("",))[0] == "already-current", done
+    assert outcomes.get(rolled_back.seeded.name, ("",))[0] == "skipped", done
+    assert "rolled back" in outcomes[rolled_back.seeded.name][1], done
 
 
 def test_other_pushes_and_bad_events_are_acknowledged_and_change_nothing(stack, fleet):
