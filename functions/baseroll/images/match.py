@@ -38,9 +38,14 @@ class Match:
 
 
 def _annotated_base(app: ImageFacts) -> tuple[ImageRef | None, str | None]:
-    name = app.annotations.get(oci.ANNOTATION_BASE_NAME)
-    digest = app.annotations.get(oci.ANNOTATION_BASE_DIGEST)
-    if not name:
+    """The base the annotations name, if they name one well: a value that is not a string (an index
+    annotation `base.digest: 5`) counts as absent, so the layers decide."""
+    annotations = app.annotations if isinstance(app.annotations, Mapping) else {}
+    name = annotations.get(oci.ANNOTATION_BASE_NAME)
+    digest = annotations.get(oci.ANNOTATION_BASE_DIGEST)
+    if not isinstance(digest, str):
+        digest = None
+    if not name or not isinstance(name, str):
         return None, None
     try:
         ref = refs.parse(name)

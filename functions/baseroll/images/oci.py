@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -44,6 +45,7 @@ OCI_TO_DOCKER_LAYER = {OCI_LAYER_GZIP: DOCKER_LAYER_GZIP, OCI_LAYER_ND_GZIP: DOC
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what registries accept for a manifest PUT
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
+MAX_DESCRIPTOR_SIZE = 2**63 - 1  # the image spec's int64
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
@@ -79,19 +81,40 @@ def descriptor(media_type: str, data: bytes) -> dict[str, Any]:
 # ---------------------------------------------------------------- parsing
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 decodes to inf, which no canonical encoding can write back
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def load_json(raw: bytes, *, max_bytes: int, what: str) -> dict[str, Any]:
-    """Cap the size first, then decode; the result must be a JSON object."""
+    """Cap the size first, then decode; the result must be a JSON object.
+
+    Every decoding failure is an OCIError: a 5,000-digit integer (Python's int-string limit raises a
+    plain ValueError), NaN/Infinity, a float out of range, deep nesting, bad UTF-8.
+    """
     if not isinstance(raw, (bytes, bytearray)):
         raise OCIError(f"{what}: expected bytes, got {type(raw).__name__}")
     if len(raw) > max_bytes:
         raise OCIError(f"{what}: {len(raw)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        data = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        data = json.loads(bytes(raw).decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise OCIError(f"{what}: not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(data, dict):
         raise OCIError(f"{what}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, cut short (a 4,000-digit number stays readable)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def validate_descriptor(d: Any, what: str) -> dict[str, Any]:
@@ -100,10 +123,10 @@ def validate_descriptor(d: Any, what: str) -> dict[str, Any]:
     if not isinstance(d.get("mediaType"), str) or not d["mediaType"]:
         raise OCIError(f"{what}: descriptor has no mediaType")
     if not is_digest(d.get("digest")):
-        raise OCIError(f"{what}: descriptor digest {d.get('digest')!r} is not sha256:<64 hex>")
+        raise OCIError(f"{what}: descriptor digest {_show(d.get('digest'))} is not sha256:<64 hex>")
     size = d.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise OCIError(f"{what}: descriptor size {size!r} is not a non-negative integer")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > MAX_DESCRIPTOR_SIZE:
+        raise OCIError(f"{what}: descriptor size {_show(size)} is not a non-negative integer below 2**63")
     return d
 
 
@@ -114,12 +137,13 @@ def media_type_of(data: dict[str, Any], content_type: str | None = None) -> str:
     """
     declared = data.get("mediaType")
     header = (content_type or "").split(";", 1)[0].strip().lower() or None
+    # Type first: a list or object in mediaType is unhashable, so it cannot even be looked up.
+    if declared is not None and not isinstance(declared, str):
+        raise OCIError(f"mediaType is not a string (a {type(declared).__name__})")
     if data.get("schemaVersion") == 1 or declared in SCHEMA1_TYPES or header in SCHEMA1_TYPES:
         raise OCIError("Docker schema1 manifests are not supported: re-push the image with a v2/OCI client")
     if data.get("schemaVersion") != 2:
-        raise OCIError(f"unsupported schemaVersion {data.get('schemaVersion')!r} (expected 2)")
-    if declared is not None and not isinstance(declared, str):
-        raise OCIError("mediaType is not a string")
+        raise OCIError(f"unsupported schemaVersion {_show(data.get('schemaVersion'))} (expected 2)")
     if declared and header and header in MANIFEST_TYPES | INDEX_TYPES and declared != header:
         raise OCIError(f"mediaType {declared!r} contradicts Content-Type {header!r}")
     mt = declared or header
@@ -141,10 +165,25 @@ def validate_manifest(data: dict[str, Any], what: str = "manifest") -> dict[str,
         raise OCIError(f"{what}: layers is not a list")
     for i, layer in enumerate(layers):
         validate_descriptor(layer, f"{what} layer {i}")
+    _check_annotations(data, what)
+    return data
+
+
+def _check_annotations(data: dict[str, Any], what: str) -> None:
     ann = data.get("annotations")
     if ann is not None and not (isinstance(ann, dict) and all(isinstance(v, str) for v in ann.values())):
         raise OCIError(f"{what}: annotations must map strings to strings")
-    return data
+
+
+def _check_platform(child: dict[str, Any], what: str) -> None:
+    if "platform" not in child:
+        return
+    platform = child["platform"]
+    if not isinstance(platform, dict):
+        raise OCIError(f"{what}: platform is not an object")
+    for key in ("os", "architecture", "variant", "os.version"):
+        if key in platform and not isinstance(platform[key], str):
+            raise OCIError(f"{what}: platform.{key} is not a string")
 
 
 def validate_index(data: dict[str, Any], what: str = "index") -> dict[str, Any]:
@@ -153,8 +192,9 @@ def validate_index(data: dict[str, Any], what: str = "index") -> dict[str, Any]:
         raise OCIError(f"{what}: manifests is not a list")
     for i, child in enumerate(children):
         validate_descriptor(child, f"{what} child {i}")
-        if "platform" in child and not isinstance(child["platform"], dict):
-            raise OCIError(f"{what} child {i}: platform is not an object")
+        _check_platform(child, f"{what} child {i}")
+        _check_annotations(child, f"{what} child {i}")
+    _check_annotations(data, what)
     return data
 
 
@@ -172,17 +212,26 @@ def parse_manifest_or_index(
 
 
 def parse_config(raw: bytes, *, max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
-    data = load_json(raw, max_bytes=max_bytes, what="config")
+    return validate_config(load_json(raw, max_bytes=max_bytes, what="config"))
+
+
+def validate_config(data: Any, what: str = "config") -> dict[str, Any]:
+    """The fields of an image config that baseroll reads, each of the type the image spec gives it."""
+    if not isinstance(data, dict):
+        raise OCIError(f"{what}: not an object")
     rootfs = data.get("rootfs")
     if not isinstance(rootfs, dict) or not isinstance(rootfs.get("diff_ids"), list):
-        raise OCIError("config: rootfs.diff_ids is missing or not a list")
+        raise OCIError(f"{what}: rootfs.diff_ids is missing or not a list")
     for d in rootfs["diff_ids"]:
         if not is_digest(d):
-            raise OCIError(f"config: diff_id {d!r} is not sha256:<64 hex>")
-    if "history" in data and not isinstance(data["history"], list):
-        raise OCIError("config: history is not a list")
+            raise OCIError(f"{what}: diff_id {_show(d)} is not sha256:<64 hex>")
+    if "history" in data and data["history"] is not None and not isinstance(data["history"], list):
+        raise OCIError(f"{what}: history is not a list")
     if "config" in data and data["config"] is not None and not isinstance(data["config"], dict):
-        raise OCIError("config: config is not an object")
+        raise OCIError(f"{what}: config is not an object")
+    for key in ("os", "architecture", "variant", "os.version"):
+        if key in data and not isinstance(data[key], str):
+            raise OCIError(f"{what}: {key} is not a string")
     return data
 
 
@@ -233,19 +282,27 @@ def config_platform(config: dict[str, Any]) -> Platform | None:
     return Platform.from_dict(config)
 
 
-def is_attestation(desc: dict[str, Any]) -> bool:
-    """BuildKit attestation children: platform unknown/unknown, annotated as attestation-manifest."""
-    ann = desc.get("annotations") or {}
-    if ann.get(ANNOTATION_REFERENCE_TYPE) == ATTESTATION_MANIFEST:
+def is_attestation(desc: Any) -> bool:
+    """BuildKit attestation children: platform unknown/unknown, annotated as attestation-manifest.
+
+    Reads only what has the right type: a descriptor that is not an object, or whose annotations or
+    platform are not objects, is no attestation (an unvalidated index may hold anything).
+    """
+    if not isinstance(desc, dict):
+        return False
+    ann = desc.get("annotations")
+    if isinstance(ann, dict) and ann.get(ANNOTATION_REFERENCE_TYPE) == ATTESTATION_MANIFEST:
         return True
-    p = desc.get("platform") or {}
-    return p.get("os") == "unknown" and p.get("architecture") == "unknown"
+    p = desc.get("platform")
+    return isinstance(p, dict) and p.get("os") == "unknown" and p.get("architecture") == "unknown"
 
 
 def select_platform(index: dict[str, Any], platform: Platform) -> dict[str, Any] | None:
-    """The first non-attestation child of an index whose platform matches, else None."""
-    for child in index.get("manifests", []):
-        if is_attestation(child):
+    """The first non-attestation child of an index whose platform matches, else None (children that
+    are not objects are passed over)."""
+    children = index.get("manifests")
+    for child in children if isinstance(children, list) else ():
+        if not isinstance(child, dict) or is_attestation(child):
             continue
         p = Platform.from_dict(child.get("platform"))
         if p is not None and p.matches(platform):
@@ -257,6 +314,6 @@ def deepcopy_json(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def non_empty(entries: Iterable[dict[str, Any]]) -> int:
+def non_empty(entries: Iterable[Any]) -> int:
     """How many history entries created a layer (empty_layer absent or false)."""
     return sum(1 for h in entries if not (isinstance(h, dict) and h.get("empty_layer") is True))

@@ -124,7 +124,10 @@ def _check_base_ref(name: str, digest: str) -> None:
 
 
 def _check_parts(parts: ImageParts, label: str) -> None:
+    """Every field the rebase reads has the type the spec gives it (a hostile registry may send any)."""
     mt = parts.media_type
+    if not isinstance(mt, str) or not isinstance(parts.manifest, dict):
+        raise RebaseError(f"{label}: the manifest or its media type is malformed")
     if mt in oci.SCHEMA1_TYPES or parts.manifest.get("schemaVersion") == 1:
         raise RebaseError(f"{label}: Docker schema1 manifests are not supported")
     if mt in oci.INDEX_TYPES:
@@ -133,11 +136,10 @@ def _check_parts(parts: ImageParts, label: str) -> None:
         raise RebaseError(f"{label}: unsupported manifest media type {mt!r}")
     try:
         oci.validate_manifest(parts.manifest, label)
-        diff_ids = parts.config.get("rootfs", {}).get("diff_ids") if isinstance(parts.config, dict) else None
-        if not isinstance(diff_ids, list):
-            raise oci.OCIError(f"{label}: config has no rootfs.diff_ids list")
+        oci.validate_config(parts.config, f"{label} config")
     except oci.OCIError as e:
         raise RebaseError(str(e)) from None
+    diff_ids = parts.config["rootfs"]["diff_ids"]
     # Rule 2: a config that does not describe exactly the manifest's layers cannot be spliced.
     if len(diff_ids) != len(parts.manifest["layers"]):
         raise RebaseError(

@@ -65,11 +65,11 @@ def resolve_new_ref(client: RegistryClient, request: RollRequest) -> ImageRef:
         if not request.digest:
             raise RegistryError(f"{request.image} names neither a tag nor a digest")
         if client.head_manifest(request.image.with_digest(request.digest)) is None:
-            raise RegistryError(f"{request.image}@{request.digest} does not exist")
+            raise RegistryError(f"{request.image}@{request.digest} does not exist", 404, "MANIFEST_UNKNOWN")
         return request.image.with_digest(request.digest)
     current = client.head_manifest(request.image)
     if current is None:
-        raise RegistryError(f"{request.image} does not exist")
+        raise RegistryError(f"{request.image} does not exist", 404, "MANIFEST_UNKNOWN")
     if request.digest and request.digest != current:
         log.notice("target.superseded", image=str(request.image), event_digest=request.digest, current=current)
     return request.image.at(current)
@@ -84,9 +84,10 @@ def rebase_jobs_for(jobs: Iterable[RebaseJob], new_base: ImageRef, rebase: Rebas
             out[job] = rebase(job, new_base, dry_run)
             log.info("image.rebased", app=str(job.app), old_base=str(job.old_base), new_base=str(new_base),
                      result=str(out[job]), dry_run=dry_run)
-        except (RebaseError, RegistryError, OCIError) as exc:
-            out[job] = str(exc)
-            log.error("image.rebase_failed", app=str(job.app), old_base=str(job.old_base), reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever one image throws fails that image only
+            known = isinstance(exc, (RebaseError, RegistryError, OCIError))
+            out[job] = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            log.error("image.rebase_failed", app=str(job.app), old_base=str(job.old_base), reason=out[job])
     return out
 
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 
 from baseroll import log
-from baseroll.config import Config
+from baseroll.config import BaseTrack, Config
 from baseroll.contracts import ledger, topics
 from baseroll.contracts.messages import Rollout, Step
 from baseroll.contracts.records import TERMINAL, RolloutRecord
@@ -116,21 +116,29 @@ def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
     """Reconcile what a lost event or a lost step missed: for each base track, start the rollout
     to its current digest if none exists, and restart a running rollout whose steps went quiet or a
     finished one that has stragglers. Halted and aborted rollouts are left to the operator."""
-    cfg = deps.config
     out = []
-    for track in cfg.base_tracks:
-        request = RollRequest("base", track.image, None, "sweep", f"sweep:{track.name}")
-        result = start(deps, request, scope)
-        rec = deps.records.get(result["rollout_id"])
-        quiet = rec is not None and deps.clock.now() - rec.updated > LEASE_S
-        if rec is not None and ((rec.status == "running" and quiet) or (rec.status == "finished" and result["to_roll"])):
-            # A quiet rollout picks up where it stopped; a finished one walks its waves again for stragglers.
-            wave = rec.wave if rec.status == "running" else 0
-            _restart(deps, rec, wave, "restarted by sweep")
-            log.notice("rollout.swept", rollout_id=rec.rollout_id, wave=wave, to_roll=result["to_roll"])
-            result = {**result, "status": "restarted"}
-        out.append(result)
+    for track in deps.config.base_tracks:
+        try:
+            out.append(_sweep_track(deps, track, scope))
+        except Exception as exc:  # noqa: BLE001 - one track's failure never stops the others; the next sweep retries it
+            log.error("sweep.track_failed", track=track.name, image=str(track.image), error=type(exc).__name__,
+                      reason=str(exc))
+            out.append({"track": track.name, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
     return {"status": "swept", "rollouts": out}
+
+
+def _sweep_track(deps: Deps, track: BaseTrack, scope: ServiceFilter | None) -> dict:
+    request = RollRequest("base", track.image, None, "sweep", f"sweep:{track.name}")
+    result = start(deps, request, scope)
+    rec = deps.records.get(result["rollout_id"])
+    quiet = rec is not None and deps.clock.now() - rec.updated > LEASE_S
+    if rec is not None and ((rec.status == "running" and quiet) or (rec.status == "finished" and result["to_roll"])):
+        # A quiet rollout picks up where it stopped; a finished one walks its waves again for stragglers.
+        wave = rec.wave if rec.status == "running" else 0
+        _restart(deps, rec, wave, "restarted by sweep")
+        log.notice("rollout.swept", rollout_id=rec.rollout_id, wave=wave, to_roll=result["to_roll"])
+        result = {**result, "status": "restarted"}
+    return result
 
 
 def dry_run_report(cfg: Config, plan: Plan, new_ref: ImageRef, rebase: engine.Rebase) -> dict:
