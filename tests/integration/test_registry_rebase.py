@@ -320,6 +320,10 @@ Handler = Callable[[httpx.Request], httpx.Response]
 def mock_client(handler: Handler, **kw: Any) -> tuple[RegistryClient, list[float]]:
     slept: list[float] = []
     kw.setdefault("credentials", StaticCredentials({}))
+    # The mock's realm and storage hosts are named, as Google's are built in; they resolve to a public address.
+    kw.setdefault("token_hosts", {REG: ["auth.example"]})
+    kw.setdefault("storage_hosts", {REG: ["storage.example"]})
+    kw.setdefault("resolve", lambda host: ["142.250.1.1"])
     return RegistryClient(transport=httpx.MockTransport(handler), sleep=slept.append, backoff=0.01, **kw), slept
 
 

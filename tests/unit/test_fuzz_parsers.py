@@ -859,8 +859,9 @@ def test_registry_client_token_flow_leaks_nothing_to_logs_or_errors(capsys) -> N
             return httpx.Response(204)
         return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN", "message": "no such manifest"}]})
 
-    client = RegistryClient(allowed_hosts=[ALLOWED], transport=httpx.MockTransport(handler), retries=1,
-                            credentials=StaticCredentials({ALLOWED: ("robot", password)}), sleep=lambda s: None)
+    client = RegistryClient(allowed_hosts=[ALLOWED, "auth.test"], transport=httpx.MockTransport(handler), retries=1,
+                            credentials=StaticCredentials({ALLOWED: ("robot", password)}), sleep=lambda s: None,
+                            token_hosts={ALLOWED: ["auth.test"]}, resolve=lambda host: ["142.250.1.1"])
     errors: list[str] = [repr(client.credentials)]
     for call in (lambda: client.get_manifest(ImageRef(ALLOWED, "apps/a", "v1")),
                  lambda: client.mount_blob(ImageRef(ALLOWED, "apps/a"), D1, ImageRef(ALLOWED, "bases/b"))):

@@ -15,7 +15,7 @@ from baseroll.images import image as image_model
 from baseroll.images import oci, refs
 from baseroll.images.match import BaseVersion, ImageFacts
 from baseroll.images.refs import ImageRef
-from baseroll.images.registry import RegistryClient, RegistryError
+from baseroll.images.registry import RegistryClient, RegistryError, newest_tags
 
 _BASE_KEYS = (oci.ANNOTATION_BASE_NAME, oci.ANNOTATION_BASE_DIGEST)
 MAX_BASE_TAGS = 200  # how many tags of a base repository are read to find old versions
@@ -80,7 +80,7 @@ class Catalog:
         immutable version tag after the track tag moves), plus, with a version lister and an
         Artifact Registry base, every listed version digest (those whose tag has moved too)."""
         repo = track_image.with_tag(None)
-        wanted = [repo.with_tag(tag) for tag in self._client.list_tags(repo)[:MAX_BASE_TAGS]]
+        wanted = [repo.with_tag(tag) for tag in newest_tags(self._client.list_tags(repo), MAX_BASE_TAGS)]
         if self._version_lister is not None and repo.registry.endswith("-docker.pkg.dev"):
             try:
                 listed = self._version_lister(repo)[:MAX_BASE_LISTED]

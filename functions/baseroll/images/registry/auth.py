@@ -3,7 +3,8 @@
 A registry says how to authenticate in its 401 challenge: Basic (send credentials each time) or
 Bearer (trade them at the realm for a token scoped to ``repository:NAME:pull[,push]``)
 (docs/OCI.md#authentication). Credentials come from a ``TokenSource``; nothing credential-like
-reaches a message or a log.
+reaches a message or a log. A realm is asked only when it is the registry itself, or one of the
+registry's token hosts that is also allow-listed (``hosts.HostPolicy``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from baseroll.images.registry.hosts import normal_netloc
 from baseroll.images.registry.transport import (
     RegistryError,
     Transport,
@@ -186,6 +188,7 @@ class Authenticator:
     def _fetch_token(self, host: str, challenge: Challenge, scopes: tuple[str, ...],
                      creds: tuple[str, str] | None) -> tuple[str, float]:
         realm = httpx.URL(challenge.realm)
+        self._check_realm(host, realm)
         plain_ok = realm.scheme == "http" and self._transport.may_use_http(realm.netloc.decode(), host)
         if realm.scheme != "https" and not plain_ok:
             raise RegistryError(f"{host}: token realm is not https", code="DENIED")
@@ -196,7 +199,7 @@ class Authenticator:
         headers = {"Authorization": basic_header(creds)} if creds else {}
         what = f"token for {host}"
         t = self._transport
-        resp = t.with_retries(lambda: t.exchange("GET", realm.copy_merge_params(params), headers, None), what, True)
+        resp = t.with_retries(lambda: t.exchange("GET", realm.copy_merge_params(params), headers, None, host), what, True)
         with released(resp):
             if resp.status_code != 200:
                 raise RegistryError(f"{what}: HTTP {resp.status_code}", status=resp.status_code, code="UNAUTHORIZED")
@@ -209,3 +212,15 @@ class Authenticator:
             raise RegistryError(f"{what}: no token in response", code="UNAUTHORIZED")
         ttl = body.get("expires_in")
         return token, float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else 60.0
+
+    def _check_realm(self, host: str, realm: httpx.URL) -> None:
+        """The realm gets the credentials: the registry itself, or a token host of it that is allow-listed."""
+        netloc = realm.netloc.decode()
+        refused = self._transport.policy.refusal(netloc, host, "realm") if realm.host else "no host"
+        if refused is None and normal_netloc(netloc) != normal_netloc(host):
+            try:
+                self._transport.check_host(netloc)
+            except RegistryError:
+                refused = f"{netloc} is not an allowed registry host"
+        if refused:
+            raise RegistryError(f"{host}: refused token realm: {refused}", code="DENIED")

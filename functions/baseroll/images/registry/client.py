@@ -1,16 +1,18 @@
 """The registry client: the only code in baseroll that talks HTTP to registries (OCI Distribution).
 
 The verbs (manifests, tags, blobs, mounts, uploads) over the transport and the authenticator.
-Everything read is size-capped before parsing and verified by sha256; everything wrong surfaces as
-``RegistryError`` with the registry's error code (docs/OCI.md#distribution-api).
+Everything read is size-capped before parsing and verified by sha256, every call has a wall-clock
+deadline; everything wrong surfaces as ``RegistryError`` with the registry's error code
+(docs/OCI.md#distribution-api).
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import re
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import httpx
 
@@ -24,25 +26,30 @@ from baseroll.images.registry.auth import (
     pull_scope,
     push_scope,
 )
+from baseroll.images.registry.hosts import HostPolicy, Resolver, resolve_addresses
 from baseroll.images.registry.manifest import Manifest, ManifestCache
 from baseroll.images.registry.session import Session
 from baseroll.images.registry.transport import (
-    CHUNK,
+    DEFAULT_DEADLINE,
     MAX_ERROR_BODY,
     RETRYABLE,
     RegistryError,
     RegistryStats,
     Transport,
     content_length,
+    current_deadline,
     discard,
     error_from,
     released,
 )
 
-MAX_TAGS_BODY = 16 * 1024 * 1024
+MAX_TAGS_BODY = 4 * 1024 * 1024  # one page of tags
+MAX_TAGS_TOTAL = 16 * 1024 * 1024  # every page of one listing together
+MAX_TAG_PAGES = 20
 SINGLE_POST_MAX = 64 * 1024  # blobs up to this go in one POST, without asking first whether they exist
 DEFAULT_MAX_BLOB_BYTES = 10 * 1024 * 1024 * 1024  # a streamed copy; CUDA-sized layers exist
 DEFAULT_GET_BLOB_BYTES = 64 * 1024 * 1024  # what get_blob holds in memory by default
+_VERSION_PARTS = re.compile(r"\d+|[^\d]+")
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
@@ -52,6 +59,9 @@ class RegistryClient:
     Safe to share between threads (httpx.Client is; caches are locked), though the stats counters
     are only exact when one thread uses the client. Registries on loopback addresses are reached
     over plain HTTP, as crane and docker do; any other host only when listed in ``plain_http_hosts``.
+    ``token_hosts`` and ``storage_hosts`` name, per registry host, where its token realm and its
+    redirects and upload locations may point besides itself (Google's are built in, see ``hosts``);
+    ``deadline`` bounds each call in wall-clock seconds.
     """
 
     def __init__(
@@ -69,10 +79,15 @@ class RegistryClient:
         manifest_cache_bytes: int = 32 * 1024 * 1024,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        token_hosts: Mapping[str, Iterable[str]] | None = None,
+        storage_hosts: Mapping[str, Iterable[str]] | None = None,
+        resolve: Resolver = resolve_addresses,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
+        policy = HostPolicy(token_hosts=token_hosts, storage_hosts=storage_hosts, resolve=resolve)
         self._net = Transport(plain_http_hosts=plain_http_hosts, allowed_hosts=allowed_hosts, retries=retries,
                               backoff=backoff, max_backoff=max_backoff, timeout=timeout, transport=transport,
-                              sleep=sleep)
+                              sleep=sleep, policy=policy, deadline=deadline)
         # None: Google tokens for Google registries, anonymous elsewhere.
         self._auth = Authenticator(self._net, credentials if credentials is not None else GoogleTokenSource())
         self._session = Session(self._net, self._auth)
@@ -151,6 +166,16 @@ class RegistryClient:
     def head_manifest(self, ref: ImageRef) -> str | None:
         """Cheap tag → digest resolution; None when the manifest does not exist."""
         what = f"HEAD manifest {ref}"
+        with self._net.call():
+            digest = self._head_digest(ref, what)
+        if digest is None:
+            return None
+        if oci.is_digest(digest):
+            return digest
+        return self.get_manifest(ref).digest  # registry without the header: read and hash
+
+    def _head_digest(self, ref: ImageRef, what: str) -> str | None:
+        """The digest a HEAD announced ("" when it announced none); None when the manifest does not exist."""
         resp = self._session.request("HEAD", ref, f"/v2/{ref.repository}/manifests/{ref.reference}",
                              scopes=(pull_scope(ref.repository),), headers=_accept(), what=what)
         with released(resp):
@@ -159,10 +184,7 @@ class RegistryClient:
                 return None
             if resp.status_code != 200:
                 raise error_from(resp, what)
-            digest = resp.headers.get("docker-content-digest")
-        if oci.is_digest(digest):
-            return digest
-        return self.get_manifest(ref).digest  # registry without the header: read and hash
+            return resp.headers.get("docker-content-digest") or ""
 
     def put_manifest(self, ref: ImageRef, raw: bytes, media_type: str) -> str:
         """PUT a manifest under ``ref``'s tag or digest; returns its digest (checked against the registry's)."""
@@ -183,18 +205,25 @@ class RegistryClient:
 
     # ------------------------------------------------------------ tags
 
-    def list_tags(self, repo: ImageRef, *, page_size: int = 1000, max_pages: int = 100) -> list[str]:
-        """All tags of a repository, following ``Link: <..>; rel="next"`` for at most ``max_pages``."""
+    def list_tags(self, repo: ImageRef, *, page_size: int = 1000, max_pages: int = MAX_TAG_PAGES,
+                  max_bytes: int = MAX_TAGS_TOTAL) -> list[str]:
+        """The tags of a repository, following ``Link: <..>; rel="next"`` for at most ``max_pages``
+        pages and ``max_bytes`` bytes of them all (a listing cut short is logged, not an error)."""
         tags: list[str] = []
         url: str = f"/v2/{repo.repository}/tags/list?n={page_size}"
+        budget = max_bytes
         for _ in range(max_pages):
+            if budget <= 0:
+                break
             resp, raw = self._session.fetch("GET", repo, url, scopes=(pull_scope(repo.repository),),
-                                    cap=MAX_TAGS_BODY, what=f"list tags {repo.name}")
+                                    cap=min(MAX_TAGS_BODY, budget), what=f"list tags {repo.name}")
+            budget -= len(raw)
             try:
                 page = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
                 raise RegistryError(f"list tags {repo.name}: response is not JSON", code="TAG_INVALID") from None
-            tags.extend(t for t in (page.get("tags") or []) if isinstance(t, str))
+            listed = page.get("tags") if isinstance(page, dict) else None
+            tags.extend(t for t in (listed if isinstance(listed, list) else []) if isinstance(t, str))
             nxt = _LINK_NEXT.search(resp.headers.get("link", ""))
             if not nxt:
                 return tags
@@ -204,16 +233,17 @@ class RegistryClient:
                 if target.netloc.decode().lower() != repo.registry:
                     raise RegistryError(f"list tags {repo.name}: pagination link leaves the registry")
                 url = target.raw_path.decode()
-        log.warning("registry.tags_truncated", repository=repo.name, pages=max_pages, tags=len(tags))
+        log.warning("registry.tags_truncated", repository=repo.name, pages=max_pages, bytes=max_bytes - budget,
+                    tags=len(tags))
         return tags
 
     # ------------------------------------------------------------ blobs
 
     def blob_exists(self, repo: ImageRef, digest: str) -> bool:
         what = f"HEAD blob {repo.name}@{digest}"
-        resp = self._session.request("HEAD", repo, f"/v2/{repo.repository}/blobs/{digest}",
-                             scopes=(pull_scope(repo.repository),), what=what)
-        with released(resp):
+        with self._net.call(), released(self._session.request(
+                "HEAD", repo, f"/v2/{repo.repository}/blobs/{digest}", scopes=(pull_scope(repo.repository),),
+                what=what)) as resp:
             if resp.status_code == 200:
                 return True
             if resp.status_code == 404:
@@ -268,9 +298,9 @@ class RegistryClient:
             return "uploaded"
         what = f"mount {digest} from {source.repository} into {target.name}"
         scopes = (push_scope(target.repository), pull_scope(source.repository))
-        resp = self._session.request("POST", target, f"/v2/{target.repository}/blobs/uploads/",
-                             params={"mount": digest, "from": source.repository}, scopes=scopes, what=what)
-        with released(resp):
+        with self._net.call(), released(self._session.request(
+                "POST", target, f"/v2/{target.repository}/blobs/uploads/",
+                params={"mount": digest, "from": source.repository}, scopes=scopes, what=what)) as resp:
             status, location = resp.status_code, resp.headers.get("location")
             if status not in (201, 202, 401):
                 raise error_from(resp, what)
@@ -347,13 +377,17 @@ class RegistryClient:
     def _abandon_upload(self, repo: ImageRef, location: str) -> None:
         """Best-effort DELETE of an upload session we will not finish, so it does not linger."""
         try:
-            resp = self._session.request("DELETE", repo, location, scopes=(push_scope(repo.repository),),
-                                 what=f"cancel upload {repo.name}", replayable=False)
-            discard(resp)
+            with self._net.call():
+                discard(self._session.request("DELETE", repo, location, scopes=(push_scope(repo.repository),),
+                                              what=f"cancel upload {repo.name}", replayable=False))
         except (RegistryError, httpx.HTTPError):
             pass
 
     def _stream_copy(self, target: ImageRef, digest: str, source: ImageRef, location: str) -> None:
+        with self._net.call():
+            self._stream_copy_within(target, digest, source, location)
+
+    def _stream_copy_within(self, target: ImageRef, digest: str, source: ImageRef, location: str) -> None:
         what = f"GET blob {source.name}@{digest}"
         resp = self._session.request("GET", source, f"/v2/{source.repository}/blobs/{digest}",
                              scopes=(pull_scope(source.repository),), what=what)
@@ -363,10 +397,12 @@ class RegistryClient:
             length = content_length(resp)
             if length is not None and length > self.max_blob_bytes:
                 raise RegistryError(f"{what}: {length} bytes exceeds {self.max_blob_bytes}", code="SIZE_INVALID")
-            hasher, total = hashlib.sha256(), [0]
+            hasher, total, deadline = hashlib.sha256(), [0], current_deadline()
 
             def body() -> Iterator[bytes]:
-                for chunk in resp.iter_bytes(CHUNK):
+                for chunk in resp.iter_bytes():
+                    if deadline is not None:
+                        deadline.check(what)
                     total[0] += len(chunk)
                     if total[0] > self.max_blob_bytes:
                         raise RegistryError(f"{what}: exceeds {self.max_blob_bytes} bytes", code="SIZE_INVALID")
@@ -396,3 +432,14 @@ def _session_location(resp: httpx.Response, what: str) -> str:
     if not location:
         raise RegistryError(f"{what}: 202 without Location", status=202)
     return location
+
+
+def newest_tags(tags: Iterable[str], keep: int) -> list[str]:
+    """The ``keep`` newest-looking tags, newest first: registries list tags lexically and without dates,
+    so versions are compared with their numbers as numbers (``3.12.10`` after ``3.12.9``)."""
+    return heapq.nlargest(keep, set(tags), key=_version_key)
+
+
+def _version_key(tag: str) -> tuple[tuple[int, int, str], ...]:
+    # A number compares by its length without leading zeros, then its digits: no int() of a 5,000-digit tag.
+    return tuple((1, len(p.lstrip("0")), p.lstrip("0")) if p.isdigit() else (0, 0, p) for p in _VERSION_PARTS.findall(tag))

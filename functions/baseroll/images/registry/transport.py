@@ -2,8 +2,9 @@
 
 Everything here is about bytes on the wire, never about what they mean: which host may be reached
 and over which scheme, retrying 408/429/5xx and dropped connections with backoff (honouring
-Retry-After), following redirects by hand so Authorization never leaves the registry, reading
-bodies under a cap, and draining small bodies so connections return to the pool
+Retry-After), following redirects by hand so Authorization never leaves the registry and a redirect
+goes only where ``hosts.HostPolicy`` lets it, reading bodies under a cap, a wall-clock deadline per
+registry call checked while reading, and draining small bodies so connections return to the pool
 (docs/OCI.md#distribution-api).
 """
 from __future__ import annotations
@@ -14,12 +15,15 @@ import random
 import ssl
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Callable, Iterable, Iterator
 
 import httpx
+
+from baseroll.images.registry.hosts import HostPolicy
 
 USER_AGENT = "baseroll/0.1"
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
@@ -28,7 +32,11 @@ MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 64 * 1024
 MAX_DRAIN = 64 * 1024  # an unread body up to this is read so its connection can be reused
 CHUNK = 1024 * 1024
+MAX_FETCHED_RECORDED = 1024  # blobs_fetched keeps the latest digests only: the client lives as long as the process
+DEFAULT_DEADLINE = 120.0  # seconds per registry call, retries, redirects, token fetch and body included
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 Body = bytes | Iterator[bytes] | None
+_CALL = threading.local()  # the deadline of the registry call running on this thread
 
 
 class RegistryError(Exception):
@@ -56,7 +64,27 @@ class RegistryStats:
     mounts: int = 0  # 201 cross-repository mounts
     mount_fallbacks: int = 0  # mounts that became a copy
     uploads: int = 0  # blobs uploaded (put_blob and fallback copies)
-    blobs_fetched: list[str] = field(default_factory=list)  # digests whose bytes were read
+    # digests whose bytes were read, the latest MAX_FETCHED_RECORDED of them
+    blobs_fetched: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_FETCHED_RECORDED))
+
+
+class Deadline:
+    """When one registry call must be over; checked before each request, each backoff and each chunk read."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self, what: str) -> None:
+        if self.remaining() <= 0:
+            raise RegistryError(f"{what}: no answer within the {self.seconds:g}s deadline", code=DEADLINE_EXCEEDED)
+
+
+def current_deadline() -> Deadline | None:
+    return getattr(_CALL, "deadline", None)
 
 
 class Transport:
@@ -67,7 +95,11 @@ class Transport:
 
     def __init__(self, *, plain_http_hosts: Iterable[str], allowed_hosts: Iterable[str] | None, retries: int,
                  backoff: float, max_backoff: float, timeout: float, transport: httpx.BaseTransport | None,
-                 sleep: Callable[[float], None]) -> None:
+                 sleep: Callable[[float], None], policy: HostPolicy | None = None,
+                 deadline: float = DEFAULT_DEADLINE) -> None:
+        self.policy = policy or HostPolicy()
+        self.deadline = deadline
+        self.timeout = timeout
         self.plain_http_hosts = frozenset(h.lower() for h in plain_http_hosts)
         self.allowed_hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
         self.retries = retries
@@ -87,6 +119,24 @@ class Transport:
 
     def close(self) -> None:
         self._http.close()
+
+    @contextmanager
+    def call(self) -> Iterator[Deadline]:
+        """The deadline of the registry call in progress on this thread, or a new one (nested calls share it)."""
+        current = current_deadline()
+        if current is not None:
+            yield current
+            return
+        _CALL.deadline = Deadline(self.deadline)
+        try:
+            yield _CALL.deadline
+        finally:
+            _CALL.deadline = None
+
+    def _timeout(self) -> httpx.Timeout:
+        """Socket timeouts that never wait past the current call's deadline."""
+        left = self.deadline if (d := current_deadline()) is None else max(d.remaining(), 0.001)
+        return httpx.Timeout(min(self.timeout, left), connect=min(10.0, left))
 
     # ------------------------------------------------------------ hosts and schemes
 
@@ -118,6 +168,9 @@ class Transport:
             raise RegistryError(f"{registry}: unusable location returned by the registry")
         if url.scheme == "http" and not self.may_use_http(url.netloc.decode(), registry):
             raise RegistryError(f"{registry}: registry pointed at a plain-http location", code="DENIED")
+        refused = self.policy.refusal(url.netloc.decode(), registry, "storage")
+        if refused:  # an upload Location goes only to the registry or its storage hosts
+            raise RegistryError(f"{registry}: refused location returned by the registry: {refused}", code="DENIED")
         return path_or_url
 
     # ------------------------------------------------------------ sending
@@ -126,25 +179,29 @@ class Transport:
         """Retry 408/429/5xx and connection errors with exponential backoff + jitter (Retry-After honoured)."""
         attempts = self.retries + 1 if replayable else 1
         for attempt in range(attempts):
+            if (deadline := current_deadline()) is not None:
+                deadline.check(what)
             try:
                 resp = call()
             except httpx.TransportError as e:
                 if attempt + 1 >= attempts:
                     raise RegistryError(f"{what}: {type(e).__name__} after {attempt + 1} attempt(s){_hint(e)}") from e
-                self.pause(attempt, None)
+                self.pause(attempt, None, what)
                 continue
             if resp.status_code in RETRYABLE and attempt + 1 < attempts:
                 discard(resp)
-                self.pause(attempt, resp)
+                self.pause(attempt, resp, what)
                 continue
             return resp
         raise AssertionError("unreachable")
 
-    def exchange(self, method: str, url: httpx.URL, headers: dict[str, str], content: Body) -> httpx.Response:
-        """Send, following redirects by hand: Authorization never goes to another host."""
+    def exchange(self, method: str, url: httpx.URL, headers: dict[str, str], content: Body,
+                 registry: str) -> httpx.Response:
+        """Send for ``registry``, following redirects by hand: only to the registry or its storage hosts
+        (``HostPolicy``), and Authorization never goes to another host."""
         origin = url.netloc
         for _ in range(MAX_REDIRECTS + 1):
-            req = self._http.build_request(method, url, headers=headers, content=content)
+            req = self._http.build_request(method, url, headers=headers, content=content, timeout=self._timeout())
             resp = self._http.send(req, stream=True)
             with self.lock:
                 self.stats.requests += 1
@@ -152,8 +209,12 @@ class Transport:
                 return resp
             discard(resp)
             target = url.join(resp.headers["location"])
-            if target.scheme not in ("http", "https") or _forbidden_redirect(target):
+            if target.scheme not in ("http", "https"):
                 raise RegistryError(f"{method} redirected to a refused location", status=resp.status_code)
+            refused = self.policy.refusal(target.netloc.decode(), registry, "storage")
+            if refused:
+                raise RegistryError(f"{method} redirected to a refused location: {refused}", status=resp.status_code,
+                                    code="DENIED")
             if target.scheme == "http" and url.scheme == "https":
                 raise RegistryError(f"{method} redirected from https to http", status=resp.status_code)
             if target.netloc != origin:
@@ -163,14 +224,19 @@ class Transport:
             url = target
         raise RegistryError(f"{method}: more than {MAX_REDIRECTS} redirects")
 
-    def pause(self, attempt: int, resp: httpx.Response | None) -> None:
-        """Sleep before retry ``attempt`` + 1: exponential, jittered, at least what Retry-After asks."""
+    def pause(self, attempt: int, resp: httpx.Response | None, what: str = "registry call") -> None:
+        """Sleep before retry ``attempt`` + 1: exponential, jittered, at least what Retry-After asks;
+        give up at once when the call's deadline would pass while sleeping."""
         delay = min(self.max_backoff, self.backoff * (2 ** attempt))
         delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: spread retries of parallel callers
         if resp is not None:
             after = _retry_after(resp.headers.get("retry-after"))
             if after is not None:
                 delay = min(self.max_backoff, max(delay, after))
+        deadline = current_deadline()
+        if deadline is not None and delay >= deadline.remaining():
+            raise RegistryError(f"{what}: the {deadline.seconds:g}s deadline leaves no time to retry",
+                                code=DEADLINE_EXCEEDED)
         with self.lock:
             self.stats.retries += 1
         self._sleep(delay)
@@ -216,12 +282,13 @@ def discard(resp: httpx.Response) -> None:
     one unread (any HEAD, a 201 or 202 with an empty body) drops the connection, and the next request
     pays a new connect. A large unread body is not worth reading: that connection is dropped.
     """
+    deadline = current_deadline()
     try:
         if not resp.is_stream_consumed:
             read = 0
             for chunk in resp.iter_raw():
                 read += len(chunk)
-                if read > MAX_DRAIN:
+                if read > MAX_DRAIN or (deadline is not None and deadline.remaining() <= 0):
                     break
     except (httpx.HTTPError, httpx.StreamError):
         pass  # the connection is dropped, which is all a failed read can cost
@@ -239,12 +306,16 @@ def released(resp: httpx.Response) -> Iterator[httpx.Response]:
 
 
 def read_capped(resp: httpx.Response, cap: int, what: str) -> bytes:
-    """Read a streamed body, refusing before parsing anything when it exceeds ``cap``."""
+    """Read a streamed body, refusing before parsing anything when it exceeds ``cap`` and stopping
+    when the current call's deadline passes (checked after every chunk the network hands over)."""
     length = content_length(resp)
     if length is not None and length > cap:
         raise RegistryError(f"{what}: {length} bytes exceeds the {cap}-byte limit", code="SIZE_INVALID")
+    deadline = current_deadline()
     buf = bytearray()
-    for chunk in resp.iter_bytes(CHUNK):
+    for chunk in resp.iter_bytes():  # as they arrive: a fixed chunk size would wait for it to fill
+        if deadline is not None:
+            deadline.check(what)
         buf += chunk
         if len(buf) > cap:
             raise RegistryError(f"{what}: body exceeds the {cap}-byte limit", code="SIZE_INVALID")
@@ -307,8 +378,3 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
 
-
-def _forbidden_redirect(url: httpx.URL) -> bool:
-    """Never follow a registry's redirect to the metadata server (it would hand out tokens)."""
-    host = (url.host or "").lower()
-    return host in ("metadata.google.internal", "metadata") or host.startswith("169.254.")
