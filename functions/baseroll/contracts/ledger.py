@@ -13,13 +13,19 @@ ROLLOUT_ID = PREFIX + "rollout-id"
 BASE_DIGEST = PREFIX + "base-digest"
 PREVIOUS_IMAGES = PREFIX + "previous-images"
 PREVIOUS_BASE_URIS = PREFIX + "previous-base-image-uris"
-STATE = PREFIX + "state"  # ROLLED | ROLLED_BACK
+PREVIOUS_TRAFFIC = PREFIX + "previous-traffic"  # JSON, only when the roll changed the traffic
+TRAFFIC = PREFIX + "traffic"  # what the roll did with the traffic, as a person reads it
+STATE = PREFIX + "state"  # ROLLED | ROLLED_BACK | CHANGED_BY_SOMEONE_ELSE
 REASON = PREFIX + "reason"
 MAX_REASON = 500
 
 # The values of STATE.
 ROLLED = "rolled"  # this rollout updated the service (and the update may still be settling)
 ROLLED_BACK = "rolled-back"  # this rollout's target failed here and the service was restored
+# This rollout's target failed here, but someone else changed the service while it was gated: it
+# was left as they made it, not rolled back over their change.
+CHANGED_BY_SOMEONE_ELSE = "changed-by-someone-else"
+CHANGED_DURING_GATE = "changed by someone else during the gate"
 
 # Why a service is left alone: its ledger says this target already failed on it. Decided here, below
 # the fleet, because `fleet.deploy` needs it too; `rollout.policy` re-exports it.
@@ -31,17 +37,27 @@ def rollout_id(track_name: str, base_digest: str) -> str:
     return f"{track_name}-{base_digest.removeprefix('sha256:')[:12]}"
 
 
-def rolled(rollout: str, base_digest: str, previous: tuple[str, ...], previous_uris: tuple[str, ...] = ()) -> dict[str, str]:
+def rolled(rollout: str, base_digest: str, previous: tuple[str, ...], previous_uris: tuple[str, ...] = (), *,
+           previous_traffic: list[dict[str, object]] | None = None, traffic_note: str = "") -> dict[str, str]:
+    """`previous_traffic`: the traffic before the roll, when the roll changes it (a restore needs it)."""
     out = {
         ROLLOUT_ID: rollout,
         BASE_DIGEST: base_digest,
         PREVIOUS_IMAGES: json.dumps(list(previous), separators=(",", ":")),
         STATE: ROLLED,
         REASON: "",
+        TRAFFIC: traffic_note[:MAX_REASON],
+        PREVIOUS_TRAFFIC: json.dumps(previous_traffic, separators=(",", ":")) if previous_traffic else "",
     }
     if any(previous_uris):
         out[PREVIOUS_BASE_URIS] = json.dumps(list(previous_uris), separators=(",", ":"))
     return out
+
+
+def changed_by_someone_else(rollout: str, base_digest: str, reason: str) -> dict[str, str]:
+    """The target failed, but the service was changed by someone else during the gate: left alone."""
+    return {ROLLOUT_ID: rollout, BASE_DIGEST: base_digest, STATE: CHANGED_BY_SOMEONE_ELSE,
+            REASON: f"{CHANGED_DURING_GATE}: {reason}"[:MAX_REASON]}
 
 
 def rolled_back(rollout: str, base_digest: str, reason: str) -> dict[str, str]:

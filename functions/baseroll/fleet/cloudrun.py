@@ -4,8 +4,6 @@ The rest of baseroll sees `ServiceView`, plain data; only this module touches ru
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Iterator, Mapping
 
 from google.api_core import exceptions as gexc
@@ -15,7 +13,16 @@ from google.api_core.future import polling as gpolling
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
-from baseroll.fleet.view import FleetError, ServiceView, StaleService
+from baseroll.fleet.view import (
+    ALL_TO_LATEST,
+    LATEST,
+    REVISION,
+    FleetError,
+    ServiceView,
+    StaleService,
+    TrafficSplit,
+    watched,
+)
 
 # Writes and reads alike are retried on the far side's flakiness and quota pushback.
 TRANSIENT = gretry.if_exception_type(
@@ -27,7 +34,6 @@ WRITE_RETRY = gretry.Retry(predicate=TRANSIENT, initial=1.0, maximum=30.0, multi
 # api-core's default first polls an operation after 1 s, then 2.5 s, 4.75 s...: a deploy that is
 # ready at 2.1 s would be seen at 4.75 s, and every wave of a rollout waits for its slowest one.
 OPERATION_POLLING = gpolling.DEFAULT_POLLING.with_delay(initial=0.25, maximum=5.0, multiplier=1.5)
-READ_CACHE_SIZE = 512  # services read for an update; a worker updates what it has just read
 
 
 def _reason(cond: run_v2.Condition) -> str:
@@ -36,6 +42,19 @@ def _reason(cond: run_v2.Condition) -> str:
         if value:
             return value.name if hasattr(value, "name") else str(value)
     return ""
+
+
+_ALLOCATION = {run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST: LATEST,
+               run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION: REVISION}
+_ALLOCATION_TYPE = {name: enum for enum, name in _ALLOCATION.items()}
+
+
+def _split(t: run_v2.TrafficTarget | run_v2.TrafficTargetStatus) -> TrafficSplit:
+    return TrafficSplit(_ALLOCATION.get(t.type_, str(t.type_)), t.percent, t.revision, t.tag)
+
+
+def _target(t: TrafficSplit) -> run_v2.TrafficTarget:
+    return run_v2.TrafficTarget(type_=_ALLOCATION_TYPE[t.type], percent=t.percent, revision=t.revision, tag=t.tag)
 
 
 def view(svc: run_v2.Service) -> ServiceView:
@@ -55,6 +74,9 @@ def view(svc: run_v2.Service) -> ServiceView:
         terminal_reason=_reason(tc) if tc else "",
         terminal_message=tc.message if tc else "",
         reconciling=svc.reconciling,
+        # An empty `traffic` is 100 % to the latest ready revision (the field's docstring).
+        traffic=tuple(_split(t) for t in svc.traffic) or ALL_TO_LATEST,
+        traffic_statuses=tuple(_split(t) for t in svc.traffic_statuses),
     )
 
 
@@ -63,28 +85,16 @@ class CloudRunFleet:
 
     def __init__(self, client: run_v2.ServicesClient) -> None:
         self._client = client
-        # name -> (etag, serialized Service) of the latest read, so an update based on a view just
-        # read does not read the service again (the update's etag precondition guards staleness).
-        self._read: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
-        self._read_lock = threading.Lock()
 
-    def _remember(self, svc: run_v2.Service) -> ServiceView:
-        with self._read_lock:
-            self._read[svc.name] = (svc.etag, run_v2.Service.serialize(svc))
-            self._read.move_to_end(svc.name)
-            while len(self._read) > READ_CACHE_SIZE:
-                self._read.popitem(last=False)
-        return view(svc)
-
-    def _for_update(self, current: ServiceView) -> run_v2.Service:
-        """A fresh copy of `current` as the API returned it; raises StaleService if it changed."""
-        with self._read_lock:
-            etag, raw = self._read.get(current.name, ("", b""))
-        if raw and etag == current.etag:
-            return run_v2.Service.deserialize(raw)
+    def _for_update(self, current: ServiceView, indexes: set[int]) -> run_v2.Service:
+        """The service as it is now, read just before the write; raises StaleService if what the
+        caller watches changed since `current` was read. Whether Cloud Run enforces the etag on
+        update is not documented (docs/GOOGLE_APIS.md#cloud-run-admin-api-v2), so the write is
+        based on this read, not on `current`: a change the caller does not watch (a label) is kept,
+        and one it does is never written over."""
         svc = self._get(current.name)
-        if svc.etag != current.etag:
-            raise StaleService(current.name)
+        if watched(view(svc), indexes) != watched(current, indexes):
+            raise StaleService(f"{current.name}: changed since it was read")
         return svc
 
     @classmethod
@@ -107,7 +117,7 @@ class CloudRunFleet:
             yield view(svc)
 
     def get_service(self, name: str) -> ServiceView:
-        return self._remember(self._get(name))
+        return view(self._get(name))
 
     def _get(self, name: str) -> run_v2.Service:
         try:
@@ -117,9 +127,9 @@ class CloudRunFleet:
 
     def update_images(
         self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float,
-        base_uris: Mapping[int, str] = {},
+        base_uris: Mapping[int, str] = {}, traffic: tuple[TrafficSplit, ...] | None = None, revision: str = "",
     ) -> ServiceView:
-        svc = self._for_update(current)
+        svc = self._for_update(current, {*images, *base_uris})
         for index in {*images, *base_uris}:
             if index >= len(svc.template.containers):
                 raise FleetError(f"{current.name} has no container #{index}")
@@ -127,13 +137,17 @@ class CloudRunFleet:
             svc.template.containers[index].image = image
         for index, uri in base_uris.items():
             svc.template.containers[index].base_image_uri = uri
-        # A named revision with a different config is refused (409): let Cloud Run name it.
-        svc.template.revision = ""
+        if images or base_uris:
+            # A named revision with a different config is refused (409): a new name, or Cloud Run's.
+            svc.template.revision = revision
+        if traffic is not None:
+            svc.traffic = [_target(t) for t in traffic]
         for key, value in annotations.items():
             svc.annotations[key] = value
         try:
             operation = self._client.update_service(
-                request=run_v2.UpdateServiceRequest(service=svc), retry=WRITE_RETRY
+                # Retries stay inside the caller's budget (an update and its gate fit one invocation).
+                request=run_v2.UpdateServiceRequest(service=svc), retry=WRITE_RETRY.with_timeout(max(timeout, 1.0))
             )
         except (gexc.Aborted, gexc.Conflict, gexc.FailedPrecondition) as exc:
             raise StaleService(f"{current.name}: {exc.message}") from exc
@@ -141,7 +155,7 @@ class CloudRunFleet:
             raise FleetError(f"update of {current.name} failed: {exc}") from exc
         try:
             # The finished operation's response is the service as the deploy left it.
-            return self._remember(operation.result(timeout=timeout, retry=READ_RETRY, polling=OPERATION_POLLING))
+            return view(operation.result(timeout=timeout, retry=READ_RETRY, polling=OPERATION_POLLING))
         except gexc.GoogleAPICallError:
             pass  # A failed revision surfaces here; the service's conditions say why.
         except TimeoutError:

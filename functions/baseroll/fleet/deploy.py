@@ -12,8 +12,15 @@ from typing import Literal, Mapping
 from baseroll import log
 from baseroll.clock import Clock
 from baseroll.contracts import ledger
-from baseroll.fleet import health
-from baseroll.fleet.view import Fleet, FleetError, ServiceView, StaleService
+from baseroll.fleet import health, traffic
+from baseroll.fleet.traffic import PinnedTraffic
+from baseroll.fleet.view import (
+    Fleet,
+    FleetError,
+    ServiceView,
+    StaleService,
+    TrafficSplit,
+)
 
 MAX_STALE_RETRIES = 3
 POLL_INTERVAL_S = 0.5
@@ -21,6 +28,9 @@ POLL_INTERVAL_S = 0.5
 # Why a task leaves its service alone because someone else changed it between planning and the
 # update (decided here, below the rollout; `rollout.policy` re-exports it).
 CHANGED_SINCE_PLANNING = "changed since planning"
+# Why a failed target is not rolled back: someone else changed the watched containers while it was
+# gated, and a rollback would replace their change (decided here; `rollout.policy` re-exports it).
+CHANGED_DURING_GATE = ledger.CHANGED_DURING_GATE
 
 
 @dataclass(frozen=True)
@@ -77,8 +87,9 @@ def _wait_settled(fleet: Fleet, svc: ServiceView, deadline: float,
 
 
 def apply(fleet: Fleet, planned: ServiceView, target: Target, *, rollout: str, base_digest: str,
-          timeout_s: float, clock: Clock) -> Outcome:
-    """Move `planned`'s containers to `target`."""
+          timeout_s: float, clock: Clock, pinned_traffic: PinnedTraffic = "follow") -> Outcome:
+    """Move `planned`'s containers to `target`: the update and its gate take at most `timeout_s`,
+    a rollback and its gate at most `timeout_s` more (config checks both fit one invocation)."""
     svc = planned
     watched = target.indexes()
     for attempt in range(MAX_STALE_RETRIES + 1):
@@ -87,25 +98,39 @@ def apply(fleet: Fleet, planned: ServiceView, target: Target, *, rollout: str, b
             # This target already failed here and was rolled back: never try it a second time.
             return Outcome(svc.name, "skipped", planned.images, svc.images, refused)
         if target.reached(svc):
-            # A redelivered task, or a concurrent worker got here first: never a second update.
-            svc, verdict = _wait_settled(fleet, svc, clock.monotonic() + timeout_s, clock)
-            if verdict.state == "ready":
-                return Outcome(svc.name, "already-current", planned.images, svc.images, "already on the target")
-            before = _recorded_before(svc, rollout, base_digest)
-            if before is not None:
-                # A worker died between a failed revision and its rollback: finish the rollback.
-                log.warning("service.unhealthy", service=svc.name, reason=verdict.reason, recovered=True)
-                return _roll_back(fleet, svc, before, watched, rollout, base_digest, verdict.reason, timeout_s, clock)
-            return Outcome(svc.name, "failed", planned.images, svc.images, f"on the target but {verdict.reason}")
+            return _on_target(fleet, planned, svc, target, rollout, base_digest, timeout_s, clock)
         changed = changed_since_planning(planned, svc, watched)
         if changed:
             return Outcome(svc.name, "skipped", planned.images, svc.images, changed)
+        moves = traffic.plan(svc, _images_after(svc, target), pinned_traffic)
+        if moves.skip:
+            log.info("service.traffic_skipped", service=svc.name, reason=moves.skip, rollout_id=rollout)
+            return Outcome(svc.name, "skipped", planned.images, svc.images, moves.skip)
         try:
-            return _update_and_gate(fleet, svc, target, rollout, base_digest, timeout_s, clock)
+            return _update_and_gate(fleet, svc, target, moves, rollout, base_digest, timeout_s, clock)
         except StaleService:
             log.info("service.stale", service=svc.name, attempt=attempt + 1)
             svc = fleet.get_service(planned.name)
     return Outcome(svc.name, "failed", planned.images, svc.images, "service kept changing (etag conflicts)")
+
+
+def _images_after(svc: ServiceView, target: Target) -> tuple[str, ...]:
+    return tuple(target.images.get(i, image) for i, image in enumerate(svc.images))
+
+
+def _on_target(fleet: Fleet, planned: ServiceView, svc: ServiceView, target: Target, rollout: str,
+               base_digest: str, timeout_s: float, clock: Clock) -> Outcome:
+    """A redelivered task, or a concurrent worker got here first: never a second update."""
+    svc, verdict = _wait_settled(fleet, svc, clock.monotonic() + timeout_s, clock)
+    if verdict.state == "ready":
+        return Outcome(svc.name, "already-current", planned.images, svc.images, "already on the target")
+    before = _recorded_before(svc, rollout, base_digest)
+    if before is None:
+        return Outcome(svc.name, "failed", planned.images, svc.images, f"on the target but {verdict.reason}")
+    # A worker died between a failed revision and its rollback: finish the rollback.
+    log.warning("service.unhealthy", service=svc.name, reason=verdict.reason, recovered=True)
+    restore = (before.traffic, svc.traffic) if svc.annotations.get(ledger.PREVIOUS_TRAFFIC) else None
+    return _roll_back(fleet, svc, before, target, rollout, base_digest, verdict.reason, timeout_s, clock, restore)
 
 
 def _recorded_before(svc: ServiceView, rollout: str, base_digest: str) -> ServiceView | None:
@@ -117,16 +142,20 @@ def _recorded_before(svc: ServiceView, rollout: str, base_digest: str) -> Servic
     images, uris = ledger.previous(ann)
     if len(images) != len(svc.images):
         return None
-    return ServiceView(name=svc.name, images=images, base_image_uris=uris or svc.base_image_uris)
+    before_traffic = traffic.from_json(ann.get(ledger.PREVIOUS_TRAFFIC, "")) or svc.traffic
+    return ServiceView(name=svc.name, images=images, base_image_uris=uris or svc.base_image_uris,
+                       traffic=before_traffic)
 
 
-def _update_and_gate(fleet: Fleet, svc: ServiceView, target: Target, rollout: str, base_digest: str,
-                     timeout_s: float, clock: Clock) -> Outcome:
+def _update_and_gate(fleet: Fleet, svc: ServiceView, target: Target, moves: traffic.Plan, rollout: str,
+                     base_digest: str, timeout_s: float, clock: Clock) -> Outcome:
     deadline = clock.monotonic() + timeout_s
     before = svc
+    annotations = ledger.rolled(rollout, base_digest, svc.images, svc.base_image_uris, traffic_note=moves.note,
+                                previous_traffic=traffic.to_json(svc.traffic) if moves.traffic else None)
     try:
         after = fleet.update_images(svc, target.images, base_uris=target.base_uris, timeout=timeout_s,
-                                    annotations=ledger.rolled(rollout, base_digest, svc.images, svc.base_image_uris))
+                                    annotations=annotations, traffic=moves.traffic, revision=moves.revision)
     except FleetError as exc:
         log.error("service.update_failed", service=svc.name, reason=str(exc))
         return Outcome(svc.name, "failed", svc.images, svc.images, str(exc))
@@ -134,22 +163,32 @@ def _update_and_gate(fleet: Fleet, svc: ServiceView, target: Target, rollout: st
     if verdict.state == "ready":
         log.notice("service.updated", service=svc.name, before=list(before.images), after=list(after.images),
                    base_image_uris=[u for u in after.base_image_uris if u] or None,
-                   revision=after.latest_ready_revision, rollout_id=rollout)
-        return Outcome(svc.name, "updated", before.images, after.images)
+                   revision=after.latest_ready_revision, rollout_id=rollout, traffic=moves.note or None)
+        return Outcome(svc.name, "updated", before.images, after.images, moves.note)
     log.warning("service.unhealthy", service=svc.name, reason=verdict.reason, revision=after.latest_created_revision)
-    return _roll_back(fleet, after, before, target.indexes(), rollout, base_digest, verdict.reason, timeout_s, clock)
+    restore = (before.traffic, moves.traffic) if moves.traffic else None
+    return _roll_back(fleet, after, before, target, rollout, base_digest, verdict.reason, timeout_s, clock, restore)
 
 
-def _roll_back(fleet: Fleet, svc: ServiceView, previous: ServiceView, indexes: set[int], rollout: str,
-               base_digest: str, reason: str, timeout_s: float, clock: Clock) -> Outcome:
+def _roll_back(fleet: Fleet, svc: ServiceView, previous: ServiceView, target: Target, rollout: str,
+               base_digest: str, reason: str, timeout_s: float, clock: Clock,
+               restore_traffic: tuple[tuple[TrafficSplit, ...], tuple[TrafficSplit, ...]] | None) -> Outcome:
+    """Restore `previous`'s watched containers, only while they still hold `target` (our change);
+    `restore_traffic` is (the traffic before, the traffic we wrote): put back only if still ours."""
+    deadline = clock.monotonic() + timeout_s
+    indexes = target.indexes()
     restore = Target({i: previous.images[i] for i in indexes},
                      {i: previous.base_image_uris[i] for i in indexes if i < len(previous.base_image_uris)})
     annotations = ledger.rolled_back(rollout, base_digest, reason)
     restored = svc
     for _ in range(MAX_STALE_RETRIES + 1):
+        if not target.reached(svc):
+            return _leave_to_other_writer(fleet, svc, previous, rollout, base_digest, reason,
+                                          max(deadline - clock.monotonic(), 0.0))
+        old_traffic = restore_traffic[0] if restore_traffic and svc.traffic == restore_traffic[1] else None
         try:
-            restored = fleet.update_images(svc, restore.images, base_uris=restore.base_uris,
-                                           annotations=annotations, timeout=timeout_s)
+            restored = fleet.update_images(svc, restore.images, base_uris=restore.base_uris, annotations=annotations,
+                                           timeout=max(deadline - clock.monotonic(), 0.0), traffic=old_traffic)
             break
         except StaleService:
             svc = fleet.get_service(svc.name)
@@ -158,7 +197,7 @@ def _roll_back(fleet: Fleet, svc: ServiceView, previous: ServiceView, indexes: s
             return Outcome(svc.name, "rollback-failed", previous.images, svc.images, f"{reason}; rollback: {exc}")
     else:
         return Outcome(svc.name, "rollback-failed", previous.images, svc.images, f"{reason}; rollback: etag conflicts")
-    restored, verdict = _wait_settled(fleet, restored, clock.monotonic() + timeout_s, clock)
+    restored, verdict = _wait_settled(fleet, restored, deadline, clock)
     if verdict.state != "ready":
         log.error("service.rollback_failed", service=svc.name, reason=verdict.reason, failed_reason=reason)
         return Outcome(svc.name, "rollback-failed", previous.images, restored.images,
@@ -166,3 +205,18 @@ def _roll_back(fleet: Fleet, svc: ServiceView, previous: ServiceView, indexes: s
     log.warning("service.rolled_back", service=svc.name, reason=reason, image=list(restored.images),
                 revision=restored.latest_ready_revision, rollout_id=rollout)
     return Outcome(svc.name, "rolled-back", previous.images, restored.images, reason)
+
+
+def _leave_to_other_writer(fleet: Fleet, svc: ServiceView, previous: ServiceView, rollout: str, base_digest: str,
+                           reason: str, timeout: float) -> Outcome:
+    """Someone else changed the watched containers while our target was gated: keep their change,
+    record it in the ledger (an annotation-only write: no new revision) and report it."""
+    why = f"{CHANGED_DURING_GATE}: {reason}"
+    log.warning("service.changed_during_gate", service=svc.name, reason=why, image=list(svc.images),
+                rollout_id=rollout)
+    try:
+        fleet.update_images(svc, {}, annotations=ledger.changed_by_someone_else(rollout, base_digest, reason),
+                            timeout=timeout)
+    except (StaleService, FleetError) as exc:  # the result and the log still carry it
+        log.warning("service.ledger_not_written", service=svc.name, reason=str(exc), rollout_id=rollout)
+    return Outcome(svc.name, "failed", previous.images, svc.images, why)

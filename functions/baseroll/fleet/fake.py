@@ -1,9 +1,14 @@
 """An in-memory fleet for fast unit tests of the code above the fleet port.
 
-It keeps `ServiceView`s, applies updates the way the Cloud Run stand-in does (a new generation,
-a new revision that becomes ready or fails after a scripted number of reads), checks etags, and
-counts every call so a test can assert that a redelivered task made no update at all. The
-integration tier runs the same code against the Cloud Run stand-in over the wire.
+It keeps `ServiceView`s and applies updates with Cloud Run's documented semantics, as the stand-in
+does (docs/GOOGLE_APIS.md#cloud-run-admin-api-v2): a template change makes a new generation and a
+revision that becomes ready or fails after a scripted number of reads. On success the generation
+is observed, the new revision is the latest ready one and `traffic_statuses` follow `traffic`; on
+failure `reconciling` turns false, the terminal condition fails with the scripted reason and the
+observed generation, latest ready revision and traffic statuses keep the last serving state. Like
+the adapter, an update is based on the service as it is at the write and refused as stale only when
+what the caller watches changed. Every call is counted, so a test can assert that a redelivered
+task made no update at all. The integration tier runs the same code against the stand-in.
 """
 from __future__ import annotations
 
@@ -12,7 +17,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
-from baseroll.fleet.view import FleetError, ServiceView, StaleService
+from baseroll.fleet.view import (
+    LATEST,
+    FleetError,
+    ServiceView,
+    StaleService,
+    TrafficSplit,
+    watched,
+)
 
 
 @dataclass
@@ -49,16 +61,20 @@ class FakeFleet:
             svc, generation=gen, observed_generation=svc.observed_generation or gen, etag=svc.etag or f"e{gen}",
             latest_ready_revision=rev, latest_created_revision=svc.latest_created_revision or rev,
             terminal_state=svc.terminal_state or "CONDITION_SUCCEEDED")
+        svc = dataclasses.replace(svc, traffic_statuses=svc.traffic_statuses or _statuses(svc))
         self.services[svc.name] = svc
         return svc
 
     def write_by_someone_else(self, name: str, images: Mapping[int, str] | None = None,
-                              annotations: Mapping[str, str] | None = None) -> ServiceView:
+                              annotations: Mapping[str, str] | None = None,
+                              traffic: tuple[TrafficSplit, ...] | None = None) -> ServiceView:
         """A concurrent writer (a human's deploy): new generation and etag, ready at once."""
         svc = self.services[name]
         new_images = list(svc.images)
         for i, image in (images or {}).items():
             new_images[i] = image
+        if traffic is not None:
+            svc = dataclasses.replace(svc, traffic=traffic)
         return self._store(svc, tuple(new_images), svc.base_image_uris, {**svc.annotations, **(annotations or {})},
                            Verdict())
 
@@ -82,7 +98,8 @@ class FakeFleet:
         return self.services[name]
 
     def update_images(self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str],
-                      timeout: float, base_uris: Mapping[int, str] = {}) -> ServiceView:
+                      timeout: float, base_uris: Mapping[int, str] = {},
+                      traffic: tuple[TrafficSplit, ...] | None = None, revision: str = "") -> ServiceView:
         self.calls["update_images"] += 1
         name = current.name
         for hook in self.before_update:
@@ -96,8 +113,8 @@ class FakeFleet:
             self.stale_updates[name] -= 1
             self.write_by_someone_else(name)
             raise StaleService(f"{name}: etag mismatch")
-        if svc.etag != current.etag:
-            raise StaleService(f"{name}: etag mismatch")
+        if watched(svc, {*images, *base_uris}) != watched(current, {*images, *base_uris}):
+            raise StaleService(f"{name}: changed since it was read")
         for index in {*images, *base_uris}:
             if index >= len(svc.images):
                 raise FleetError(f"{name} has no container #{index}")
@@ -105,8 +122,12 @@ class FakeFleet:
         uris = list(svc.base_image_uris) + [""] * (len(svc.images) - len(svc.base_image_uris))
         new_uris = tuple(base_uris.get(i, u) for i, u in enumerate(uris))
         self.updates.append((name, dict(images), dict(annotations)))
+        if traffic is not None:
+            svc = dataclasses.replace(svc, traffic=traffic)
         verdict = self.verdict_for(new_images)
-        return self._store(svc, new_images, new_uris, {**svc.annotations, **annotations}, verdict)
+        new_revision = bool(images or base_uris)
+        return self._store(svc, new_images, new_uris, {**svc.annotations, **annotations}, verdict,
+                           revision=revision, new_revision=new_revision)
 
     # ------------------------------------------------------------------ internals
 
@@ -116,10 +137,15 @@ class FakeFleet:
                 return self.verdicts[image]
         return Verdict()
 
-    def _store(self, svc: ServiceView, images: tuple[str, ...], uris: tuple[str, ...],
-               annotations: dict[str, str], verdict: Verdict) -> ServiceView:
+    def _store(self, svc: ServiceView, images: tuple[str, ...], uris: tuple[str, ...], annotations: dict[str, str],
+               verdict: Verdict, *, revision: str = "", new_revision: bool = True) -> ServiceView:
         gen = svc.generation + 1
-        rev = f"{svc.name.rsplit('/', 1)[-1]}-{gen:05d}"
+        rev = svc.latest_created_revision
+        if new_revision:
+            rev = revision or f"{svc.name.rsplit('/', 1)[-1]}-{gen:05d}"
+        else:  # a change outside the template (an annotation): no revision, it settles as the latest did
+            verdict = self._latest_verdict.get(svc.name, Verdict())
+            verdict = dataclasses.replace(verdict, reads_to_settle=0)
         new = dataclasses.replace(svc, images=images, base_image_uris=uris, annotations=annotations,
                                   generation=gen, etag=f"e{gen}", latest_created_revision=rev,
                                   reconciling=True, terminal_state="CONDITION_RECONCILING",
@@ -132,15 +158,23 @@ class FakeFleet:
         return self.services[svc.name]
 
     def _settle(self, name: str) -> None:
-        """The latest revision settles as scripted (the stand-in's semantics: observed = generation)."""
+        """The latest revision settles as scripted, with Cloud Run's documented semantics."""
         self._pending.pop(name, None)
         svc = self.services[name]
         verdict = self._latest_verdict.get(name, Verdict())
         if verdict.ready:
+            ready = dataclasses.replace(svc, observed_generation=svc.generation,
+                                        latest_ready_revision=svc.latest_created_revision)
             self.services[name] = dataclasses.replace(
-                svc, observed_generation=svc.generation, latest_ready_revision=svc.latest_created_revision,
-                reconciling=False, terminal_state="CONDITION_SUCCEEDED", terminal_reason="", terminal_message="")
-        else:
+                ready, reconciling=False, terminal_state="CONDITION_SUCCEEDED", terminal_reason="",
+                terminal_message="", traffic_statuses=_statuses(ready))
+        else:  # observed_generation, latest_ready_revision and traffic_statuses keep the last serving state
             self.services[name] = dataclasses.replace(
-                svc, observed_generation=svc.generation, reconciling=False, terminal_state="CONDITION_FAILED",
+                svc, reconciling=False, terminal_state="CONDITION_FAILED",
                 terminal_reason=verdict.reason, terminal_message=verdict.message)
+
+
+def _statuses(svc: ServiceView) -> tuple[TrafficSplit, ...]:
+    """`traffic_statuses` once reconciled: each entry of `traffic`, LATEST resolved to the latest ready revision."""
+    ready = svc.latest_ready_revision.rsplit("/", 1)[-1]
+    return tuple(dataclasses.replace(t, revision=ready) if t.type == LATEST else t for t in svc.traffic)

@@ -16,6 +16,23 @@ class FleetError(Exception):
     """A Cloud Run call failed for a reason retrying does not fix."""
 
 
+LATEST = "LATEST"  # TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST: the latest ready revision
+REVISION = "REVISION"  # TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION: a revision by name
+
+
+@dataclass(frozen=True)
+class TrafficSplit:
+    """One entry of a service's `traffic` (desired) or `traffic_statuses` (observed)."""
+
+    type: str  # LATEST | REVISION
+    percent: int
+    revision: str = ""  # short revision name; for a status of a LATEST entry, the revision it resolved to
+    tag: str = ""
+
+
+ALL_TO_LATEST = (TrafficSplit(LATEST, 100),)  # what an empty `traffic` means (docs/GOOGLE_APIS.md#cloud-run-admin-api-v2)
+
+
 @dataclass(frozen=True)
 class ServiceView:
     name: str  # projects/P/locations/L/services/S
@@ -32,6 +49,8 @@ class ServiceView:
     terminal_reason: str = ""
     terminal_message: str = ""
     reconciling: bool = False
+    traffic: tuple[TrafficSplit, ...] = ALL_TO_LATEST
+    traffic_statuses: tuple[TrafficSplit, ...] = ()
 
     @property
     def project(self) -> str:
@@ -49,9 +68,22 @@ class Fleet(Protocol):
 
     def update_images(
         self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float,
-        base_uris: Mapping[int, str] = {},
+        base_uris: Mapping[int, str] = {}, traffic: tuple[TrafficSplit, ...] | None = None, revision: str = "",
     ) -> ServiceView:
-        """Set container images and base_image_uris (by index) and service annotations, based on
-        `current` (its etag); clear template.revision; wait for the operation; return the service as
-        it then is. Raises StaleService when the service changed since `current` was read."""
+        """Set container images and base_image_uris (by index), service annotations and, when given,
+        `traffic`; name the new revision `revision` (empty: Cloud Run names it); wait for the
+        operation; return the service as it then is.
+
+        The write is based on a read made just before it, never on `current` alone: whether Cloud
+        Run enforces the etag on update is not documented. Raises StaleService when what the
+        caller watches (`watched` below: the containers written, and the traffic) differs from
+        `current`."""
         ...
+
+
+def watched(svc: ServiceView, indexes: set[int]) -> tuple[object, ...]:
+    """What an update decides on: the containers it writes (image, base_image_uri) and the traffic.
+    A change elsewhere (a label, an env var) does not make an update stale."""
+    uris = svc.base_image_uris
+    return (tuple((i, svc.images[i] if i < len(svc.images) else None, uris[i] if i < len(uris) else "")
+                  for i in sorted(indexes)), svc.traffic)
