@@ -64,7 +64,8 @@ class FailureBudget:
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    ready_timeout_s: float = 300.0
+    ready_timeout_s: float = 240.0  # fits an update, a rollback and both gates in one invocation
+    pinned_traffic: str = "follow"  # follow | skip: a service whose traffic is not all on LATEST
     concurrency: int = 8  # tasks released at once per project x region before pacing takes over
     drift_policy: str = "apply-or-refuse"
     waves: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)  # cumulative fractions after the canary cohort
@@ -214,7 +215,8 @@ def _rollout(doc: Any) -> RolloutSettings:
     if drift not in DRIFT_POLICIES:
         raise ConfigError(f"rollout.drift_policy: one of {DRIFT_POLICIES}, got {drift!r}")
     return RolloutSettings(
-        ready_timeout_s=float(_number(doc, "ready_timeout_s", 300, 1, 3600)),
+        ready_timeout_s=_ready_timeout(doc),
+        pinned_traffic=_choice(doc, "pinned_traffic", PINNED_TRAFFIC),
         concurrency=int(_number(doc, "concurrency", 8, 1, 256)),
         drift_policy=drift,
         waves=_waves(doc.get("waves", [0.01, 0.1, 0.5, 1.0])),
@@ -266,7 +268,34 @@ def _signatures(doc: Any) -> SigningPolicy:
 
 TOP_LEVEL_KEYS = ("projects", "regions", "allowed_registries", "plain_http_registries", "base_tracks", "labels",
                   "rollout", "cloud_run_endpoint", "pubsub_project", "state_repository", "signatures")
-ROLLOUT_KEYS = ("ready_timeout_s", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min",
+# The worker is an event-driven function: at most 540 s per invocation
+# (https://cloud.google.com/functions/docs/configuring/timeout; docs/GOOGLE_APIS.md#cloud-run-admin-api-v2).
+FUNCTION_TIMEOUT_S = 540.0
+WORKER_MARGIN_S = 30.0  # the worker's reads before the update and its result after the gates
+PINNED_TRAFFIC = ("follow", "skip")
+
+
+def _ready_timeout(doc: Mapping[str, Any]) -> float:
+    """A failed update is gated, rolled back and gated again inside one invocation: each gate may
+    take the whole `ready_timeout_s`, so two of them and the margin must fit the function's limit."""
+    value = float(_number(doc, "ready_timeout_s", 240, 1, 3600))
+    most = (FUNCTION_TIMEOUT_S - WORKER_MARGIN_S) / 2
+    if value > most:
+        raise ConfigError(
+            f"rollout.ready_timeout_s: at most {most:g} s, got {value:g}: an update and its readiness gate, then a "
+            f"rollback and its gate, each up to ready_timeout_s, plus {WORKER_MARGIN_S:g} s of the worker's own "
+            f"work must fit the {FUNCTION_TIMEOUT_S:g} s limit of an event-driven function")
+    return value
+
+
+def _choice(doc: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = doc.get(key, choices[0])
+    if value not in choices:
+        raise ConfigError(f"rollout.{key}: one of {choices}, got {value!r}")
+    return str(value)
+
+
+ROLLOUT_KEYS = ("ready_timeout_s", "pinned_traffic", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min",
                 "region_quota", "invocation_budget_s", "poll_interval_s", "dry_run")
 
 

@@ -14,7 +14,7 @@ from baseroll.config import Labels
 from baseroll.contracts import ledger
 from baseroll.contracts.messages import Rollout
 from baseroll.contracts.records import FINISHED, TERMINAL, RolloutRecord
-from baseroll.fleet import deploy
+from baseroll.fleet import deploy, traffic
 from baseroll.fleet.view import ServiceView
 from baseroll.images import refs
 from baseroll.images.refs import ImageRef
@@ -53,6 +53,9 @@ CANCELLED = "rollout {status}: {reason}"
 IMAGE_CHANGED_SINCE_PLANNING = "image changed since planning"
 CHANGED_SINCE_PLANNING = deploy.CHANGED_SINCE_PLANNING
 changed_since_planning = deploy.changed_since_planning
+CHANGED_DURING_GATE = deploy.CHANGED_DURING_GATE  # a failed target not rolled back over someone else's change
+TRAFFIC_PINNED = traffic.TRAFFIC_PINNED  # rollout.pinned_traffic: skip (fleet/traffic.py)
+NO_TRAFFIC_WOULD_FOLLOW = traffic.NO_TRAFFIC_WOULD_FOLLOW
 
 
 def everything(name: str, labels: Mapping[str, str]) -> bool:
