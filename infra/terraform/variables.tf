@@ -175,13 +175,13 @@ variable "region_write_quota" {
 }
 
 variable "ready_timeout_seconds" {
-  description = "How long the worker waits for a new revision to become ready before rolling back; must fit in one 540 s invocation."
+  description = "How long the worker waits for a new revision to become ready before rolling back; an update, a rollback and both waits must fit one 540 s invocation."
   type        = number
-  default     = 300
+  default     = 240
 
   validation {
-    condition     = var.ready_timeout_seconds >= 1 && var.ready_timeout_seconds <= 480
-    error_message = "ready_timeout_seconds: between 1 and 480 (the worker also needs time to roll back within 540 s)."
+    condition     = var.ready_timeout_seconds >= 1 && var.ready_timeout_seconds <= 255
+    error_message = "ready_timeout_seconds: between 1 and 255 (2 x 255 s of gates + 30 s of the worker's own work = 540 s, the function's limit)."
   }
 }
 

@@ -67,7 +67,7 @@ class Setup:
     cloudrun_workers: int = 128
     push_concurrency: int = 96
     function_threads: int = 96
-    ready_timeout_s: float = 300.0  # product default; the coordinator's settle deadline is 2× this + grace
+    ready_timeout_s: float = 240.0  # product default; the coordinator's settle deadline is 2× this + grace
 
     @property
     def time_scale(self) -> float:

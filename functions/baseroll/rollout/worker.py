@@ -41,5 +41,6 @@ def _apply(deps: Deps, task: Task) -> Result:
     if changed:
         return Result(ro, task.service, task.wave, "skipped", changed, svc.images, svc.images)
     outcome = deploy.apply(deps.fleet, svc, target, rollout=ro.rollout_id, base_digest=ro.base_digest,
-                           timeout_s=deps.config.rollout.ready_timeout_s, clock=deps.clock)
+                           timeout_s=deps.config.rollout.ready_timeout_s, clock=deps.clock,
+                           pinned_traffic=deps.config.rollout.pinned_traffic)  # type: ignore[arg-type]
     return Result(ro, task.service, task.wave, outcome.result, outcome.reason, outcome.before, outcome.after)
