@@ -1172,7 +1172,10 @@ class CloudRunStandin:
         record = rec.revisions.get(job.revision) if job.revision else None
         if record is not None:
             self._settle_revision_locked(rec, record, failure)
-        rec.service.observed_generation = max(rec.service.observed_generation, job.generation)
+        if not self._latest_failed_locked(rec):
+            # On a failed reconciliation observed_generation keeps the last serving generation
+            # (the `Service.reconciling` docstring; docs/GOOGLE_APIS.md#cloud-run-admin-api-v2).
+            rec.service.observed_generation = max(rec.service.observed_generation, job.generation)
         self._refresh_status_locked(rec)
         if op is None:
             return
@@ -1205,8 +1208,15 @@ class CloudRunStandin:
             rev.conditions = [self._condition("Ready", State.CONDITION_FAILED, reason=failure.reason, message=failure.message)]
             stats.revisions_failed += 1
 
+    @staticmethod
+    def _latest_failed_locked(rec: _ServiceRecord) -> bool:
+        latest = rec.revisions.get(rec.service.latest_created_revision.rsplit("/", 1)[-1])
+        return latest is not None and latest.state == "failed"
+
     def _refresh_status_locked(self, rec: _ServiceRecord) -> None:
-        """Derive the service's status fields from its revisions, as the Cloud Run reconciler does."""
+        """Derive the service's status fields from its revisions, as the Cloud Run reconciler does:
+        on failure `observed_generation`, `latest_ready_revision` and `traffic_statuses` keep the
+        last serving revision's state and the cause is in `terminal_condition` (`reconciling` false)."""
         svc = rec.service
         latest = rec.revisions.get(svc.latest_created_revision.rsplit("/", 1)[-1])
         svc.reconciling = rec.pending_jobs > 0
@@ -1228,6 +1238,8 @@ class CloudRunStandin:
             self._condition("RoutesReady", routes),
             run_v2.Condition(_copy(terminal), type_="ConfigurationsReady"),
         ]
+        if terminal.state != State.CONDITION_SUCCEEDED:
+            return  # traffic_statuses: transient while reconciling, the last serving state after a failure
         ready = svc.latest_ready_revision.rsplit("/", 1)[-1] if svc.latest_ready_revision else ""
         svc.traffic_statuses = [
             run_v2.TrafficTargetStatus(
