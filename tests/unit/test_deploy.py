@@ -13,9 +13,9 @@ from typing import Callable
 import pytest
 from baseroll.clock import FakeClock
 from baseroll.contracts import ledger
-from baseroll.fleet import deploy
+from baseroll.fleet import deploy, traffic
 from baseroll.fleet.fake import FakeFleet, Verdict
-from baseroll.fleet.view import ServiceView
+from baseroll.fleet.view import LATEST, REVISION, ServiceView, TrafficSplit
 
 NAME = "projects/tenants-a/locations/us-central1/services/shop"
 OLD = "reg.example.com/apps/shop@sha256:" + "1" * 64
@@ -242,3 +242,148 @@ def test_ledger_state_values_are_what_fleets_already_carry() -> None:
     assert (ledger.ROLLED, ledger.ROLLED_BACK) == ("rolled", "rolled-back")
     assert ledger.rolled(RID, BASE, (OLD,))[ledger.STATE] == "rolled"
     assert ledger.rolled_back(RID, BASE, FAILED)[ledger.STATE] == "rolled-back"
+
+
+# ---------------------------------------------------------------- Cloud Run's documented failure, found fast
+
+
+def test_a_failed_revision_is_found_at_its_terminal_condition_not_at_the_deadline() -> None:
+    """On failure Cloud Run keeps observed_generation at the last serving generation; the gate reads
+    the terminal condition first, so it rolls back after the revision settles, with Cloud Run's reason."""
+    fleet = FakeFleet([ServiceView(NAME, (OLD,))])
+    fleet.verdicts[NEW] = Verdict(ready=False, reads_to_settle=2)
+    clock = FakeClock()
+    start = clock.monotonic()
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=clock)
+    assert (out.result, out.reason.split(":")[0]) == ("rolled-back", FAILED)
+    assert clock.monotonic() - start <= 3 * deploy.POLL_INTERVAL_S  # a few polls, not TIMEOUT_S
+
+
+# ---------------------------------------------------------------- rollback only undoes our own change
+
+
+def _someone_deploys_during_the_gate(fleet: FakeFleet, image: str) -> None:
+    """A person's deploy lands after our update, before our rollback."""
+    def hotfix(name: str) -> None:
+        if len(fleet.updates) == 1 and fleet.services[name].images == (NEW,):
+            fleet.write_by_someone_else(name, {0: image})
+    fleet.before_update.append(hotfix)
+
+
+def test_a_hotfix_deployed_during_the_gate_is_not_rolled_back() -> None:
+    fleet = FakeFleet([ServiceView(NAME, (OLD,))])
+    fleet.verdicts[NEW] = Verdict(ready=False, reads_to_settle=1)
+    _someone_deploys_during_the_gate(fleet, OTHER)
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock())
+    assert out.result == "failed" and out.reason.startswith(deploy.CHANGED_DURING_GATE + ": " + FAILED)
+    svc = fleet.services[NAME]
+    assert svc.images == (OTHER,)  # their hotfix stays
+    assert [images for _, images, _ in fleet.updates] == [{0: NEW}, {}]  # our update, then the ledger only
+    assert svc.annotations[ledger.STATE] == ledger.CHANGED_BY_SOMEONE_ELSE
+    assert svc.annotations[ledger.REASON].startswith(ledger.CHANGED_DURING_GATE)
+    assert svc.latest_created_revision == "shop-00003"  # the ledger write made no revision
+
+
+def test_a_change_elsewhere_during_the_gate_still_rolls_back() -> None:
+    """A label or env change by someone else is not a change to the containers we watch."""
+    fleet = FakeFleet([ServiceView(NAME, (OLD,))])
+    fleet.verdicts[NEW] = Verdict(ready=False, reads_to_settle=1)
+    fleet.before_update.append(lambda name: fleet.write_by_someone_else(name, annotations={"owner": "ops"})
+                               if len(fleet.updates) == 1 else None)
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock())
+    assert out.result == "rolled-back"
+    assert fleet.services[NAME].images == (OLD,) and fleet.services[NAME].annotations["owner"] == "ops"
+
+
+def test_a_rollback_refused_as_stale_rereads_and_leaves_a_hotfix() -> None:
+    """The server refuses our rollback (someone wrote); on the re-read the containers are theirs."""
+    fleet = FakeFleet([ServiceView(NAME, (OLD,))])
+    fleet.verdicts[NEW] = Verdict(ready=False)
+
+    def refuse_rollback(name: str) -> None:
+        if len(fleet.updates) == 1 and fleet.services[name].images == (NEW,):
+            fleet.stale_updates[name] = 1
+            fleet.write_by_someone_else(name, {0: OTHER})
+    fleet.before_update.append(refuse_rollback)
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock())
+    assert out.reason.startswith(deploy.CHANGED_DURING_GATE) and fleet.services[NAME].images == (OTHER,)
+
+
+# ---------------------------------------------------------------- traffic-aware rolls
+
+REV1 = "shop-00001"
+
+
+def _pinned(*splits: TrafficSplit) -> FakeFleet:
+    return FakeFleet([ServiceView(NAME, (OLD,), traffic=splits)])
+
+
+def test_traffic_pinned_to_the_replaced_revision_follows_to_the_new_one() -> None:
+    fleet = _pinned(TrafficSplit(REVISION, 100, REV1))
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock())
+    svc = fleet.services[NAME]
+    new_rev = svc.latest_ready_revision
+    assert out.result == "updated" and new_rev.startswith("shop-00002-b")
+    assert svc.traffic == svc.traffic_statuses == (TrafficSplit(REVISION, 100, new_rev),)
+    assert out.reason == svc.annotations[ledger.TRAFFIC] == f"traffic followed: 100% {REV1} -> 100% {new_rev}"
+    assert traffic.from_json(svc.annotations[ledger.PREVIOUS_TRAFFIC]) == (TrafficSplit(REVISION, 100, REV1),)
+
+
+def test_a_tagged_revision_keeps_its_tag_and_other_pins_stay() -> None:
+    """90 % pinned to an older revision (kept), 10 % and the tag `canary` on the replaced one (moved)."""
+    fleet = FakeFleet([ServiceView(NAME, (OLD,), generation=2, latest_ready_revision="shop-00002",
+                                   traffic=(TrafficSplit(REVISION, 90, REV1),
+                                            TrafficSplit(REVISION, 10, "shop-00002", "canary")))])
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock())
+    svc = fleet.services[NAME]
+    assert out.result == "updated"
+    assert svc.traffic == (TrafficSplit(REVISION, 90, REV1), TrafficSplit(REVISION, 10, svc.latest_ready_revision,
+                                                                        "canary"))
+
+
+def test_a_tag_on_latest_follows_by_itself() -> None:
+    fleet = _pinned(TrafficSplit(LATEST, 100, tag="live"))
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock())
+    svc = fleet.services[NAME]
+    assert out.result == "updated" and svc.traffic == (TrafficSplit(LATEST, 100, tag="live"),)
+    assert svc.traffic_statuses == (TrafficSplit(LATEST, 100, svc.latest_ready_revision, "live"),)
+    assert svc.annotations[ledger.TRAFFIC] == "traffic kept: 100% LATEST tag=live"
+
+
+def test_pinned_traffic_skip_leaves_the_service() -> None:
+    fleet = _pinned(TrafficSplit(REVISION, 100, REV1))
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock(), pinned_traffic="skip")
+    assert (out.result, out.reason) == ("skipped", traffic.TRAFFIC_PINNED.format(split=f"100% {REV1}"))
+    assert fleet.calls["update_images"] == 0
+
+
+def test_traffic_all_on_another_revision_is_skipped() -> None:
+    """A person sent all traffic to an older revision (a hand rollback): a new revision would serve nothing."""
+    fleet = FakeFleet([ServiceView(NAME, (OLD,), generation=2, latest_ready_revision="shop-00002",
+                                   traffic=(TrafficSplit(REVISION, 100, REV1),))])
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock())
+    assert (out.result, out.reason) == ("skipped", traffic.NO_TRAFFIC_WOULD_FOLLOW.format(split=f"100% {REV1}"))
+    assert fleet.calls["update_images"] == 0
+
+
+def test_a_failed_revision_with_followed_traffic_restores_the_pins() -> None:
+    """Cloud Run keeps serving the last revision on failure; the rollback puts the traffic spec back."""
+    fleet = _pinned(TrafficSplit(REVISION, 100, REV1))
+    fleet.verdicts[NEW] = Verdict(ready=False, reads_to_settle=1)
+    seen: list[tuple[TrafficSplit, ...]] = []
+    fleet.before_update.append(lambda name: seen.append(fleet.services[name].traffic_statuses))
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock())
+    svc = fleet.services[NAME]
+    assert out.result == "rolled-back" and svc.images == (OLD,)
+    assert seen[1] == (TrafficSplit(REVISION, 100, REV1),)  # while failed: still the last serving state
+    assert svc.traffic == svc.traffic_statuses == (TrafficSplit(REVISION, 100, REV1),)
