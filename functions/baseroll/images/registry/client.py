@@ -213,10 +213,13 @@ class RegistryClient:
         url: str = f"/v2/{repo.repository}/tags/list?n={page_size}"
         budget = max_bytes
         for _ in range(max_pages):
-            if budget <= 0:
-                break
-            resp, raw = self._session.fetch("GET", repo, url, scopes=(pull_scope(repo.repository),),
-                                    cap=min(MAX_TAGS_BODY, budget), what=f"list tags {repo.name}")
+            try:
+                resp, raw = self._session.fetch("GET", repo, url, scopes=(pull_scope(repo.repository),),
+                                                cap=min(MAX_TAGS_BODY, budget), what=f"list tags {repo.name}")
+            except RegistryError as e:
+                if e.code != "SIZE_INVALID" or budget >= MAX_TAGS_BODY:
+                    raise
+                break  # this page does not fit what is left of the byte budget: keep the pages read
             budget -= len(raw)
             try:
                 page = json.loads(raw)
