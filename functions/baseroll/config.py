@@ -30,6 +30,9 @@ class ConfigError(ValueError):
 class BaseTrack:
     name: str
     image: ImageRef  # registry/repository:tag that the track follows
+    # fnmatch-style patterns of the repository's other tags that are versions of this track
+    # (e.g. "3.12.*", "3.12-*"): an app built on one of them is this track's, though the track tag moved on.
+    version_tags: tuple[str, ...] = ()
 
     @property
     def repository(self) -> ImageRef:
@@ -92,11 +95,18 @@ class Config:
     cloud_run_endpoint: str | None = None  # None = Google's; set for the local stand-in
     pubsub_project: str | None = None  # project of the baseroll-* topics; None = first of `projects`
     signatures: SigningPolicy = field(default_factory=SigningPolicy)
-    state_repository: ImageRef | None = None  # where rollout records live (OCI artifacts)
+    # Where rollout records and track lineage live (Firestore, native mode): project (None = the
+    # topics' project) and database.
+    store_project: str | None = None
+    store_database: str = "(default)"
 
     @property
     def topic_project(self) -> str:
         return self.pubsub_project or self.projects[0]
+
+    @property
+    def record_project(self) -> str:
+        return self.store_project or self.topic_project
 
     @property
     def tracked_tags(self) -> set[ImageRef]:
@@ -148,7 +158,7 @@ def parse(doc: Any) -> Config:
         plain_http_registries=plain,
         labels=_labels(doc.get("labels") or {}),
         rollout=_rollout(doc.get("rollout") or {}),
-        state_repository=_state_repository(doc.get("state_repository"), allowed),
+        **_store(doc.get("store") or {}),
         pubsub_project=_pubsub_project(doc.get("pubsub_project")),
         cloud_run_endpoint=_endpoint(doc.get("cloud_run_endpoint")),
         signatures=_signatures(doc.get("signatures") or {}),
@@ -182,6 +192,9 @@ def _tracks(doc: Mapping[str, Any], allowed: frozenset[str]) -> tuple[BaseTrack,
     for i, item in enumerate(_list(doc, "base_tracks")):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item.get("name"):
             raise ConfigError(f"base_tracks[{i}]: needs a name")
+        if not ids.TRACK_NAME.fullmatch(item["name"]):
+            raise ConfigError(f"base_tracks[{i}].name: {item['name']!r} is not a track name "
+                              "(1-63 letters, digits, '.', '_' or '-', starting with a letter or digit)")
         try:
             image = refs.parse(item.get("image", ""))
         except RefError as exc:
@@ -190,10 +203,26 @@ def _tracks(doc: Mapping[str, Any], allowed: frozenset[str]) -> tuple[BaseTrack,
             raise ConfigError(f"base_tracks[{i}].image: a track follows a tag (host/repo:tag), got {image}")
         if image.registry not in allowed:
             raise ConfigError(f"base_tracks[{i}].image: registry {image.registry} is not in allowed_registries")
-        tracks.append(BaseTrack(name=item["name"], image=image))
+        tracks.append(BaseTrack(name=item["name"], image=image, version_tags=_version_tags(item, i)))
     if len({t.name for t in tracks}) != len(tracks):
         raise ConfigError("base_tracks: names must be unique")
     return tuple(tracks)
+
+
+def _version_tags(item: Mapping[str, Any], i: int) -> tuple[str, ...]:
+    """`base_tracks[i].version_tags`: tag patterns (tag characters plus the wildcards * ? [ ])."""
+    value = item.get("version_tags")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"base_tracks[{i}].version_tags: a list of tag patterns, e.g. [\"3.12.*\", \"3.12-*\"]")
+    for pattern in value:
+        if not isinstance(pattern, str) or not _TAG_PATTERN.fullmatch(pattern):
+            raise ConfigError(f"base_tracks[{i}].version_tags: {pattern!r} is not a tag pattern")
+    return tuple(value)
+
+
+_TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
 
 
 def _labels(doc: Any) -> Labels:
@@ -229,16 +258,20 @@ def _rollout(doc: Any) -> RolloutSettings:
     )
 
 
-def _state_repository(value: Any, allowed: frozenset[str]) -> ImageRef | None:
-    if value is None:
-        return None
-    try:
-        ref = refs.parse(value)
-    except RefError as exc:
-        raise ConfigError(f"state_repository: {exc}") from None
-    if ref.tag or ref.digest or ref.registry not in allowed:
-        raise ConfigError("state_repository: an allow-listed repository without tag or digest")
-    return ref
+def _store(doc: Any) -> dict[str, str]:
+    if not isinstance(doc, Mapping):
+        raise ConfigError("store: must be a mapping")
+    _known(doc, "store.", ("project", "database"))
+    out = {}
+    if "project" in doc:
+        if not isinstance(doc["project"], str) or not ids.PROJECT_ID.fullmatch(doc["project"]):
+            raise ConfigError(f"store.project: {doc['project']!r} is not a project id")
+        out["store_project"] = doc["project"]
+    if "database" in doc:
+        if not isinstance(doc["database"], str) or not ids.FIRESTORE_DATABASE.fullmatch(doc["database"]):
+            raise ConfigError(f"store.database: {doc['database']!r} is not a Firestore database id")
+        out["store_database"] = doc["database"]
+    return out
 
 
 def _pubsub_project(value: Any) -> str | None:
@@ -267,7 +300,7 @@ def _signatures(doc: Any) -> SigningPolicy:
 
 
 TOP_LEVEL_KEYS = ("projects", "regions", "allowed_registries", "plain_http_registries", "base_tracks", "labels",
-                  "rollout", "cloud_run_endpoint", "pubsub_project", "state_repository", "signatures")
+                  "rollout", "cloud_run_endpoint", "pubsub_project", "store", "signatures")
 # The worker is an event-driven function: at most 540 s per invocation
 # (https://cloud.google.com/functions/docs/configuring/timeout; docs/GOOGLE_APIS.md#cloud-run-admin-api-v2).
 FUNCTION_TIMEOUT_S = 540.0

@@ -273,7 +273,7 @@ def _catalog_world() -> tuple[FakeRegistry, list[str]]:
     return reg, [reg.by_name["v3"], reg.by_name["v2"], reg.by_name["v1"]]
 
 
-def test_catalog_adds_listed_versions_on_artifact_registry() -> None:
+def test_catalog_lists_versions_on_artifact_registry_and_reads_them() -> None:
     reg, listed = _catalog_world()
     seen: list[ImageRef] = []
 
@@ -282,20 +282,23 @@ def test_catalog_adds_listed_versions_on_artifact_registry() -> None:
         return listed + ["not-a-digest"]
 
     track = parse(f"{HOST}/proj/bases/python:latest")
-    versions = Catalog(reg, version_lister=lister).base_versions(track)  # type: ignore[arg-type]
-    assert {v.digest for v in versions} == set(listed)
+    catalog = Catalog(reg, version_lister=lister)  # type: ignore[arg-type]
+    # Listed, not tied: which track each listed version is of is `rollout.lineage`'s to decide.
+    assert catalog.listed_versions(track) == listed
     assert seen == [ImageRef(HOST, "proj/bases/python")]
-    assert next(v for v in versions if v.digest == reg.by_name["v2"]).layers == (d(11), d(12))
+    versions = catalog.versions_of(track, listed)
+    assert set(versions) == set(listed) and versions[reg.by_name["v2"]].layers == (d(11), d(12))
+    assert catalog.tags_of(track) == {"latest": reg.by_name["v3"], "3": reg.by_name["v3"]}
 
 
-def test_catalog_without_lister_or_off_artifact_registry_keeps_tags_only() -> None:
+def test_catalog_without_lister_or_off_artifact_registry_lists_nothing() -> None:
     reg, listed = _catalog_world()
     track = parse(f"{HOST}/proj/bases/python:latest")
-    assert [v.digest for v in Catalog(reg).base_versions(track)] == [reg.by_name["v3"]]  # type: ignore[arg-type]
+    assert Catalog(reg).listed_versions(track) == []  # type: ignore[arg-type]
     called: list[ImageRef] = []
     other = parse("gcr.io/proj/python:latest")
-    got = Catalog(reg, version_lister=lambda r: called.append(r) or listed).base_versions(other)  # type: ignore[arg-type]
-    assert [v.digest for v in got] == [reg.by_name["v3"]] and called == []
+    got = Catalog(reg, version_lister=lambda r: called.append(r) or listed).listed_versions(other)  # type: ignore[arg-type]
+    assert got == [] and called == []
 
 
 def test_catalog_survives_a_failing_lister() -> None:
@@ -305,4 +308,4 @@ def test_catalog_survives_a_failing_lister() -> None:
         raise ArtifactRegistryError("denied", status=403)
 
     track = parse(f"{HOST}/proj/bases/python:latest")
-    assert [v.digest for v in Catalog(reg, version_lister=lister).base_versions(track)] == [reg.by_name["v3"]]  # type: ignore[arg-type]
+    assert Catalog(reg, version_lister=lister).listed_versions(track) == []  # type: ignore[arg-type]

@@ -45,6 +45,7 @@ def base_world(*, app_base: str = "3.12.1", **rollout: object) -> Base:
     rollout.setdefault("waves", (0.5, 1.0))
     w = fakes.FakeWorld(fakes.config(**rollout))
     v1 = w.registry.push(f"{REGISTRY}/bases/python:3.12.1", [layer("os"), layer("py-3.12.1")])
+    w.lineage.record_version("python", v1.digest or "")  # the track's tag was seen at 3.12.1 before it moved
     v2 = w.registry.push(f"{REGISTRY}/bases/python:3.12.2", [layer("os"), layer("py-3.12.2")])
     w.registry.move_tag(TRACK, v2.digest)
     on = {"3.12.1": v1, "3.12.2": v2}[app_base]

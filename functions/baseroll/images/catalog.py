@@ -1,4 +1,7 @@
-"""Reading images for matching: app image facts and the known versions of a base, cached by digest.
+"""Reading images for matching: app image facts and what a base repository holds, cached by digest.
+
+A base repository holds several tracks (python:3.11, 3.12…): its tags, listed versions and the
+lineage store's records are read here as evidence; `rollout.lineage` decides which are whose.
 
 Only manifests (and, for build labels, configs) are read here, never layers, through the image
 model (``images.image``): a multi-platform image is matched through its linux/amd64 child while the
@@ -20,16 +23,20 @@ from baseroll.images.registry import RegistryClient, RegistryError, newest_tags
 _BASE_KEYS = (oci.ANNOTATION_BASE_NAME, oci.ANNOTATION_BASE_DIGEST)
 MAX_BASE_TAGS = 200  # how many tags of a base repository are read to find old versions
 MAX_BASE_LISTED = 500  # how many digests from a version lister (Artifact Registry) are read
+MAX_RECORDED = 200  # how many of a track's recorded digests (the newest) are read
 
 
 class Catalog:
     def __init__(self, client: RegistryClient, *, workers: int = 8,
-                 version_lister: Callable[[ImageRef], list[str]] | None = None) -> None:
+                 version_lister: Callable[[ImageRef], list[str]] | None = None,
+                 recorded: Callable[[str], list[str]] | None = None) -> None:
         """``version_lister`` (e.g. ``artifact_registry.ArtifactRegistryVersions()``): for a base on a
-        ``*-docker.pkg.dev`` host, the digests of all its versions, tagged or not, read besides its tags."""
+        ``*-docker.pkg.dev`` host, the digests of all its versions, tagged or not, read besides its tags.
+        ``recorded`` (the lineage store's ``versions``): per track name, the digests its tag was seen at."""
         self._client = client
         self._workers = workers
         self._version_lister = version_lister
+        self._recorded = recorded
         self._by_digest: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {}
         self._lock = threading.Lock()
 
@@ -75,19 +82,45 @@ class Catalog:
         digest, layers, _ = self._layers(ref)
         return BaseVersion(digest, layers)
 
-    def base_versions(self, track_image: ImageRef) -> list[BaseVersion]:
-        """Every version of the base repository reachable by a tag (old versions usually keep an
-        immutable version tag after the track tag moves), plus, with a version lister and an
-        Artifact Registry base, every listed version digest (those whose tag has moved too)."""
-        repo = track_image.with_tag(None)
-        wanted = [repo.with_tag(tag) for tag in newest_tags(self._client.list_tags(repo), MAX_BASE_TAGS)]
-        if self._version_lister is not None and repo.registry.endswith("-docker.pkg.dev"):
+    def recorded(self, track: str) -> list[str]:
+        """The newest digests (at most MAX_RECORDED) the lineage store saw `track`'s tag point to."""
+        if self._recorded is None:
+            return []
+        return [d for d in self._recorded(track) if refs.DIGEST.fullmatch(d)][-MAX_RECORDED:]
+
+    def tags_of(self, repo: ImageRef, *, keep: Iterable[str] = ()) -> dict[str, str]:
+        """Each tag of the repository (the MAX_BASE_TAGS newest-looking, and those of `keep` that exist)
+        and the digest it points to now. Every tag is evidence of *some* track; `rollout.lineage` decides whose."""
+        listed = self._client.list_tags(repo.with_tag(None))
+        present = set(listed)
+        tags = list(dict.fromkeys([*(t for t in keep if t in present), *newest_tags(listed, MAX_BASE_TAGS)]))
+
+        def one(tag: str) -> str | None:
             try:
-                listed = self._version_lister(repo)[:MAX_BASE_LISTED]
-            except RegistryError as exc:  # the tags still give the tagged versions
-                log.warning("base.versions_unlisted", image=str(repo), reason=str(exc))
-                listed = []
-            wanted += [repo.with_digest(d) for d in dict.fromkeys(listed) if refs.DIGEST.fullmatch(d)]
+                return self._client.head_manifest(repo.with_tag(tag))
+            except (RegistryError, refs.RefError) as exc:
+                log.warning("base.tag_unreadable", image=f"{repo.name}:{tag}", reason=str(exc))
+                return None
+
+        with ThreadPoolExecutor(max_workers=self._workers) as pool:
+            heads = list(pool.map(one, tags))
+        return {tag: digest for tag, digest in zip(tags, heads) if digest}
+
+    def listed_versions(self, repo: ImageRef) -> list[str]:
+        """With a version lister and an Artifact Registry base: every version digest, tagged or not (its
+        tags may have moved on); else none. Listed is not tied: lineage decides which track each is."""
+        if self._version_lister is None or not repo.registry.endswith("-docker.pkg.dev"):
+            return []
+        try:
+            listed = self._version_lister(repo.with_tag(None))[:MAX_BASE_LISTED]
+        except RegistryError as exc:  # the tags and the records still give the tied versions
+            log.warning("base.versions_unlisted", image=repo.name, reason=str(exc))
+            return []
+        return [d for d in dict.fromkeys(listed) if refs.DIGEST.fullmatch(d)]
+
+    def versions_of(self, repo: ImageRef, digests: Iterable[str]) -> dict[str, BaseVersion]:
+        """The layers of each digest of the repository; a digest that cannot be read (deleted) is left out."""
+        wanted = [repo.with_digest(d) for d in dict.fromkeys(digests)]
 
         def one(ref: ImageRef) -> BaseVersion | None:
             try:
@@ -98,6 +131,4 @@ class Catalog:
 
         with ThreadPoolExecutor(max_workers=self._workers) as pool:
             found = [v for v in pool.map(one, wanted) if v is not None]
-        unique = {v.digest: v for v in found}
-        return list(unique.values())
-
+        return {v.digest: v for v in found}

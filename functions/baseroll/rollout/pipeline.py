@@ -6,18 +6,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping
 
 from baseroll import log
-from baseroll.config import Config
+from baseroll.config import BaseTrack, Config
 from baseroll.contracts.messages import Rollout
 from baseroll.contracts.roll import RollRequest
 from baseroll.fleet.view import Fleet, ServiceView
 from baseroll.images import refs
 from baseroll.images.catalog import Catalog
+from baseroll.images.match import BaseVersion
 from baseroll.images.oci import OCIError
 from baseroll.images.rebase import RebaseError
 from baseroll.images.refs import ImageRef
 from baseroll.images.registry import RegistryClient, RegistryError
+from baseroll.rollout import lineage as lineage_mod
 from baseroll.rollout import plan as planning
 from baseroll.rollout import policy
+from baseroll.rollout.lineage import TrackLineage
 from baseroll.rollout.plan import Plan, RebaseJob, Scope, ServicePlan
 
 # job, new base, dry_run → the rebased image pinned by digest
@@ -44,17 +47,38 @@ def build_plan(cfg: Config, fleet: Fleet, catalog: Catalog, request: RollRequest
                                         scope=scope, deployed_tag_label=cfg.labels.app_tag)
     else:
         new_version = catalog.version(new_ref)
-        known = catalog.base_versions(request.image)
+        lineage = track_lineage(cfg, catalog, request.image, new_version, quiet=quiet)
         wanted = planning.images_to_inspect(services, cfg.labels, cfg.allowed_registries, scope)
         facts = catalog.facts_many(wanted)
         result = planning.make_plan(
-            track_image=request.image, new_base=new_ref, new_version=new_version, known_versions=known,
+            track_image=request.image, new_base=new_ref, new_version=new_version, known_versions=lineage.own,
             services=services, facts=facts, labels=cfg.labels, allowed=cfg.allowed_registries, scope=scope,
+            lineage=lineage,
         )
     if not quiet:
         for sp in result.services:
             log.info("service.planned", service=sp.service.name, action=sp.action, reason=sp.reason,
                      strategy=sp.strategy or None, images=list(sp.service.images))
+    return result
+
+
+def track_lineage(cfg: Config, catalog: Catalog, track_image: ImageRef, new_version: BaseVersion, *,
+                  quiet: bool = False) -> TrackLineage:
+    """The track's versions and its repository's other tracks, from the tags, Artifact Registry's
+    listing and the lineage store's records of every configured track of that repository."""
+    track = cfg.track_for(track_image) or BaseTrack("", track_image)
+    others = lineage_mod.siblings(track, cfg.base_tracks)
+    repo = track.repository
+    tags = catalog.tags_of(repo, keep=[t.image.tag for t in (track, *others) if t.image.tag])
+    listed = catalog.listed_versions(repo)
+    recorded = {t.name: catalog.recorded(t.name) for t in (track, *others) if t.name}
+    digests = [*tags.values(), *listed, *(d for ds in recorded.values() for d in ds)]
+    versions = catalog.versions_of(repo, digests)
+    result = lineage_mod.lineage_of(track, others, new=new_version, tags=tags, versions=versions, listed=listed,
+                                    recorded=recorded)
+    if not quiet:
+        log.info("base.lineage", track=track.name or str(track_image), versions=len(result.own),
+                 other_tracks=sorted({name for name, _ in result.others}), untied=len(result.untied))
     return result
 
 

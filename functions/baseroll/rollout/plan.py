@@ -18,7 +18,9 @@ from baseroll.fleet.view import ServiceView
 from baseroll.images import refs
 from baseroll.images.match import BaseVersion, ImageFacts, match_image
 from baseroll.images.refs import ImageRef, RefError
+from baseroll.rollout import lineage as lineage_mod
 from baseroll.rollout import policy
+from baseroll.rollout.lineage import TrackLineage
 from baseroll.rollout.policy import Scope, everything
 
 Strategy = Literal["rebase", "base-uri", "redeploy"]
@@ -91,6 +93,7 @@ class _BaseMatcher:
     known_versions: Sequence[BaseVersion]
     facts: Mapping[str, ImageFacts | str]
     allowed: frozenset[str]
+    lineage: TrackLineage | None = None  # None: every known version is taken as the track's
     jobs: dict[tuple[ImageRef, str], RebaseJob] = field(default_factory=dict)
 
     def change(self, image: str, uri: str) -> Change | str | None:
@@ -107,6 +110,11 @@ class _BaseMatcher:
         fact = self.facts.get(image)
         if fact is None or isinstance(fact, str):
             return policy.UNREADABLE.format(why=fact or policy.NOT_INSPECTED)
+        if self.lineage is not None:
+            checked = lineage_mod.verdict(fact, self.lineage)
+            if isinstance(checked, str):
+                return checked
+            fact = checked
         m = match_image(fact, self.track_image, self.new_version, self.known_versions)
         if m.verdict == "outdated" and m.old_base_digest:
             base_repo = self.track_image.with_tag(None)
@@ -141,9 +149,12 @@ def make_plan(
     labels: Labels,
     allowed: frozenset[str],
     scope: Scope = everything,
+    lineage: TrackLineage | None = None,
 ) -> Plan:
-    """Plan a base rollout. `facts` maps each container image string to its facts, or to why it could not be read."""
-    matcher = _BaseMatcher(track_image, new_base, new_version, known_versions, facts, allowed)
+    """Plan a base rollout. `facts` maps each container image string to its facts, or to why it could not be read.
+    With `lineage` (whose `own` should be `known_versions`), an app on another track of the base's
+    repository, or on a version of unknown lineage, is skipped with that reason (`rollout.lineage`)."""
+    matcher = _BaseMatcher(track_image, new_base, new_version, known_versions, facts, allowed, lineage)
     plans: list[ServicePlan] = []
     for svc in sorted(services, key=lambda s: s.name):
         skip = policy.service_skip(svc, labels, scope, new_base.digest)

@@ -36,6 +36,10 @@ BASE_URI_UNPARSABLE = "base_image_uri: {error}"
 BASE_URI_FOLLOWS_TAG = "base_image_uri {uri} follows a tag: Cloud Run's automatic base image updates manage it"
 BASE_URI_OTHER_BASE = "base_image_uri is another base"
 # Not on the base: `images.match` says how the image relates to the track ("built on …", "not built on …").
+# Lineage (`rollout.lineage`): the image is on the track's repository but not on a version of this track.
+OTHER_TRACK = "built on {base}, another track of this repository"
+LINEAGE_UNKNOWN = "built on {base}, a version no track's tag is known to have pointed to"
+ANNOTATED_WITHOUT_TAG = "annotated base {name} names no tag: not the track {track}"
 
 # ---------------------------------------------------------------- the service, after its containers
 ALREADY_ON_NEW_BASE = "already on the new base"
