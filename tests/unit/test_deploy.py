@@ -387,3 +387,21 @@ def test_a_failed_revision_with_followed_traffic_restores_the_pins() -> None:
     assert out.result == "rolled-back" and svc.images == (OLD,)
     assert seen[1] == (TrafficSplit(REVISION, 100, REV1),)  # while failed: still the last serving state
     assert svc.traffic == svc.traffic_statuses == (TrafficSplit(REVISION, 100, REV1),)
+
+
+def test_a_deploy_that_lands_while_our_revision_settles_is_not_called_ours() -> None:
+    """Someone else's revision replaced ours before it settled: not "updated", and nothing rolled back."""
+    fleet = FakeFleet([ServiceView(NAME, (OLD,))])
+    fleet.verdicts[NEW] = Verdict(reads_to_settle=2)
+    real_get = fleet.get_service
+
+    def get_after_a_hotfix(name: str) -> ServiceView:
+        if fleet.services[name].images == (NEW,):
+            fleet.write_by_someone_else(name, {0: OTHER})
+        return real_get(name)
+    fleet.get_service = get_after_a_hotfix  # type: ignore[method-assign]
+    out = deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
+                       timeout_s=TIMEOUT_S, clock=FakeClock())
+    assert (out.result, out.reason) == ("failed", f"{deploy.CHANGED_DURING_GATE}: our revision was replaced")
+    assert fleet.services[NAME].images == (OTHER,)
+    assert fleet.services[NAME].annotations[ledger.STATE] == ledger.CHANGED_BY_SOMEONE_ELSE

@@ -160,6 +160,9 @@ def _update_and_gate(fleet: Fleet, svc: ServiceView, target: Target, moves: traf
         log.error("service.update_failed", service=svc.name, reason=str(exc))
         return Outcome(svc.name, "failed", svc.images, svc.images, str(exc))
     after, verdict = _wait_settled(fleet, after, deadline, clock)
+    if not target.reached(after):  # someone else's deploy landed during the gate and settled
+        return _leave_to_other_writer(fleet, after, before, rollout, base_digest,
+                                      verdict.reason or "our revision was replaced", deadline - clock.monotonic())
     if verdict.state == "ready":
         log.notice("service.updated", service=svc.name, before=list(before.images), after=list(after.images),
                    base_image_uris=[u for u in after.base_image_uris if u] or None,
