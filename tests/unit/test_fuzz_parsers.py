@@ -875,3 +875,133 @@ def test_registry_client_token_flow_leaks_nothing_to_logs_or_errors(capsys) -> N
     assert "registry.mount_fallback" in out.out
     for secret in (password, token, base64.b64encode(f"robot:{password}".encode()).decode()):
         assert secret not in everything, everything
+
+
+# ------------------------------------------------------------------------------------------ OCI validators
+#
+# What a hostile registry sends: a valid manifest, index or config with 1-3 fields replaced by a value
+# of the wrong type (a string for an object, a list for a string, a 5,000-digit number, NaN). Each
+# validator raises OCIError and nothing else, and what it accepts the readers after it can read.
+
+import copy  # noqa: E402
+
+from baseroll.images import match as matching  # noqa: E402
+from baseroll.images import oci  # noqa: E402
+from baseroll.images import rebase as rebasing  # noqa: E402
+
+HOSTILE = settings(max_examples=1_000, deadline=None, database=None, derandomize=True,
+                   suppress_health_check=list(HealthCheck))
+HUGE_NUMBER = "9" * 5000
+WRONG: list[Any] = [None, True, 5, -1, 2**64, 1.5, "", "x", [], ["x"], [oci.DOCKER_SCHEMA1], {}, {"a": 1},
+                    {"os": "linux"}, HUGE_NUMBER, "NaN"]
+OCI_LAYER_DESC = {"mediaType": oci.OCI_LAYER_GZIP, "digest": D1, "size": 10}
+PLATFORM = {"os": "linux", "architecture": "amd64"}
+MANIFEST_DOC = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                "config": {"mediaType": oci.OCI_CONFIG, "digest": D2, "size": 5},
+                "layers": [OCI_LAYER_DESC], "annotations": {oci.ANNOTATION_BASE_NAME: str(TRACK)}}
+INDEX_DOC = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "annotations": {oci.ANNOTATION_BASE_DIGEST: D1},
+             "manifests": [{"mediaType": oci.OCI_MANIFEST, "digest": D1, "size": 10, "platform": dict(PLATFORM)},
+                           {"mediaType": oci.OCI_MANIFEST, "digest": D2, "size": 10,
+                            "platform": {"os": "unknown", "architecture": "unknown"},
+                            "annotations": {oci.ANNOTATION_REFERENCE_TYPE: oci.ATTESTATION_MANIFEST}}]}
+CONFIG_DOC = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [D1]},
+              "history": [{"created_by": "x"}], "config": {"Env": ["A=1"], "Labels": {"a": "b"}}}
+
+
+def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every path into a JSON document (keys and list indexes), the document itself excluded."""
+    out = []
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in items:
+        out.append(prefix + (key,))
+        out.extend(_paths(value, prefix + (key,)))
+    return out
+
+
+def wrong_typed(rng: Rng, template: dict[str, Any]) -> bytes:
+    """`template` with 1-3 fields (at any depth) set to a wrong-typed value; raw bytes, so a
+    5,000-digit number or NaN reaches the decoder as a registry would send it."""
+    doc = json.loads(json.dumps(template))
+    for _ in range(rng.randint(1, 3)):
+        paths = _paths(doc)
+        if not paths:
+            break
+        *parent, key = rng.choice(paths)
+        holder = doc
+        for step in parent:
+            holder = holder[step]
+        holder[key] = copy.deepcopy(rng.choice(WRONG)) if rng.random() < 0.8 else odd_json(rng)
+    text = json.dumps(doc, allow_nan=True)
+    return text.replace(f'"{HUGE_NUMBER}"', HUGE_NUMBER).replace('"NaN"', "NaN").encode()
+
+
+def hostile_manifest(rng: Rng) -> bytes:
+    return wrong_typed(rng, MANIFEST_DOC if rng.random() < 0.5 else INDEX_DOC)
+
+
+@HOSTILE
+@given(seeded(hostile_manifest))
+@example(json.dumps({**INDEX_DOC, "manifests": [{**INDEX_DOC["manifests"][0], "annotations": "s"}]}).encode())
+@example(json.dumps({**INDEX_DOC, "manifests": [{**INDEX_DOC["manifests"][0], "mediaType": ["x"]}]}).encode())
+@example(json.dumps({**MANIFEST_DOC, "mediaType": [oci.DOCKER_SCHEMA1]}).encode())
+@example(json.dumps(MANIFEST_DOC).replace('"size": 10', '"size": ' + HUGE_NUMBER).encode())
+def test_manifest_validators_raise_only_ocierror_on_wrong_typed_fields(raw: bytes) -> None:
+    parsed = expect_only(oci.OCIError, oci.parse_manifest_or_index, raw)
+    if parsed is None:
+        return
+    media_type, data = parsed
+    # What was accepted, the readers after the validator read without a TypeError/AttributeError.
+    if media_type in oci.INDEX_TYPES:
+        for child in data["manifests"]:
+            oci.is_attestation(child)
+            oci.Platform.from_dict(child.get("platform"))
+        oci.select_platform(data, oci.Platform("linux", "amd64"))
+    else:
+        assert all(isinstance(d["digest"], str) for d in data["layers"])
+    annotations = data.get("annotations") or {}
+    assert all(isinstance(v, str) for v in annotations.values())
+
+
+@HOSTILE
+@given(seeded(lambda rng: wrong_typed(rng, CONFIG_DOC)))
+@example(json.dumps(CONFIG_DOC).replace('"x"', HUGE_NUMBER).encode())
+def test_config_validator_raises_only_ocierror_on_wrong_typed_fields(raw: bytes) -> None:
+    config = expect_only(oci.OCIError, oci.parse_config, raw)
+    if config is not None:
+        oci.config_platform(config)
+
+
+@HOSTILE
+@given(seeded(lambda rng: {rng.choice([oci.ANNOTATION_BASE_NAME, oci.ANNOTATION_BASE_DIGEST, "x"]):
+                           rng.choice(WRONG + [str(TRACK), D1]) for _ in range(rng.randint(0, 3))}))
+@example({oci.ANNOTATION_BASE_NAME: str(TRACK), oci.ANNOTATION_BASE_DIGEST: 5})
+def test_matching_never_raises_on_wrong_typed_base_annotations(annotations: dict[str, Any]) -> None:
+    app = matching.ImageFacts(TRACK.with_digest(D1), ("sha256:" + "a" * 64,), annotations)
+    new = matching.BaseVersion(D2, ("sha256:" + "b" * 64,))
+    assert matching.match_image(app, TRACK, new, [new]).verdict in ("outdated", "current", "other")
+
+
+def _parts(rng: Rng) -> tuple[rebasing.ImageParts, rebasing.ImageParts, rebasing.ImageParts]:
+    def one(layers: list[str]) -> rebasing.ImageParts:
+        manifest = {**MANIFEST_DOC, "layers": [{**OCI_LAYER_DESC, "digest": d} for d in layers]}
+        config = {**CONFIG_DOC, "rootfs": {"type": "layers", "diff_ids": list(layers)}, "history": []}
+        return rebasing.ImageParts(manifest, oci.OCI_MANIFEST, config)
+
+    a, b, c = "sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "c" * 64
+    parts = [one([a, c]), one([a]), one([b])]
+    i = rng.randrange(3)
+    which = rng.choice(["manifest", "config", "media_type"])
+    if which == "media_type":
+        parts[i] = rebasing.ImageParts(parts[i].manifest, rng.choice(WRONG), parts[i].config)
+    else:
+        doc = json.loads(wrong_typed(rng, getattr(parts[i], which)).replace(HUGE_NUMBER.encode(), b"1e3"))
+        parts[i] = rebasing.ImageParts(**{**parts[i].__dict__, which: doc})
+    return parts[0], parts[1], parts[2]
+
+
+@HOSTILE
+@given(seeded(_parts))
+def test_rebase_raises_only_rebaseerror_on_wrong_typed_fields(parts: tuple) -> None:
+    original, old, new = parts
+    expect_only(rebasing.RebaseError, lambda: rebasing.rebase(original, old, new, new_base_name=str(TRACK),
+                                                              new_base_digest=D2))
