@@ -70,8 +70,13 @@ def is_digest(value: Any) -> bool:
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Deterministic encoding: sorted keys, no spaces, UTF-8. Same dict, same bytes, same digest."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """Deterministic encoding: sorted keys, no spaces, UTF-8. Same dict, same bytes, same digest.
+    OCIError for what JSON cannot hold (NaN, infinity, a lone surrogate)."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
+    except ValueError as e:  # UnicodeEncodeError included
+        raise OCIError(f"not encodable as JSON: {str(e)[:120]}") from None
 
 
 def descriptor(media_type: str, data: bytes) -> dict[str, Any]:

@@ -137,6 +137,7 @@ def _check_parts(parts: ImageParts, label: str) -> None:
     try:
         oci.validate_manifest(parts.manifest, label)
         oci.validate_config(parts.config, f"{label} config")
+        oci.canonical_json(parts.config)  # encodable (no NaN, no infinity), so the rebased config is too
     except oci.OCIError as e:
         raise RebaseError(str(e)) from None
     diff_ids = parts.config["rootfs"]["diff_ids"]
