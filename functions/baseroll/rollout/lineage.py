@@ -86,9 +86,8 @@ def verdict(app: ImageFacts, lineage: TrackLineage) -> ImageFacts | str:
         return annotated
     if annotated is not None:
         app = annotated
-        digest = app.annotations.get(oci.ANNOTATION_BASE_DIGEST, "")
-        if refs.DIGEST.fullmatch(digest):
-            return _annotated_digest(app, digest, lineage)
+        if refs.DIGEST.fullmatch(app.annotations.get(oci.ANNOTATION_BASE_DIGEST, "")):
+            return app  # the build's own record of the digest the track's tag pointed to
     return _by_layers(app, lineage)
 
 
@@ -110,14 +109,6 @@ def _annotated_tag(app: ImageFacts, lineage: TrackLineage) -> ImageFacts | str |
         renamed = {**app.annotations, oci.ANNOTATION_BASE_NAME: str(lineage.track_image)}
         return dataclasses.replace(app, annotations=renamed)
     return policy.OTHER_TRACK.format(base=label(lineage.track_image, ref.tag))
-
-
-def _annotated_digest(app: ImageFacts, digest: str, lineage: TrackLineage) -> ImageFacts | str:
-    """The build named the track's tag and its digest; refuse only when the digest is known as another track's."""
-    if any(v.digest == digest for v in lineage.own):
-        return app
-    other = next((name for name, v in lineage.others if v.digest == digest), None)
-    return policy.OTHER_TRACK.format(base=other) if other else app
 
 
 def _by_layers(app: ImageFacts, lineage: TrackLineage) -> ImageFacts | str:
