@@ -175,7 +175,8 @@ def status(state: CliState, track_names: tuple[str, ...], show_services: bool,
         if track_names and track.name not in track_names:
             continue
         current = catalog.version(track.image)
-        st = status_mod.summarize(track.name, track.image, current, catalog.base_versions(track.image),
+        known = pipeline.track_lineage(cfg, catalog, track.image, current, quiet=True).own
+        st = status_mod.summarize(track.name, track.image, current, known,
                                   services, facts, cfg.labels)
         out.append(st)
     if state.json_output:
