@@ -1,7 +1,14 @@
 # ---------------------------------------------------------------------------------------------
-# baseroll's own topics, each with a dead-letter topic and a subscription that keeps what
-# lands there for inspection and replay (a topic without subscriptions drops messages).
+# baseroll's own topics. Every topic a trigger reads (these three, and the source topics `gcr`
+# and `cloud-builds`) has a dead-letter topic and a subscription that keeps what lands there for
+# inspection and replay (a topic without subscriptions drops messages; README.md#dead-letter-topics).
 # ---------------------------------------------------------------------------------------------
+
+locals {
+  # Key => name of every topic a function is triggered by; each gets `<name>-dead-letter`.
+  trigger_topics = merge(local.topics, local.source_topics)
+  trigger_topic_keys = { for key, name in local.trigger_topics : name => key }
+}
 
 resource "google_pubsub_topic" "baseroll" {
   for_each = local.topics
@@ -15,7 +22,7 @@ resource "google_pubsub_topic" "baseroll" {
 }
 
 resource "google_pubsub_topic" "dead_letter" {
-  for_each = local.topics
+  for_each = local.trigger_topics
 
   project = var.project_id
   name    = "${each.value}-dead-letter"
@@ -25,7 +32,7 @@ resource "google_pubsub_topic" "dead_letter" {
 }
 
 resource "google_pubsub_subscription" "dead_letter" {
-  for_each = local.topics
+  for_each = local.trigger_topics
 
   project                    = var.project_id
   name                       = "${each.value}-dead-letter"
@@ -63,17 +70,18 @@ data "google_pubsub_topic" "source" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Dead lettering. The Pub/Sub service agent publishes what it gives up on to the dead-letter
-# topics, and must be a subscriber on the source subscription to acknowledge it there.
-# The source subscriptions are the ones Eventarc creates for the function triggers: their names
-# are generated and exposed by no Terraform resource or data source, so neither the dead-letter
-# policy nor the subscriber grant can be declared here. With attach_dead_letter_policies = true,
-# a local-exec step reads each trigger's subscription with gcloud and sets both; otherwise the
-# output `dead_letter_commands` prints the same commands to run once by hand.
+# Dead lettering, on every trigger. The Pub/Sub service agent publishes what it gives up on (after
+# max_delivery_attempts) to the dead-letter topics, and must be a subscriber on the trigger's
+# subscription to acknowledge it there. The trigger subscriptions are the ones Eventarc creates:
+# their names are generated and exposed by no Terraform resource or data source, so neither the
+# dead-letter policy nor the subscriber grant can be declared here. With
+# attach_dead_letter_policies = true (the default), a local-exec step reads each trigger's
+# subscription with gcloud and sets both; set it to false to run the commands of the output
+# `dead_letter_commands` by hand instead.
 # ---------------------------------------------------------------------------------------------
 
 resource "google_pubsub_topic_iam_member" "pubsub_agent_dead_letter_publisher" {
-  for_each = local.topics
+  for_each = local.trigger_topics
 
   project = var.project_id
   topic   = google_pubsub_topic.dead_letter[each.key].name
@@ -82,8 +90,9 @@ resource "google_pubsub_topic_iam_member" "pubsub_agent_dead_letter_publisher" {
 }
 
 locals {
+  # Every entry point => the key of its trigger topic's dead-letter topic.
   dead_lettered_functions = {
-    for name, fn in local.functions : name => fn.dead_letter if fn.dead_letter != null
+    for name, fn in local.functions : name => local.trigger_topic_keys[fn.topic]
   }
 
   dead_letter_commands = {

@@ -242,13 +242,13 @@ variable "function_memory" {
 }
 
 variable "attach_dead_letter_policies" {
-  description = "Run gcloud (must be on PATH with credentials) after apply to attach the dead-letter topics to the subscriptions Eventarc creates, which Terraform cannot address."
+  description = "Run gcloud (must be on PATH with credentials) after apply to attach a dead-letter topic to every trigger's subscription (Eventarc creates them; Terraform cannot address them). false: run `terraform output dead_letter_commands` by hand instead."
   type        = bool
-  default     = false
+  default     = true
 }
 
 variable "max_delivery_attempts" {
-  description = "Deliveries of one message before it is dead-lettered (5-100); used with attach_dead_letter_policies."
+  description = "Deliveries of one message before it is dead-lettered (5-100): a transient failure is retried with backoff this often (docs/RELIABILITY.md#error-classification)."
   type        = number
   default     = 10
 

@@ -87,7 +87,7 @@ SIGN_TOPIC_VAR = "${var.sign_request_topic}"
 PUBLISH_SCOPE = {
     "planner": PLANNED_TOPICS | {SIGN_TOPIC_VAR},
     "worker": {"baseroll-results"},
-    PUBSUB_AGENT: {f"{t}-dead-letter" for t in PLANNED_TOPICS},
+    PUBSUB_AGENT: {f"{t}-dead-letter" for t in PLANNED_TOPICS | {"gcr", "cloud-builds"}},  # every trigger's
 }
 # Project-level roles that belong in the fleet projects (everything else stays in the host project).
 FLEET_ROLES = {"roles/run.viewer", "roles/run.developer"}
@@ -172,6 +172,11 @@ class Module:
             value = self.locals.get(names.pop())
             if isinstance(value, dict):
                 return value
+            return self.for_each_source(value)  # a local that is itself one local, or a merge of locals
+        m = re.fullmatch(r"\$\{merge\(((?:local\.\w+,\s*)*local\.\w+)\)\}", expr)
+        if m:
+            parts = [self.locals.get(name) for name in re.findall(r"local\.(\w+)", m.group(1))]
+            return {k: v for part in parts if isinstance(part, dict) for k, v in part.items()} or None
         return None
 
     def all_instances(self) -> Iterator[Instance]:
@@ -908,3 +913,40 @@ def test_code_topics(tmp_path):
     assert code_topics(tmp_path) == {"baseroll-tasks"}
     (tmp_path / "topics.py").write_text('"""doc"""\nREQUESTS = "baseroll-requests"\nPUSHES = "gcr"\nALL = (REQUESTS,)\n')
     assert code_topics(tmp_path) == {"baseroll-tasks", "baseroll-requests", "gcr"}
+
+
+# ------------------------------------------------------------------------------------ dead letters on every trigger
+
+
+def test_every_trigger_topic_has_a_dead_letter_topic_kept_seven_days(module):
+    trigger_topics = {fn["topic"] for fn in module.locals["functions"].values()}
+    assert trigger_topics == set(PLANNED_TOPICS) | {"gcr", "cloud-builds"}
+    dead = {i.key: i.body["name"] for i in module.instances("google_pubsub_topic") if i.name == "dead_letter"}
+    assert set(dead.values()) == {f"{t}-dead-letter" for t in trigger_topics}
+    subs = [i for i in module.instances("google_pubsub_subscription") if i.name == "dead_letter"]
+    assert {s.key for s in subs} == set(dead)
+    assert all(s.body["message_retention_duration"] == "604800s" for s in subs)
+    grants = {i.key for i in module.instances("google_pubsub_topic_iam_member") if i.name.endswith("dead_letter_publisher")}
+    assert grants == set(dead), "the Pub/Sub service agent publishes to every dead-letter topic"
+
+
+def test_every_function_gets_its_dead_letter_policy_by_default(module):
+    # Every entry point is mapped to its trigger topic's dead-letter topic, with no entry left out.
+    expr = module.locals["dead_lettered_functions"]
+    assert re.fullmatch(r"\$\{\{for name, fn in local\.functions : name => local\.trigger_topic_keys\[fn\.topic\]\}\}",
+                        expr), expr
+    assert module.variables["attach_dead_letter_policies"]["default"] is True
+    attempts = module.variables["max_delivery_attempts"]["default"]
+    assert 5 <= attempts <= 100
+    (policy,) = module.instances("terraform_data")
+    assert "var.attach_dead_letter_policies" in policy.body["for_each"]
+    commands = module.locals["dead_letter_commands"]
+    assert "--dead-letter-topic" in commands and "--max-delivery-attempts=${var.max_delivery_attempts}" in commands
+    assert "roles/pubsub.subscriber" in commands
+
+
+def test_the_readme_documents_how_to_replay_dead_letters():
+    text = (TF_DIR / "README.md").read_text()
+    section = text.split("## Dead-letter topics", 1)[1]
+    for needle in ("gcloud pubsub subscriptions pull", "gcloud pubsub topics publish", "--attribute", "ack"):
+        assert needle in section, needle
