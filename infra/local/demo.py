@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"pubsub {stack.pubsub.host}  functions: {', '.join(stack.targets)}")
         fleet = scenario.seed_fleet(stack, args.services)
         console.print(f"seeded {len(fleet.services)} services over 2 projects x 2 regions, "
-                      f"{len(fleet.apps)} app images on 3 bases")
+                      f"{len(fleet.apps)} app images on {len(fleet.base_versions)} bases "
+                      "(python 3.11 + 3.12 in one repository, node 20 + 22 in another, debian 12)")
         new_base = scenario.push_new_base(stack, fleet, args.base)
         track = fleet.base_track(args.base)
         console.print(f"pushed {track} -> {new_base.digest[:19]}; publishing the Artifact Registry event on `gcr`")
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{w['skipped']} skipped")
         console.print(f"rollout {rollout_id}: [bold]{record['status']}[/] {record['reason']}")
         rows = scenario.results(stack, fleet)
+        planned = scenario.planned_reasons(stack)
+        other_tracks: dict[str, str] = {}  # app on another track of the rolled repository -> why it was skipped
         table = Table(title=f"rollout of {track}")
         for col in ("service", "project/region", "app", "base", "before", "after", "outcome"):
             table.add_column(col, no_wrap=True)
@@ -60,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             if eligible:
                 good = r.changed and scenario.on_base(stack, r.image, new_base) and r.updates == 1
                 outcome = "rolled" if good else f"NOT ROLLED {r.state} {r.reason}"
+            elif scenario.other_track(r.seeded, args.base):
+                # Never rebased onto the other track, and skipped for that reason (not by chance).
+                reason = planned.get(r.seeded.name, "no plan logged")
+                good = not r.changed and r.updates == 0 and "another track of this repository" in reason
+                other_tracks[r.seeded.app] = reason
+                outcome = f"untouched ({reason})" if good else f"NOT SKIPPED AS ANOTHER TRACK: {reason}"
             else:
                 good = not r.changed and r.updates == 0
                 why = "opted out" if r.seeded.opted_out else f"on {r.seeded.base}"
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(table)
         ok &= record["status"] == "finished"
         summary = {"ok": ok, "rollout": record["status"], "roll_seconds": round(roll_s, 2), "total_seconds": round(time.monotonic() - started, 2),
-                   **counts}
+                   **counts, "other_track": other_tracks}
         console.print(f"[bold]summary[/] {json.dumps(summary)}")
         if not ok:
             stack.keep = True

@@ -3,7 +3,10 @@
 Two tracked bases (python:3.12, node:22) and one untracked (debian:12); three app images per
 tracked base (some carrying OCI base annotations, some recognisable only by layer prefix); tenant
 services spread over projects × regions, some opted out, some on the untracked base, a few
-deployed by tag rather than digest. Everything is created through the real clients.
+deployed by tag rather than digest. The tracked repositories hold a second track each, as real
+ones do (python:3.11 beside 3.12, node:20 beside 22, sharing the OS layer of the same patch),
+with apps on it, annotated and not: baseroll must leave them alone. Everything is created
+through the real clients.
 """
 from __future__ import annotations
 
@@ -31,12 +34,16 @@ class BaseDef:
     repository: str
     tag: str
     tracked: bool
+    version_tags: tuple[str, ...] = ()  # the track's `version_tags` (push_base tags each version `<tag>-pN`)
 
 
 BASES = (
-    BaseDef("python", "bases/python", "3.12", True),
-    BaseDef("node", "bases/node", "22", True),
+    BaseDef("python", "bases/python", "3.12", True, ("3.12-*",)),
+    BaseDef("node", "bases/node", "22", True, ("22-*",)),
     BaseDef("debian", "bases/debian", "12", False),
+    # Another track of each tracked repository, not configured: its tags are evidence of another track.
+    BaseDef("python311", "bases/python", "3.11", False, ("3.11-*",)),
+    BaseDef("node20", "bases/node", "20", False, ("20-*",)),
 )
 # app name → (base name, carries OCI base annotations)
 APPS = {
@@ -48,6 +55,14 @@ APPS = {
     "node-jobs": ("node", True),
     "legacy": ("debian", False),
 }
+# Apps on the other track of a tracked repository: one service each, after the round robin over APPS.
+OTHER_TRACK_APPS = {
+    "py311-api": ("python311", True),
+    "py311-cron": ("python311", False),
+    "node20-web": ("node20", False),
+    "node20-jobs": ("node20", True),
+}
+ALL_APPS = {**APPS, **OTHER_TRACK_APPS}
 
 
 @dataclass
@@ -75,12 +90,14 @@ class SeededFleet:
 
 
 def base_spec(base: BaseDef, version: int) -> ImageSpec:
-    """Version n of a base: an OS layer that changes with each security patch, and a runtime layer."""
+    """Version n of a base: an OS layer that changes with each security patch (the same for every
+    track of the repository, as python:3.11 and 3.12 share Debian's), and the track's runtime layer."""
+    family = base.repository.rsplit("/", 1)[-1]
     os_layer = images.layer({
-        "etc/os-release": f"NAME={base.name}-os\nVERSION_ID={base.tag}\nPATCH={version}\n",
-        "lib/libc.so.6": f"libc for {base.name} patch {version}\n" * 64,
+        "etc/os-release": f"NAME={family}-os\nPATCH={version}\n",
+        "lib/libc.so.6": f"libc for {family} patch {version}\n" * 64,
     })
-    runtime_layer = images.layer({f"usr/local/{base.name}/VERSION": f"{base.tag}.{version}\n"})
+    runtime_layer = images.layer({f"usr/local/{family}/VERSION": f"{base.tag}.{version}\n"})
     return ImageSpec(layers=[os_layer, runtime_layer], history=[f"{base.name} os patch {version}", f"{base.name} runtime"])
 
 
@@ -111,7 +128,7 @@ def seed_images(client: RegistryClient, registry: str) -> SeededFleet:
     fleet = SeededFleet(registry)
     for base in BASES:
         fleet.base_versions[base.name] = [push_base(client, registry, base, 1)]
-    for app, (base_name, annotated) in APPS.items():
+    for app, (base_name, annotated) in ALL_APPS.items():
         base = next(b for b in BASES if b.name == base_name)
         spec = app_spec(app, base, fleet.base_versions[base_name][0], base_spec(base, 1).layers, annotated)
         fleet.apps[app] = images.push(client, ImageRef(registry, f"apps/{app}"), spec, tags=("v1",))
@@ -120,14 +137,14 @@ def seed_images(client: RegistryClient, registry: str) -> SeededFleet:
 
 def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int = 40, timeout: float = 120,
                   projects: tuple[str, ...] = PROJECTS, regions: tuple[str, ...] = REGIONS,
-                  canaries: int = 4) -> None:
-    """Create `count` tenant services round-robin over apps and locations, waiting for each to be ready."""
-    app_names = list(APPS)
+                  canaries: int = 4, other_tracks: bool = True) -> None:
+    """Create `count` tenant services round-robin over APPS and locations, then (`other_tracks`) one
+    per app of OTHER_TRACK_APPS, waiting for each to be ready."""
+    app_names = [list(APPS)[i % len(APPS)] for i in range(count)] + (list(OTHER_TRACK_APPS) if other_tracks else [])
     locations = [(p, r) for p in projects for r in regions]
     operations = []
-    for i in range(count):
-        app = app_names[i % len(app_names)]
-        base = APPS[app][0]
+    for i, app in enumerate(app_names):
+        base = ALL_APPS[app][0]
         project, region = locations[i % len(locations)]
         pinned = fleet.apps[app]
         # Every seventh service runs a tag, as teams that deploy `:v1` do.
