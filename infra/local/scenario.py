@@ -102,6 +102,20 @@ def results(stack: LocalStack, fleet: SeededFleet) -> list[ServiceResult]:
     return out
 
 
+def planned_reasons(stack: LocalStack) -> dict[str, str]:
+    """Per service, why the planner's first plan skipped it (its `service.planned` log lines; a later
+    plan overrides an earlier one)."""
+    return {r["service"]: r.get("reason", "") for r in stack.log_records("service.planned")
+            if r.get("action") == "skip" and r.get("service")}
+
+
+def other_track(seeded: SeededService, base: str) -> bool:
+    """Is the service on another track of the repository that `base` (a seeded base's name) follows?"""
+    of = {b.name: b for b in seed.BASES}
+    mine, theirs = of[base], of[seeded.base]
+    return theirs.repository == mine.repository and theirs.name != mine.name
+
+
 def on_base(stack: LocalStack, image: str, base: ImageRef) -> bool:
     """Does `image` really start with `base`'s layers? Read from the registry, not from our own ledger."""
     client = stack.registry_client()
@@ -116,7 +130,7 @@ BUILD_PROJECT = "baseroll-ci"  # the project Cloud Build runs in (and publishes 
 def rebuild_app(stack: LocalStack, fleet: SeededFleet, app: str, revision: int, *, tag: str = "v1") -> ImageRef:
     """Push build `revision` of a seeded app (a changed app layer) on the newest version of its base
     and move `tag` to it, as the app's pipeline would; returns the new build pinned by digest."""
-    base_name, annotated = seed.APPS[app]
+    base_name, annotated = seed.ALL_APPS[app]
     base = next(b for b in seed.BASES if b.name == base_name)
     versions = fleet.base_versions[base_name]
     return seed.push_app(stack.registry_client(), stack.registry.host, app, base, len(versions), versions[-1],
