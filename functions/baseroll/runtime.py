@@ -13,17 +13,8 @@ from baseroll.images.refs import ImageRef
 from baseroll.images.registry import RegistryClient
 from baseroll.rollout.bus import Bus, PubSubBus
 from baseroll.rollout.deps import Deps
+from baseroll.rollout.firestore_store import FirestoreStore
 from baseroll.rollout.plan import RebaseJob
-from baseroll.rollout.store import RegistryRecordStore
-
-
-def state_repository(cfg: Config) -> ImageRef:
-    """Where rollout records live: configured, else `rollouts` beside the first base track's repository."""
-    if cfg.state_repository is not None:
-        return cfg.state_repository
-    first = cfg.base_tracks[0].image
-    parent = first.repository.rsplit("/", 1)[0] if "/" in first.repository else first.repository
-    return ImageRef(first.registry, f"{parent}/baseroll-rollouts")
 
 
 def build(cfg: Config, *, bus: Bus | None = None) -> Deps:
@@ -34,13 +25,15 @@ def build(cfg: Config, *, bus: Bus | None = None) -> Deps:
         return rebaser.rebase_image(registry, job.app, job.old_base, new_base, dry_run=dry_run,
                                     drift_policy=cfg.rollout.drift_policy).ref
 
+    store = FirestoreStore.connect(cfg.record_project, cfg.store_database, clock_mod.SYSTEM)
     return Deps(
         config=cfg,
         fleet=CloudRunFleet.connect(cfg.cloud_run_endpoint),
         registry=registry,
         bus=bus if bus is not None else PubSubBus(cfg.topic_project),
-        records=RegistryRecordStore(registry, state_repository(cfg), clock_mod.SYSTEM),
+        records=store,
         rebase=rebase,
+        lineage=store,
         clock=clock_mod.SYSTEM,
         version_lister=ArtifactRegistryVersions(),
     )

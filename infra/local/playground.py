@@ -38,6 +38,7 @@ def exports(stack: LocalStack) -> dict[str, str]:
     return {
         "BASEROLL_CONFIG": str(stack.config_path),
         "PUBSUB_EMULATOR_HOST": stack.pubsub.host,
+        "FIRESTORE_EMULATOR_HOST": stack.firestore.host,  # the rollout store
         "GOOGLE_CLOUD_PROJECT": TOPIC_PROJECT,  # `baseroll publish`'s project: where the topics are
     }
 

@@ -10,8 +10,7 @@ from baseroll import config as config_mod
 from baseroll.contracts import ledger
 from baseroll.contracts.records import TERMINAL
 from baseroll.images.refs import ImageRef, parse
-from baseroll.rollout.store import RegistryRecordStore
-from baseroll.runtime import state_repository
+from baseroll.rollout.firestore_store import FirestoreStore
 
 from . import eventarc, seed
 from .seed import SeededFleet, SeededService
@@ -52,8 +51,10 @@ def publish_push(stack: LocalStack, new_base: ImageRef, tag: str | None) -> str:
     return stack.publish("gcr", push_event_data(new_base, tag))
 
 
-def record_store(stack: LocalStack) -> RegistryRecordStore:
-    return RegistryRecordStore(stack.registry_client(), state_repository(config_mod.parse(stack.config())))
+def record_store(stack: LocalStack) -> FirestoreStore:
+    """The stack's rollout store (the Firestore emulator, reached through FIRESTORE_EMULATOR_HOST)."""
+    cfg = config_mod.parse(stack.config())
+    return FirestoreStore.connect(cfg.record_project, cfg.store_database)
 
 
 def wait_rollout(stack: LocalStack, rollout_id: str, *, timeout: float = 120.0) -> dict:

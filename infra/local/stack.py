@@ -1,5 +1,5 @@
-"""The local stack, started and stopped as one: the real registry, the Cloud Run stand-in, and
-each entry point as its own functions-framework process.
+"""The local stack, started and stopped as one: the real registry, the real Firestore emulator (the
+rollout store), the Cloud Run stand-in, and each entry point as its own functions-framework process.
 
     with LocalStack(targets=("on_artifact_push",)) as stack:
         stack.function_url("on_artifact_push")
@@ -29,6 +29,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import pubsub_v1, run_v2
 
 from .cloudrun_standin import CloudRunStandin
+from .firestore_emulator import FirestoreEmulator
 from .procs import LOOPBACK, free_port, stop, wait_until
 from .pubsub_standin import PubSubStandin
 from .registry_server import RegistryServer
@@ -70,7 +71,7 @@ class LocalStack:
         # to outlast a crashed coordinator step's lease.
         self.pubsub = PubSubStandin(min_backoff_s=0.2, max_backoff_s=5.0, push_concurrency=push_concurrency,
                                     push_timeout_s=120, max_delivery_attempts=100)
-        self._saved_emulator_env: str | None = None
+        self._saved_emulator_env: dict[str, str | None] = {}
         self.publisher: pubsub_v1.PublisherClient | None = None
         self.deploy_latency_s = deploy_latency_s
         self.ready_timeout_s = ready_timeout_s
@@ -79,6 +80,7 @@ class LocalStack:
         # Logs are kept for a look after a failure: set `keep`, or BASEROLL_KEEP_STACK=1.
         self.keep = workdir is not None or os.environ.get("BASEROLL_KEEP_STACK") == "1"
         self.registry = RegistryServer(workdir=self.workdir / "registry")
+        self.firestore = FirestoreEmulator(workdir=self.workdir / "firestore")
         self.cloudrun: CloudRunStandin | None = None
         self.functions: dict[str, tuple[subprocess.Popen, int]] = {}
         self.config_path = self.workdir / "baseroll.yaml"
@@ -149,9 +151,12 @@ class LocalStack:
                                         workers=self.cloudrun_workers)
         self.cloudrun.start()
         self.pubsub.start()
-        # The unmodified Pub/Sub clients here and in every function process reach the stand-in.
-        self._saved_emulator_env = os.environ.get("PUBSUB_EMULATOR_HOST")
-        os.environ["PUBSUB_EMULATOR_HOST"] = self.pubsub.host
+        self.firestore.start()
+        # The unmodified Pub/Sub and Firestore clients here and in every function process reach
+        # the stand-in and the emulator.
+        emulators = {"PUBSUB_EMULATOR_HOST": self.pubsub.host, "FIRESTORE_EMULATOR_HOST": self.firestore.host}
+        self._saved_emulator_env = {name: os.environ.get(name) for name in emulators}
+        os.environ.update(emulators)
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self.publisher = pubsub_v1.PublisherClient()
         sign_topic = (self.signatures or {}).get("request_topic")
@@ -215,10 +220,13 @@ class LocalStack:
         self.pubsub.stop()
         for target in list(self.functions):
             self.stop_function(target)
-        if self._saved_emulator_env is None:
-            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-        else:
-            os.environ["PUBSUB_EMULATOR_HOST"] = self._saved_emulator_env
+        for name, saved in self._saved_emulator_env.items():
+            if saved is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved
+        self._saved_emulator_env = {}
+        self.firestore.stop()
         if self.cloudrun is not None:
             self.cloudrun.stop()
             self.cloudrun = None

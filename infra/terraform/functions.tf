@@ -78,18 +78,6 @@ resource "google_artifact_registry_repository" "functions" {
   depends_on = [google_project_service.apis]
 }
 
-# Rollout records (config state_repository): written by the coordinator, read by the worker.
-resource "google_artifact_registry_repository" "state" {
-  project       = var.project_id
-  location      = var.region
-  repository_id = local.state_repository_id
-  format        = "DOCKER"
-  description   = "baseroll rollout records (small OCI artifacts tagged with the rollout id)."
-  labels        = local.labels
-
-  depends_on = [google_project_service.apis]
-}
-
 # ---------------------------------------------------------------------------------------------
 # The functions: one per entry point in functions/main.py (local.functions).
 # ---------------------------------------------------------------------------------------------
@@ -149,10 +137,6 @@ resource "google_cloudfunctions2_function" "baseroll" {
     precondition {
       condition     = alltrue([for h in local.base_track_hosts : contains([for a in var.allowed_registries : lower(a)], h)])
       error_message = "Every base_tracks image host must be listed in allowed_registries."
-    }
-    precondition {
-      condition     = contains([for a in var.allowed_registries : lower(a)], local.state_registry)
-      error_message = "allowed_registries must include ${local.state_registry}, where rollout records are stored."
     }
   }
 

@@ -65,15 +65,6 @@ resource "google_artifact_registry_repository_iam_member" "planner_app_writer" {
   member     = "serviceAccount:${google_service_account.baseroll["planner"].email}"
 }
 
-# The coordinator (on_roll_result) reads and writes rollout records.
-resource "google_artifact_registry_repository_iam_member" "planner_state_writer" {
-  project    = google_artifact_registry_repository.state.project
-  location   = google_artifact_registry_repository.state.location
-  repository = google_artifact_registry_repository.state.name
-  role       = "roles/artifactregistry.writer"
-  member     = "serviceAccount:${google_service_account.baseroll["planner"].email}"
-}
-
 # Tasks (fan-out), results (coordinator bookkeeping) and requests (follow-up rolls).
 resource "google_pubsub_topic_iam_member" "planner_publisher" {
   for_each = local.topics
@@ -135,14 +126,7 @@ resource "google_artifact_registry_repository_iam_member" "worker_base_reader" {
   member     = "serviceAccount:${google_service_account.baseroll["worker"].email}"
 }
 
-# ...and that the rollout was not halted or aborted.
-resource "google_artifact_registry_repository_iam_member" "worker_state_reader" {
-  project    = google_artifact_registry_repository.state.project
-  location   = google_artifact_registry_repository.state.location
-  repository = google_artifact_registry_repository.state.name
-  role       = "roles/artifactregistry.reader"
-  member     = "serviceAccount:${google_service_account.baseroll["worker"].email}"
-}
+# (That the rollout was not halted or aborted it reads from the store: store.tf.)
 
 resource "google_pubsub_topic_iam_member" "worker_results_publisher" {
   project = var.project_id

@@ -60,7 +60,10 @@ locals {
     allowed_registries = var.allowed_registries
     base_tracks        = var.base_tracks
     pubsub_project     = var.project_id
-    state_repository   = local.state_repository
+    store = {
+      project  = var.project_id
+      database = local.firestore_database
+    }
     labels = {
       opt_out = var.opt_out_label
       cohort  = var.canary_label
@@ -83,11 +86,9 @@ locals {
 
   baseroll_config_yaml = yamlencode(local.baseroll_config)
 
-  # Rollout records (one small OCI artifact per rollout, tagged with its id) live in a repository
-  # of their own in the host project; its host must be in allowed_registries.
-  state_repository_id = "baseroll-state"
-  state_registry      = "${var.region}-docker.pkg.dev"
-  state_repository    = "${local.state_registry}/${var.project_id}/${local.state_repository_id}/rollouts"
+  # Rollout records and track lineage live in a Firestore database of their own (store.tf), so
+  # the functions' grants on it reach nothing else in the project.
+  firestore_database = "baseroll"
 
   # The scheduled sweep: a roll request that reconciles whatever a lost event missed.
   sweep_message = {

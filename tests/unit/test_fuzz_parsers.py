@@ -741,7 +741,7 @@ def test_forged_task_is_refused_not_a_crash(targets: dict, expected: list) -> No
                       observed_generation=1)
     fleet, bus = _FakeFleet(svc), _Bus()
     deps = Deps(config=None, fleet=fleet, registry=_Registry(), bus=bus, records=_Records(),  # type: ignore[arg-type]
-                rebase=None)  # type: ignore[arg-type]
+                rebase=None, lineage=None)  # type: ignore[arg-type]
     out = handlers.roll_service(envelope(json_bytes(doc)), "e-1", lambda: deps)
     assert out["status"] in ("rejected", "skipped", "failed"), out
     assert not fleet.updates

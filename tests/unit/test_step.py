@@ -149,7 +149,7 @@ def test_step_outcome(case: Case) -> None:
 def test_a_step_that_runs_out_of_time_waiting_hands_over_its_release_time() -> None:
     r = rig(workers=False, invocation_budget_s=30.0)
     s = first_step(r)
-    released_at = r.w.clock.now() + lease.CLAIM_SETTLE_S
+    released_at = r.w.clock.now()  # the claim waits for nothing
     step.handle_step(r.w.deps, s, "m-1")
     (nxt,) = r.steps()[1:]
     assert nxt.released_at == released_at
@@ -235,7 +235,7 @@ def test_an_abort_seen_mid_step_stops_the_step_and_stays(workers: bool) -> None:
     assert (rec.status, rec.reason) == ("aborted", "aborted by request")
     assert r.steps()[1:] == []  # no hand-over
     # Within one heartbeat of the abort, not at the end of the invocation budget.
-    assert sum(r.w.clock.slept) <= lease.CLAIM_SETTLE_S + lease.HEARTBEAT_S + 2 * r.w.config.rollout.poll_interval_s
+    assert sum(r.w.clock.slept) <= lease.HEARTBEAT_S + 2 * r.w.config.rollout.poll_interval_s
 
 
 # ------------------------------------------------------------------------------------------ lease lost
@@ -286,10 +286,14 @@ def test_a_step_whose_holder_went_silent_is_taken_over() -> None:
     assert r.steps()[-1].wave == 1
 
 
-def test_a_concurrent_claim_during_the_settle_wait_is_busy() -> None:
+def test_a_concurrent_claim_between_the_claims_read_and_its_write_is_busy() -> None:
     r = rig()
-    r.w.clock.on_sleep.insert(0, lambda now: r.w.records.write_by_someone_else(r.rollout_id, owner="m-2:claim")
-                              if r.w.clock.slept == [lease.CLAIM_SETTLE_S] else None)
+
+    def claim_first(rollout_id: str) -> None:
+        r.w.records.between_read_and_write = None
+        r.w.records.write_by_someone_else(rollout_id, seq=1, owner="m-2:claim")
+
+    r.w.records.between_read_and_write = claim_first
     with pytest.raises(lease.Busy):
         step.handle_step(r.w.deps, first_step(r), "m-1")
     assert r.record.owner == "m-2:claim"
@@ -407,4 +411,4 @@ def test_a_refused_rebase_fails_its_services_at_once_and_sends_nothing() -> None
     rec = w.records.get(s.rollout.rollout_id)
     assert rec is not None and (rec.status, rec.waves[0]["failed"]) == ("halted", 2)
     assert w.bus.tasks(TASKS) == []
-    assert sum(w.clock.slept) == lease.CLAIM_SETTLE_S  # failed now, not at the wave's deadline
+    assert sum(w.clock.slept) == 0  # failed now, not at the wave's deadline

@@ -47,7 +47,8 @@ MAX_TIMEOUT_S = 540  # event-driven gen2 functions
 
 # The code's config schema (functions/baseroll/config.py), as rendered into BASEROLL_CONFIG_YAML.
 CONFIG_KEYS = {"projects", "regions", "allowed_registries", "base_tracks", "labels", "rollout",
-               "pubsub_project"}  # else the code looks for its topics in the first fleet project
+               "pubsub_project",  # else the code looks for its topics in the first fleet project
+               "store"}  # the Firestore database of rollout records (store.tf)
 LABEL_KEYS = {"opt_out", "cohort"}
 ROLLOUT_KEYS = {"ready_timeout_s", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min"}
 
@@ -64,12 +65,14 @@ ALLOWED_GRANTS = {
         ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
         ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.writer"),
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
+        ("google_project_iam_member", "roles/datastore.user"),  # writes rollout records and lineage
     },
     "worker": {
         ("google_project_iam_member", "roles/run.developer"),
         ("google_service_account_iam_member", "roles/iam.serviceAccountUser"),
         ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
+        ("google_project_iam_member", "roles/datastore.viewer"),  # only reads a rollout's status
     },
     "builder": {
         ("google_project_iam_member", "roles/logging.logWriter"),
@@ -91,9 +94,13 @@ PUBLISH_SCOPE = {
 }
 # Project-level roles that belong in the fleet projects (everything else stays in the host project).
 FLEET_ROLES = {"roles/run.viewer", "roles/run.developer"}
+# Firestore roles can only be granted on the project: each must be conditioned on baseroll's database.
+STORE_ROLES = {"roles/datastore.user", "roles/datastore.viewer"}
+STORE_CONDITION = 'resource.name == "projects/${var.project_id}/databases/${local.firestore_database}"'
 REQUIRED_APIS = {
     "run.googleapis.com", "cloudfunctions.googleapis.com", "cloudbuild.googleapis.com", "eventarc.googleapis.com",
     "pubsub.googleapis.com", "artifactregistry.googleapis.com", "cloudscheduler.googleapis.com", "iam.googleapis.com",
+    "firestore.googleapis.com",
 }
 SWEEP_MESSAGE = {"schema": "baseroll.dev/roll-request/v1", "action": "sweep"}
 
@@ -476,10 +483,17 @@ def check_iam(module: Module) -> list[str]:
                     problems.append(f"{where}: {role} belongs in each fleet project (for_each over var.fleet_projects)")
             elif project != "${var.project_id}":
                 problems.append(f"{where}: {role} must stay in the host project (var.project_id), got {project!r}")
+            if role in STORE_ROLES and _condition(inst).get("expression") != STORE_CONDITION:
+                problems.append(f"{where}: {role} must be conditioned on baseroll's database only ({STORE_CONDITION})")
         if inst.type == "google_cloud_run_service_iam_member":
             if "google_cloudfunctions2_function." not in str(inst.body.get("service")):
                 problems.append(f"{where}: run.invoker must be granted on a function's own service")
     return problems
+
+
+def _condition(inst: Instance) -> dict[str, Any]:
+    block = inst.body.get("condition")
+    return first(block) if block else {}
 
 
 def check_config_keys(obj: dict[str, Any] | None) -> list[str]:
@@ -648,6 +662,23 @@ def test_config_rendered_from_example_tfvars_passes_the_code_validator(module, t
     assert {t.name for t in cfg.base_tracks} == {t["name"] for t in tfvars["base_tracks"]}
     assert doc["rollout"]["waves"] == [0.01, 0.1, 0.5, 1.0]
     assert doc["rollout"]["write_quota_per_min"] == 60
+    # Records live in the host project's own Firestore database, the one store.tf creates.
+    assert (cfg.record_project, cfg.store_database) == (tfvars["project_id"], module.locals["firestore_database"])
+
+
+def test_the_rollout_store_is_a_native_firestore_database_kept_on_destroy(module):
+    (db,) = module.instances("google_firestore_database")
+    assert db.body["type"] == "FIRESTORE_NATIVE"
+    assert db.body["name"] == "${local.firestore_database}" and db.body["project"] == "${var.project_id}"
+    assert (db.body["delete_protection_state"], db.body["deletion_policy"]) == ("DELETE_PROTECTION_ENABLED", "ABANDON")
+
+
+def test_store_grants_planner_writes_and_worker_reads_only(module):
+    grants = {(identity_of(i.body["member"]), i.body["role"]) for i in module.instances("google_project_iam_member")
+              if i.body["role"] in STORE_ROLES}
+    assert grants == {("planner", "roles/datastore.user"), ("worker", "roles/datastore.viewer")}
+    assert not [i.address for i in module.all_instances() if "artifact_registry_repository" in i.type
+                and "state" in i.address], "the registry no longer holds rollout records"
 
 
 def test_example_tfvars_sets_only_declared_variables_and_every_required_one(module, tfvars):
@@ -728,6 +759,7 @@ locals {
     allowed_registries = var.a
     base_tracks = var.b
     pubsub_project = var.h
+    store = { project = var.h, database = "baseroll" }
     labels = { opt_out = "x", cohort = "y" }
     rollout = { ready_timeout_s = 1, concurrency = 1, drift_policy = "ignore", waves = [1], failure_budget = 1, write_quota_per_min = 60 }
   }
@@ -861,6 +893,12 @@ def test_check_nothing_public_flags(hcl, needle):
         # Someone else.
         ('resource "google_project_iam_member" "x" {\n  project = var.project_id\n  role = "roles/run.viewer"\n'
          '  member = "user:someone@example.com"\n}', "not one of baseroll's identities"),
+        # The store role on every Firestore database of the project.
+        ('resource "google_project_iam_member" "x" {\n  project = var.project_id\n  role = "roles/datastore.user"\n'
+         '  member = "serviceAccount:${google_service_account.baseroll["planner"].email}"\n}', "conditioned on baseroll's database"),
+        # The worker may only read records.
+        ('resource "google_project_iam_member" "x" {\n  project = var.project_id\n  role = "roles/datastore.user"\n'
+         '  member = "serviceAccount:${google_service_account.baseroll["worker"].email}"\n}', "may not hold roles/datastore.user"),
     ],
 )
 def test_check_iam_flags(hcl, needle):

@@ -60,18 +60,18 @@ def _superseded(r: Rig) -> None:
 
 
 def _aborted(r: Rig) -> None:
-    r.w.records.put(RolloutRecord(r.rollout.rollout_id, "python", r.rollout.base_digest, status="aborted",
+    r.w.records.create(RolloutRecord(r.rollout.rollout_id, "python", r.rollout.base_digest, status="aborted",
                                   reason="aborted by an operator"))
 
 
 def _halted(r: Rig) -> None:
-    r.w.records.put(RolloutRecord(r.rollout.rollout_id, "python", r.rollout.base_digest, status="halted",
+    r.w.records.create(RolloutRecord(r.rollout.rollout_id, "python", r.rollout.base_digest, status="halted",
                                   reason="wave 0: 2 of 2 failed"))
 
 
 def _finished(r: Rig) -> None:
     """A finished rollout's late task still applies (its wave was counted without it)."""
-    r.w.records.put(RolloutRecord(r.rollout.rollout_id, "python", r.rollout.base_digest, status="finished"))
+    r.w.records.create(RolloutRecord(r.rollout.rollout_id, "python", r.rollout.base_digest, status="finished"))
 
 
 def _image_changed(r: Rig) -> None:

@@ -45,6 +45,16 @@ LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 # never starts with "goog" (Pub/Sub resource names).
 TOPIC_ID = re.compile(r"(?!goog)[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
 
-# Rollout id: baseroll's own (contracts.ledger.rollout_id builds it from a track name and a digest).
-# At most 63 characters of [a-z0-9-], so it also fits a label value, a DNS label and an OCI tag.
-ROLLOUT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# Rollout id: baseroll's own (contracts.ledger.rollout_id builds it from a sanitised track name and
+# digests, and every id it builds matches: tests/unit/test_rollout_ids.py). At most 63 characters of
+# [a-z0-9-], starting and ending with a letter or digit, so it also fits a label value, a DNS label,
+# an OCI tag and a Firestore document id.
+ROLLOUT_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+# Base track name (config `base_tracks[].name`): 1-63 letters, digits, `.`, `_` or `-`, starting
+# with a letter or digit. Rollout ids are built from a sanitised form of it.
+TRACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+# Firestore database id: "(default)", or 4-63 lower-case letters, digits and hyphens, starting with
+# a letter and not ending with a hyphen (Firestore, "Manage databases").
+FIRESTORE_DATABASE = re.compile(r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]")

@@ -1,4 +1,4 @@
-"""What the rollout core runs on: the ports (fleet, registry, bus, record store, rebase, clock) and the config.
+"""What the rollout core runs on: the ports (fleet, registry, bus, record store, rebase, lineage, clock) and the config.
 
 `runtime.build` wires the real adapters; tests pass fakes (see `rollout.fakes`, `fleet.fake`).
 """
@@ -15,7 +15,7 @@ from baseroll.images.refs import ImageRef
 from baseroll.images.registry import RegistryClient
 from baseroll.rollout.bus import Bus
 from baseroll.rollout.pipeline import Rebase
-from baseroll.rollout.store import RecordStore
+from baseroll.rollout.store import LineageStore, RecordStore
 
 
 @dataclass
@@ -26,9 +26,10 @@ class Deps:
     bus: Bus
     records: RecordStore
     rebase: Rebase
+    lineage: LineageStore  # per base track, the digests its tag was seen at (the same store as `records`)
     clock: Clock = SYSTEM  # every wait, deadline and lease age of the core is read from it
     # Lists every version of an Artifact Registry base (tags alone miss untagged old versions).
     version_lister: Callable[[ImageRef], list[str]] | None = None
 
     def catalog(self) -> Catalog:
-        return Catalog(self.registry, version_lister=self.version_lister)
+        return Catalog(self.registry, version_lister=self.version_lister, recorded=self.lineage.versions)

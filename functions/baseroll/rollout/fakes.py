@@ -3,8 +3,9 @@
 - `FakeBus`: keeps what was published per topic, decodes baseroll's own messages back with
   `contracts.messages` (so a test also proves they parse), and delivers queued messages to
   subscribers only when the test says so (e.g. from a `FakeClock.on_sleep` hook: "while the step waits").
-- `MemoryRecordStore`: a dict of records, copied on put and get as a real store would serialise them,
-  stamped with the injected clock, with every write kept in order.
+- `MemoryRecordStore`: a dict of records with compare-and-swap writes, copied on every read and
+  write as a real store would serialise them, stamped with the injected clock, every write kept in
+  order; a hook lets a test land a concurrent write between an update's read and its write.
 - `FakeRegistry`: the registry verbs the planning path calls (tags, manifests, config blobs), with
   single-platform OCI image manifests made from named layers.
 - `FakeRebase`: the rebase port; rebased images are pushed to the `FakeRegistry` so a re-plan reads them.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -36,6 +38,7 @@ from baseroll.images.refs import ImageRef
 from baseroll.images.registry import Manifest, RegistryError
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.plan import RebaseJob
+from baseroll.rollout.store import Mutation
 
 REGISTRY = "registry.test"  # the fake world's registry host (allow-listed by `config`)
 
@@ -86,29 +89,66 @@ class FakeBus:
 
 
 class MemoryRecordStore:
-    """The record store port in memory, last writer wins like the registry store."""
+    """The record store port in memory, with the same compare-and-swap as the Firestore adapter.
+
+    Every record carries a version bumped by each write; `update` writes only over the version it
+    read, else reads again and calls its mutation again. `between_read_and_write(rollout_id)`, when
+    set, runs after a mutation decided and before its write is checked: a test's concurrent writer.
+    """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.records: dict[str, RolloutRecord] = {}
         self.puts: list[RolloutRecord] = []  # a copy of every write through the port, in order
+        self.lost_races = 0  # conditional writes refused because someone wrote first
+        self.between_read_and_write: Callable[[str], object] | None = None
+        self._versions: Counter[str] = Counter()
+        self._lock = threading.RLock()
 
     def get(self, rollout_id: str) -> RolloutRecord | None:
-        rec = self.records.get(rollout_id)
-        return copy.deepcopy(rec) if rec is not None else None
+        with self._lock:
+            rec = self.records.get(rollout_id)
+            return copy.deepcopy(rec) if rec is not None else None
 
-    def put(self, record: RolloutRecord) -> None:
+    def create(self, record: RolloutRecord) -> bool:
+        with self._lock:
+            if record.rollout_id in self.records:
+                return False
+            self._write(record)
+            return True
+
+    def update(self, rollout_id: str, mutate: Mutation) -> RolloutRecord | None:
+        while True:
+            with self._lock:
+                current, version = self.get(rollout_id), self._versions[rollout_id]
+            if current is None:
+                return None
+            new = mutate(current)
+            if new is None:
+                return None
+            if self.between_read_and_write is not None:
+                self.between_read_and_write(rollout_id)
+            with self._lock:
+                if self._versions[rollout_id] == version and rollout_id in self.records:
+                    self._write(new)
+                    return copy.deepcopy(new)
+                self.lost_races += 1
+
+    def _write(self, record: RolloutRecord) -> None:
         record.updated = self.clock.now()
         self.records[record.rollout_id] = copy.deepcopy(record)
+        self._versions[record.rollout_id] += 1
         self.puts.append(copy.deepcopy(record))
 
     def write_by_someone_else(self, rollout_id: str, **changes: object) -> RolloutRecord:
         """Another invocation's write (not through this port's `puts`): change fields, stamp it now."""
-        rec = self.records[rollout_id]
-        for key, value in changes.items():
-            setattr(rec, key, value)
-        rec.updated = self.clock.now()
-        return copy.deepcopy(rec)
+        with self._lock:
+            rec = self.records[rollout_id]
+            for key, value in changes.items():
+                setattr(rec, key, value)
+            rec.updated = self.clock.now()
+            self._versions[rollout_id] += 1
+            return copy.deepcopy(rec)
 
 
 class MemoryLineage:
@@ -240,6 +280,7 @@ class FakeWorld:
     registry: FakeRegistry = field(default_factory=FakeRegistry)
     bus: FakeBus = field(default_factory=FakeBus)
     records: MemoryRecordStore = field(init=False)
+    lineage: MemoryLineage = field(default_factory=MemoryLineage)
     rebase: FakeRebase = field(init=False)
     deps: Deps = field(init=False)
 
@@ -247,4 +288,5 @@ class FakeWorld:
         self.records = MemoryRecordStore(self.clock)
         self.rebase = FakeRebase(self.registry)
         self.deps = Deps(config=self.config, fleet=self.fleet, registry=self.registry,  # type: ignore[arg-type]
-                         bus=self.bus, records=self.records, rebase=self.rebase, clock=self.clock)
+                         bus=self.bus, records=self.records, rebase=self.rebase, lineage=self.lineage,
+                         clock=self.clock)

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from typing import Callable
 
 from baseroll import log
 from baseroll.config import BaseTrack, Config
 from baseroll.contracts import ledger, topics
 from baseroll.contracts.messages import Rollout, Step
-from baseroll.contracts.records import TERMINAL, RolloutRecord
+from baseroll.contracts.records import (
+    ABORTED,
+    FINISHED,
+    HALTED,
+    RUNNING,
+    TERMINAL,
+    RolloutRecord,
+)
 from baseroll.contracts.requests import ServiceFilter
 from baseroll.contracts.roll import RollRequest
 from baseroll.images.refs import ImageRef
@@ -51,6 +60,8 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
     new_ref = engine.resolve_new_ref(deps.registry, request)
     assert new_ref.digest
     rollout_id = rollout_id_for(request, name, new_ref.digest, scope)
+    if request.kind == "base":  # the track's tag points here now: one of its versions (rollout.lineage)
+        deps.lineage.record_version(name, new_ref.digest)
     plan = engine.build_plan(cfg, deps.fleet, deps.catalog(), request, new_ref, scope=scope.matches)
     summary = {"rollout_id": rollout_id, "kind": request.kind, "image": str(request.image), "target": str(new_ref),
                "to_roll": len(plan.to_roll), "skipped": len(plan.services) - len(plan.to_roll),
@@ -69,7 +80,13 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
     # Rebase before anything is released, so a refused rebase shows up in the plan's log at once.
     engine.rebase_jobs_for(plan.jobs, new_ref, deps.rebase)
     ro = Rollout(rollout_id, name, str(request.image), new_ref.digest, request.kind, scope.to_json())
-    deps.records.put(RolloutRecord(rollout_id, name, new_ref.digest, ro.track_image, ro.kind, dict(ro.scope)))
+    if not deps.records.create(RolloutRecord(rollout_id, name, new_ref.digest, ro.track_image, ro.kind,
+                                             dict(ro.scope))):
+        # A concurrent start (the same push seen by two triggers) created it first: it sends the step.
+        existing = deps.records.get(rollout_id)
+        status = existing.status if existing is not None else RUNNING
+        log.info("rollout.already_started", rollout_id=rollout_id, status=status)
+        return {**summary, "status": status}
     bus_mod.send(deps.bus, topics.RESULTS, Step(ro, wave=0, cursor=0, seq=1))
     log.notice("rollout.started", **summary)
     return {**summary, "status": "running"}
@@ -81,35 +98,71 @@ def _rollout_of(rec: RolloutRecord) -> Rollout:
 
 def control(deps: Deps, action: str, rollout_id: str) -> dict:
     """`abort`: stop a rollout (steps are dropped, queued tasks become no-ops; rolled services stay
-    rolled). `resume`: continue a halted rollout from the wave it halted in, accepting its failures."""
-    rec = deps.records.get(rollout_id)
-    if rec is None:
+    rolled). `resume`: continue a halted rollout from the wave it halted in, accepting its failures.
+    Each decides on the record as it is at the write (one conditional write)."""
+    seen: list[RolloutRecord] = []  # the record as last read, when the write was refused
+
+    def abort(rec: RolloutRecord) -> RolloutRecord | None:
+        seen[:] = [rec]
+        if rec.status in TERMINAL:
+            return None
+        rec.status, rec.reason = ABORTED, "aborted by request"
+        return rec
+
+    def resume(rec: RolloutRecord) -> _Restart | None:
+        seen[:] = [rec]
+        if rec.status != HALTED:
+            return None
+        accepted = next((w.get("failed", 0) for w in rec.waves if w.get("wave") == rec.wave), 0)
+        return _Restart(rec.wave, f"resumed at wave {rec.wave}", accepted)
+
+    if action == "abort":
+        written = deps.records.update(rollout_id, abort)
+        if written is not None:
+            log.notice("rollout.aborted", rollout_id=rollout_id, wave=written.wave)
+            return {"status": ABORTED, "rollout_id": rollout_id}
+    else:
+        restarted = _restart(deps, rollout_id, resume)
+        if restarted is not None:
+            log.notice("rollout.resumed", rollout_id=rollout_id, wave=restarted.wave,
+                       accepted_failures=restarted.accepted_failures)
+            return {"status": RUNNING, "rollout_id": rollout_id}
+    if not seen:
         log.warning("request.unknown_rollout", action=action, rollout_id=rollout_id)
         return {"status": "unknown-rollout", "rollout_id": rollout_id}
-    if action == "abort":
-        if rec.status in TERMINAL:
-            log.info("rollout.abort_ignored", rollout_id=rollout_id, status=rec.status)
-            return {"status": rec.status, "rollout_id": rollout_id}
-        rec.status, rec.reason = "aborted", "aborted by request"
-        deps.records.put(rec)
-        log.notice("rollout.aborted", rollout_id=rollout_id, wave=rec.wave)
-        return {"status": "aborted", "rollout_id": rollout_id}
-    if rec.status != "halted":
-        log.info("rollout.resume_ignored", rollout_id=rollout_id, status=rec.status)
-        return {"status": rec.status, "rollout_id": rollout_id}
-    accepted = next((w.get("failed", 0) for w in rec.waves if w.get("wave") == rec.wave), 0)
-    _restart(deps, rec, rec.wave, f"resumed at wave {rec.wave}", accepted)
-    log.notice("rollout.resumed", rollout_id=rollout_id, wave=rec.wave, accepted_failures=accepted)
-    return {"status": "running", "rollout_id": rollout_id}
+    log.info(f"rollout.{action}_ignored", rollout_id=rollout_id, status=seen[0].status)
+    return {"status": seen[0].status, "rollout_id": rollout_id}
 
 
-def _restart(deps: Deps, rec: RolloutRecord, wave: int, reason: str, accepted_failures: int = 0) -> None:
-    """Run the rollout again from `wave` with a fresh step. The record's seq moves past every step
-    already in flight, so a late copy of one is dropped as stale."""
-    rec.status, rec.reason, rec.owner = "running", reason, ""
-    rec.seq += 1
-    deps.records.put(rec)
-    bus_mod.send(deps.bus, topics.RESULTS, Step(_rollout_of(rec), wave, 0, None, rec.seq + 1, accepted_failures))
+@dataclass(frozen=True)
+class _Restart:
+    wave: int
+    reason: str
+    accepted_failures: int = 0
+
+
+def _restart(deps: Deps, rollout_id: str, decide: Callable[[RolloutRecord], _Restart | None]) -> _Restart | None:
+    """Run the rollout again with a fresh step, if `decide` (on the record as it is at the write) says
+    from where. The record's seq moves past every step already in flight, so a late copy of one is
+    dropped as stale."""
+    chosen: list[_Restart] = []
+
+    def restart(rec: RolloutRecord) -> RolloutRecord | None:
+        how = decide(rec)
+        if how is None:
+            return None
+        chosen[:] = [how]
+        rec.status, rec.reason, rec.owner = RUNNING, how.reason, ""
+        rec.seq += 1
+        return rec
+
+    rec = deps.records.update(rollout_id, restart)
+    if rec is None:
+        return None
+    how = chosen[0]
+    bus_mod.send(deps.bus, topics.RESULTS, Step(_rollout_of(rec), how.wave, 0, None, rec.seq + 1,
+                                                how.accepted_failures))
+    return how
 
 
 def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
@@ -130,15 +183,20 @@ def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
 def _sweep_track(deps: Deps, track: BaseTrack, scope: ServiceFilter | None) -> dict:
     request = RollRequest("base", track.image, None, "sweep", f"sweep:{track.name}")
     result = start(deps, request, scope)
-    rec = deps.records.get(result["rollout_id"])
-    quiet = rec is not None and deps.clock.now() - rec.updated > LEASE_S
-    if rec is not None and ((rec.status == "running" and quiet) or (rec.status == "finished" and result["to_roll"])):
-        # A quiet rollout picks up where it stopped; a finished one walks its waves again for stragglers.
-        wave = rec.wave if rec.status == "running" else 0
-        _restart(deps, rec, wave, "restarted by sweep")
-        log.notice("rollout.swept", rollout_id=rec.rollout_id, wave=wave, to_roll=result["to_roll"])
+    restarted = _restart(deps, result["rollout_id"], lambda rec: _sweep_restart(deps, rec, result["to_roll"]))
+    if restarted is not None:
+        log.notice("rollout.swept", rollout_id=result["rollout_id"], wave=restarted.wave, to_roll=result["to_roll"])
         result = {**result, "status": "restarted"}
     return result
+
+
+def _sweep_restart(deps: Deps, rec: RolloutRecord, to_roll: int) -> _Restart | None:
+    """A quiet rollout picks up where it stopped; a finished one walks its waves again for stragglers."""
+    if rec.status == RUNNING and deps.clock.now() - rec.updated > LEASE_S:
+        return _Restart(rec.wave, "restarted by sweep")
+    if rec.status == FINISHED and to_roll:
+        return _Restart(0, "restarted by sweep")
+    return None
 
 
 def dry_run_report(cfg: Config, plan: Plan, new_ref: ImageRef, rebase: engine.Rebase) -> dict:

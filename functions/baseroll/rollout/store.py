@@ -1,25 +1,39 @@
-"""Where rollout records live: the port, and its adapter that keeps each record as an OCI artifact
-tagged with the rollout id in a configured repository of an allow-listed registry."""
+"""Where rollout records and track lineage live: the ports, and the record's document form.
+
+Every state change of a rollout record is one conditional write (docs/RELIABILITY.md#the-rollout-store):
+`create` only when no record exists, `update` only over the version it read. A write that lost
+the race re-reads and lets its caller decide again, so an abort or a halt is never overwritten by
+a copy read before it. The Firestore adapter is `rollout.firestore_store`; the in-memory one is
+`rollout.fakes.MemoryRecordStore`.
+"""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-from typing import Protocol
+from dataclasses import asdict, fields
+from typing import Any, Callable, Protocol
 
-from baseroll.clock import SYSTEM, Clock
 from baseroll.contracts.records import RolloutRecord
-from baseroll.images import oci
-from baseroll.images.refs import ImageRef
-from baseroll.images.registry import RegistryClient, RegistryError
 
-ARTIFACT_TYPE = "application/vnd.baseroll.rollout.v1+json"
+# Decides the next version of a record from the one just read; None leaves the record as it is.
+# It may run more than once (once per lost race), so it must only read and change its argument.
+Mutation = Callable[[RolloutRecord], "RolloutRecord | None"]
+
+
+class StoreConflict(Exception):
+    """A conditional write kept losing to concurrent writers (bounded retries ran out)."""
 
 
 class RecordStore(Protocol):
     def get(self, rollout_id: str) -> RolloutRecord | None: ...
 
-    def put(self, record: RolloutRecord) -> None:
-        """Store `record` (last writer wins), stamping its `updated` with the time of the write."""
+    def create(self, record: RolloutRecord) -> bool:
+        """Store `record` only if no record of its id exists (stamping `updated`); False if one did."""
+        ...
+
+    def update(self, rollout_id: str, mutate: Mutation) -> RolloutRecord | None:
+        """Read the record, `mutate` it, and write the result only if nobody wrote in between;
+        on a lost race read again and call `mutate` again. Returns what was written (its `updated`
+        stamped), or None when there is no record or `mutate` returned None. An exception raised by
+        `mutate` propagates, and nothing is written."""
         ...
 
 
@@ -36,32 +50,13 @@ class LineageStore(Protocol):
         ...
 
 
-class RegistryRecordStore:
-    def __init__(self, client: RegistryClient, repository: ImageRef, clock: Clock = SYSTEM) -> None:
-        self._client = client
-        self._repo = repository
-        self._clock = clock
+_FIELDS = frozenset(f.name for f in fields(RolloutRecord))
 
-    def get(self, rollout_id: str) -> RolloutRecord | None:
-        try:
-            manifest = self._client.get_manifest(self._repo.with_tag(rollout_id))
-        except RegistryError as exc:
-            if exc.status == 404 or exc.code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"):
-                return None
-            raise
-        raw = self._client.get_blob(self._repo, manifest.data["config"]["digest"], max_bytes=1024 * 1024)
-        doc = json.loads(raw)
-        return RolloutRecord(**{k: v for k, v in doc.items() if k in RolloutRecord.__dataclass_fields__})
 
-    def put(self, record: RolloutRecord) -> None:
-        record.updated = self._clock.now()
-        config = oci.canonical_json(asdict(record))
-        digest = self._client.put_blob(self._repo, config)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": oci.OCI_MANIFEST,
-            "artifactType": ARTIFACT_TYPE,
-            "config": {"mediaType": ARTIFACT_TYPE, "digest": digest, "size": len(config)},
-            "layers": [],
-        }
-        self._client.put_manifest(self._repo.with_tag(record.rollout_id), oci.canonical_json(manifest), oci.OCI_MANIFEST)
+def to_document(record: RolloutRecord) -> dict[str, Any]:
+    return asdict(record)
+
+
+def from_document(doc: dict[str, Any]) -> RolloutRecord:
+    """A stored record; fields it does not know (written by a newer version) are ignored."""
+    return RolloutRecord(**{k: v for k, v in doc.items() if k in _FIELDS})

@@ -1,0 +1,82 @@
+"""The rollout store on Firestore (native mode): one document per rollout record, one per track's lineage.
+
+Records are written with compare-and-swap: `create` fails when the document exists, `update`
+carries a precondition on the `update_time` it read, so a write over a version someone else
+changed meanwhile is refused by the server, and the update reads again and decides again
+(docs/RELIABILITY.md#the-rollout-store gives the sources). Lineage versions are appended with the
+server-side `ArrayUnion` transform: concurrent appends all land, in order, without duplicates.
+"""
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from baseroll import log
+from baseroll.clock import SYSTEM, Clock
+from baseroll.contracts.records import RolloutRecord
+from baseroll.rollout.store import Mutation, StoreConflict, from_document, to_document
+
+RECORDS = "baseroll-rollouts"
+LINEAGE = "baseroll-lineage"
+MAX_ATTEMPTS = 20  # each lost race means another writer made progress; this many in a row is a fault
+
+
+class FirestoreStore:
+    """RecordStore and LineageStore over one Firestore database."""
+
+    def __init__(self, client: firestore.Client, clock: Clock = SYSTEM, *, prefix: str = "") -> None:
+        self._client = client
+        self._clock = clock
+        self._records = client.collection(prefix + RECORDS)
+        self._lineage = client.collection(prefix + LINEAGE)
+
+    @classmethod
+    def connect(cls, project: str, database: str = "(default)", clock: Clock = SYSTEM) -> "FirestoreStore":
+        """The client finds the emulator through FIRESTORE_EMULATOR_HOST, as every Google client does."""
+        return cls(firestore.Client(project=project, database=database), clock)
+
+    # --- RecordStore
+    def get(self, rollout_id: str) -> RolloutRecord | None:
+        snap = self._records.document(rollout_id).get()
+        return from_document(snap.to_dict() or {}) if snap.exists else None
+
+    def create(self, record: RolloutRecord) -> bool:
+        record.updated = self._clock.now()
+        try:
+            self._records.document(record.rollout_id).create(to_document(record))
+        except gexc.AlreadyExists:
+            return False
+        return True
+
+    def update(self, rollout_id: str, mutate: Mutation) -> RolloutRecord | None:
+        doc = self._records.document(rollout_id)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            snap = doc.get()
+            if not snap.exists:
+                return None
+            new = mutate(from_document(snap.to_dict() or {}))
+            if new is None:
+                return None
+            new.updated = self._clock.now()
+            try:
+                doc.update(to_document(new), option=self._client.write_option(last_update_time=snap.update_time))
+            except (gexc.FailedPrecondition, gexc.NotFound):
+                # Someone wrote (or deleted) it since our read: read again and let the caller decide again.
+                log.info("store.write_lost_race", rollout_id=rollout_id, attempt=attempt)
+                continue
+            return new
+        raise StoreConflict(f"rollout {rollout_id}: {MAX_ATTEMPTS} conditional writes in a row lost the race")
+
+    # --- LineageStore
+    def record_version(self, track: str, digest: str) -> None:
+        self._track(track).set({"track": track, "versions": firestore.ArrayUnion([digest])}, merge=True)
+
+    def versions(self, track: str) -> list[str]:
+        snap = self._track(track).get()
+        return list((snap.to_dict() or {}).get("versions", [])) if snap.exists else []
+
+    def _track(self, track: str) -> firestore.DocumentReference:
+        # A document id may not hold "/" nor be "." / ".." / "__x__": quote it and give it a prefix.
+        return self._lineage.document("track:" + quote(track, safe=""))
