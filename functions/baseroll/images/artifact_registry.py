@@ -1,8 +1,10 @@
 """Every version of a base image in Artifact Registry, tagged or not (docs/GOOGLE_APIS.md#artifact-registry).
 
 The OCI tags API only shows what tags point at now; once a base's track tag moves, the version an
-app was built on may have no tag left. Artifact Registry's ListVersions still lists it, so its
-manifest digests are the base versions ``Catalog(version_lister=...)`` reads besides the tags.
+app was built on may have no tag left. Artifact Registry's ListVersions still lists it, so
+``Catalog(version_lister=...)`` reads its manifest digests besides the tags. A listed version is
+evidence only: it counts as a version of a track when that track's tags or recorded history tie it
+to it (``rollout.lineage``); one tied to no track is of unknown lineage, and an app on it is skipped.
 
 The google-cloud-artifact-registry client is imported and created on first use, never at import,
 so tests and non-Google registries never load it or touch Application Default Credentials.
