@@ -5,7 +5,9 @@ cloud.googleapis.com, serving.knative.dev and autoscaling.knative.dev).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from typing import Mapping
 
 PREFIX = "baseroll.dev/"
@@ -32,9 +34,21 @@ CHANGED_DURING_GATE = "changed by someone else during the gate"
 ALREADY_ROLLED_BACK = "already rolled back from this target: {reason}"
 
 
+_NOT_ID = re.compile(r"[^a-z0-9]+")
+MAX_ID_NAME = 30  # of the track name in a rollout id; with its hash and the digest, 50 characters at most
+
+
 def rollout_id(track_name: str, base_digest: str) -> str:
-    """Deterministic, so every redelivery of the same base push names the same rollout."""
-    return f"{track_name}-{base_digest.removeprefix('sha256:')[:12]}"
+    """Deterministic, so every redelivery of the same base push names the same rollout. A track
+    name that is not already lower-case letters, digits and inner hyphens (`python_3.12`, `Node`)
+    is sanitised and followed by a short hash of itself, so two names that sanitise alike still name
+    two rollouts. Every id built matches contracts.ids.ROLLOUT_ID with room for a scope suffix
+    (tests/unit/test_rollout_ids.py)."""
+    name = _NOT_ID.sub("-", track_name.lower()).strip("-")[:MAX_ID_NAME].strip("-") or "track"
+    if name != track_name:
+        name = f"{name}-{hashlib.sha256(track_name.encode('utf-8', 'surrogatepass')).hexdigest()[:6]}"
+    digest = _NOT_ID.sub("", base_digest.removeprefix("sha256:").lower())[:12] or "0"
+    return f"{name}-{digest}"
 
 
 def rolled(rollout: str, base_digest: str, previous: tuple[str, ...], previous_uris: tuple[str, ...] = (), *,

@@ -43,8 +43,8 @@ def rollout_id_for(request: RollRequest, track_name: str, digest: str, scope: Se
 
 
 def track_name(cfg: Config, request: RollRequest) -> str:
-    if request.kind == "app":
-        return "app-" + request.image.repository.rsplit("/", 1)[-1][:30]
+    if request.kind == "app":  # any repository name: ledger.rollout_id sanitises it for the id
+        return "app-" + request.image.repository.rsplit("/", 1)[-1]
     track = cfg.track_for(request.image)
     if track is None:
         raise ValueError(f"{request.image} is not a configured base track")
