@@ -94,7 +94,7 @@ def roll_service(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
         context = {"service": task.service, "rollout_id": task.rollout.rollout_id, "wave": task.wave}
         verdict = _decide(exc, event_id, "task", **context)
-        return _task_failed(d, task, verdict, type(exc).__name__)
+        return _task_failed(d, task, verdict, type(exc).__name__, event_id)
     return {"status": result.outcome}
 
 
@@ -107,10 +107,10 @@ def _check_task_images(d: Deps, task: messages.Task) -> None:
             raise Refused(f"{image}: {refused}")
 
 
-def _task_failed(d: Deps, task: messages.Task, verdict: Verdict, error: str) -> dict[str, Any]:
+def _task_failed(d: Deps, task: messages.Task, verdict: Verdict, error: str, event_id: str) -> dict[str, Any]:
     """A task that can never succeed: logged, and its failed result published (the task's record)."""
-    log.error("task.failed", service=task.service, rollout_id=task.rollout.rollout_id, wave=task.wave,
-              kind=verdict.kind, reason=verdict.reason, error=error)
+    log.error("task.failed", event_id=event_id, service=task.service, rollout_id=task.rollout.rollout_id,
+              wave=task.wave, kind=verdict.kind, reason=verdict.reason, error=error)
     bus_mod.send(d.bus, topics.RESULTS, messages.Result(task.rollout, task.service, task.wave, "failed",
                                                        f"{verdict.kind}: {verdict.reason}"))
     return {"status": "failed", "kind": verdict.kind, "reason": verdict.reason}
