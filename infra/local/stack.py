@@ -131,7 +131,8 @@ class LocalStack:
             "regions": list(self.regions),
             "allowed_registries": [host],
             "plain_http_registries": [host],
-            "base_tracks": [{"name": b.name, "image": f"{host}/{b.repository}:{b.tag}"} for b in BASES if b.tracked]
+            "base_tracks": [{"name": b.name, "image": f"{host}/{b.repository}:{b.tag}",
+                             "version_tags": list(b.version_tags)} for b in BASES if b.tracked]
             + [{**t, "image": str(t["image"]).replace("{registry}", host)} for t in self.extra_tracks],
             "labels": {"opt_out": OPT_OUT_LABEL, "cohort": COHORT_LABEL},
             "rollout": {"ready_timeout_s": self.ready_timeout_s, "concurrency": self.concurrency,
