@@ -357,7 +357,8 @@ def base_rig(signing: str = "report", *, app_signed: bool = False) -> tuple[fake
     """Two services on one app image built on python 3.12.1; the track moved to 3.12.2; started."""
     cfg = dataclasses.replace(fakes.config(waves=(1.0,)), signatures=SigningPolicy(signing, SIGN_TOPIC))
     w = fakes.FakeWorld(cfg)
-    w.registry.push(f"{TRACK}.1", [fakes.layer("os"), fakes.layer("py-3.12.1")])
+    v1 = w.registry.push(f"{TRACK}.1", [fakes.layer("os"), fakes.layer("py-3.12.1")])
+    w.lineage.record_version("python", v1.digest or "")  # the track's tag was seen at 3.12.1 before it moved
     v2 = w.registry.push(f"{TRACK}.2", [fakes.layer("os"), fakes.layer("py-3.12.2")])
     w.registry.move_tag(TRACK, v2.digest or "")
     app = w.registry.push(f"{fakes.REGISTRY}/apps/shop:v1",
