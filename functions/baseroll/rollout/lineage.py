@@ -64,7 +64,8 @@ def lineage_of(track: BaseTrack, others: Sequence[BaseTrack], *, new: BaseVersio
     named: dict[str, str] = {}  # digest -> label of another track
     for sibling in others:
         for digest in recorded.get(sibling.name, ()):
-            named.setdefault(digest, label(track.image, sibling.image.tag or ""))
+            if digest not in own:  # this track's own record wins: its tag was seen there
+                named.setdefault(digest, label(track.image, sibling.image.tag or ""))
     for tag, digest in sorted(tags.items(), key=lambda kv: (len(kv[0]), kv[0])):  # the shortest tag names it
         if digest not in own and digest not in named:
             sibling = next((s for s in others if is_version_tag(tag, s)), None)
