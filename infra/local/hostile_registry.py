@@ -174,6 +174,13 @@ class AttackerHost(_LoopbackServer):
 
 class _HostileHandler(_Quiet):
     def handle_one(self) -> None:
+        started = time.monotonic()
+        try:
+            self._answer()
+        finally:
+            self.owner.record(self.command, self.path, time.monotonic() - started)
+
+    def _answer(self) -> None:
         self.drain()
         path = self.path.split("?", 1)[0]
         if path in ("/v2", "/v2/"):
@@ -233,6 +240,8 @@ class HostileRegistry(_LoopbackServer):
     def __init__(self, attacker: AttackerHost) -> None:
         super().__init__(_HostileHandler)
         self.attacker = attacker
+        self.calls: list[tuple[str, str, float]] = []  # (method, path, seconds until answered or given up)
+        self._lock = threading.Lock()
         index = self_index()
         self.answers: dict[str, Callable[[_Quiet, str], None]] = {
             "wrong-types": _manifest(wrong_types_index(), OCI_INDEX),
@@ -248,6 +257,14 @@ class HostileRegistry(_LoopbackServer):
             **{f"metadata-{k}": self._to(lambda path, f=form: f"http://{f}/computeMetadata/v1/instance/service-accounts/"
                                                                "default/token") for k, form in METADATA_FORMS.items()},
         }
+
+    def record(self, method: str, path: str, seconds: float) -> None:
+        with self._lock:
+            self.calls.append((method, path, seconds))
+
+    def longest_call(self) -> float:
+        with self._lock:
+            return max((s for _, _, s in self.calls), default=0.0)
 
     @staticmethod
     def _to(where: Callable[[str], str]) -> Callable[[_Quiet, str], None]:
