@@ -82,7 +82,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-class _LoopbackServer:
+class LoopbackServer:
     """A ThreadingHTTPServer on 127.0.0.1:<free port>, served from a thread, stopped by its object."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
@@ -98,7 +98,7 @@ class _LoopbackServer:
     def url(self) -> str:
         return f"http://{self.host}"
 
-    def start(self) -> "_LoopbackServer":
+    def start(self) -> "LoopbackServer":
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
@@ -154,7 +154,7 @@ class _AttackerHandler(_Quiet):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_one
 
 
-class AttackerHost(_LoopbackServer):
+class AttackerHost(LoopbackServer):
     """Records every request and every header it sees; asks for credentials at its own realm."""
 
     def __init__(self) -> None:
@@ -234,7 +234,7 @@ def _ten_gb(h: _Quiet, path: str) -> None:
     h.close_connection = True
 
 
-class HostileRegistry(_LoopbackServer):
+class HostileRegistry(LoopbackServer):
     """One repository per trick (``CASES``); redirects and realms point at ``attacker``."""
 
     def __init__(self, attacker: AttackerHost) -> None:
