@@ -4,6 +4,7 @@ short-lived tokens. The client really authenticates, and neither the secret nor 
 appears in a log line or an error message."""
 from __future__ import annotations
 
+import base64
 from typing import Iterator
 
 import pytest
@@ -64,5 +65,6 @@ def test_push_rebase_and_read_with_tokens_leak_nothing(authed, capsys):
     assert tokens.counts["issued"] > issued_before  # auth exchanges really happened
     written = capsys.readouterr()
     everything = written.out + written.err + "\n".join(errors)
-    assert errors and tokens.secret not in everything
+    basic = base64.b64encode(f"{tokens.username}:{tokens.secret}".encode()).decode()
+    assert errors and tokens.secret not in everything and basic not in everything
     assert not [t for t in tokens.issued if t in everything or t.split(".")[2] in everything]
