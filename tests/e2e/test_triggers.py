@@ -44,12 +44,13 @@ WAIT_S = 90.0  # bound on every rollout and idle wait below
 # A base track that cloudbuild.yaml builds (`$PROJECT_ID/${_REPO}/${_BASE_NAME}:${_BASE_TAG}`),
 # added to the stack's configuration so the Cloud Build step's request names a configured track.
 CI_PROJECT, CI_REPO, CI_NAME, CI_TAG = "baseroll-ci", "bases", "debian", "bookworm"
-CI_BASE = seed.BaseDef("debian-ci", f"{CI_PROJECT}/{CI_REPO}/{CI_NAME}", CI_TAG, True)
+CI_BASE = seed.BaseDef("debian-ci", f"{CI_PROJECT}/{CI_REPO}/{CI_NAME}", CI_TAG, True, (f"{CI_TAG}-*",))
 
 
 @pytest.fixture(scope="module")
 def stack():
-    extra = [{"name": CI_BASE.name, "image": f"{{registry}}/{CI_BASE.repository}:{CI_BASE.tag}"}]
+    extra = [{"name": CI_BASE.name, "image": f"{{registry}}/{CI_BASE.repository}:{CI_BASE.tag}",
+              "version_tags": list(CI_BASE.version_tags)}]  # push_base's immutable `<tag>-pN` tags
     with LocalStack(ready_timeout_s=20, extra_tracks=extra) as s:
         yield s
 
