@@ -53,8 +53,8 @@ def _guarded(event_id: str, trigger: str, work: Callable[[], dict[str, Any]], **
         return work()
     except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
         verdict = _decide(exc, event_id, trigger, **context)
-        log.error("event.rejected", event_id=event_id, trigger=trigger, kind=verdict.kind, reason=verdict.reason,
-                  error=type(exc).__name__, **context)
+        log.warning("event.rejected", event_id=event_id, trigger=trigger, kind=verdict.kind, reason=verdict.reason,
+                    error=type(exc).__name__, **context)
         return {"status": "rejected", "kind": verdict.kind, "reason": verdict.reason}
 
 
@@ -135,8 +135,8 @@ def on_roll_result(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any
     except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
         context = {"rollout_id": msg.rollout.rollout_id, "seq": msg.seq, "wave": msg.wave}
         verdict = _decide(exc, event_id, "step", **context)
-        log.error("event.rejected", event_id=event_id, trigger="step", kind=verdict.kind, reason=verdict.reason,
-                  error=type(exc).__name__, **context)
+        log.warning("event.rejected", event_id=event_id, trigger="step", kind=verdict.kind, reason=verdict.reason,
+                    error=type(exc).__name__, **context)
         _halt(d, msg.rollout.rollout_id, f"step {msg.seq} failed ({verdict.kind}): {verdict.reason}")
         return {"status": "rejected", "kind": verdict.kind, "reason": verdict.reason}
     return {"status": "stepped"}
