@@ -1,7 +1,9 @@
 """`make demo`: seed a fleet on the local stack, push a new base, deliver the push event to the
 function over HTTP, watch it roll, print a per-service table and a summary.
 
-Exit 0 only when every eligible service is on the new base and every other service is untouched.
+Exit 0 only when every eligible service is on the new base and every other service is untouched;
+the apps on the repository's other track (python:3.11 beside 3.12) must have been skipped for
+that reason, which the summary prints.
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 reason = planned.get(r.seeded.name, "no plan logged")
                 good = not r.changed and r.updates == 0 and "another track of this repository" in reason
                 other_tracks[r.seeded.app] = reason
-                outcome = f"untouched ({reason})" if good else f"NOT SKIPPED AS ANOTHER TRACK: {reason}"
+                outcome = "untouched (another track: see summary)" if good else f"NOT SKIPPED AS ANOTHER TRACK: {reason}"
             else:
                 good = not r.changed and r.updates == 0
                 why = "opted out" if r.seeded.opted_out else f"on {r.seeded.base}"
