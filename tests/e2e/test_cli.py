@@ -41,8 +41,11 @@ def run(stack, *args: str) -> tuple[int, str]:
 
 def run_fresh(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """`python -m baseroll.cli` in an environment with no Pub/Sub emulator and unusable Google
-    credentials: a command that creates a Google client it does not need fails here."""
-    fresh = {"PATH": os.environ["PATH"], "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/adc.json", **env}
+    credentials: a command that creates a Google client it does not need fails here. The rollout
+    store (the stack's Firestore emulator, which needs no credentials) stays reachable: plan and
+    status read its lineage."""
+    fresh = {"PATH": os.environ["PATH"], "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/adc.json",
+             "FIRESTORE_EMULATOR_HOST": os.environ["FIRESTORE_EMULATOR_HOST"], **env}
     return subprocess.run([sys.executable, "-m", "baseroll.cli", "--config", str(config), *args],
                           cwd=ROOT, env=fresh, capture_output=True, text=True, timeout=120)
 
