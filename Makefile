@@ -10,14 +10,20 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 deps: system-deps $(STAMP)
 
-# Debian packages: the real OCI registry server, and skopeo/umoci/busybox for the run-the-image test.
+# Debian packages: the real OCI registry server, skopeo/umoci/busybox for the run-the-image test, and a
+# Java runtime for gcloud's Firestore and Pub/Sub emulators (this machine kind ships the emulators
+# themselves under the gcloud SDK; infra/local/firestore_emulator.py says what is missing if not).
 system-deps:
-	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(SYSTEM_TOOLS) java; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker-registry skopeo umoci busybox-static >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker-registry skopeo umoci busybox-static \
+	    default-jre-headless >/dev/null; \
 	fi
+	@sdk="$$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null)"; \
+	jar="$${BASEROLL_FIRESTORE_EMULATOR_JAR:-$$sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar}"; \
+	[ -f "$$jar" ] || { echo "gcloud's Firestore emulator is missing ($$jar): install gcloud's cloud-firestore-emulator component or set BASEROLL_FIRESTORE_EMULATOR_JAR"; exit 1; }
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
