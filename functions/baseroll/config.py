@@ -84,6 +84,19 @@ class RolloutSettings:
 
 
 @dataclass(frozen=True)
+class RegistryCredential:
+    """One registry's username and where its password is: an environment variable or a file, as a
+    Secret Manager secret reaches a function. The password itself never sits in the configuration."""
+
+    host: str
+    username: str
+    password_env: str | None = None
+    password_file: str | None = None
+    # Hosts this registry may name as its token realm besides itself; each must be allow-listed too.
+    token_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     projects: tuple[str, ...]
     regions: tuple[str, ...]
@@ -99,6 +112,7 @@ class Config:
     # topics' project) and database.
     store_project: str | None = None
     store_database: str = "(default)"
+    registry_credentials: tuple[RegistryCredential, ...] = ()
 
     @property
     def topic_project(self) -> str:
@@ -107,6 +121,10 @@ class Config:
     @property
     def record_project(self) -> str:
         return self.store_project or self.topic_project
+
+    @property
+    def token_hosts(self) -> dict[str, tuple[str, ...]]:
+        return {c.host: c.token_hosts for c in self.registry_credentials if c.token_hosts}
 
     @property
     def tracked_tags(self) -> set[ImageRef]:
@@ -162,6 +180,7 @@ def parse(doc: Any) -> Config:
         pubsub_project=_pubsub_project(doc.get("pubsub_project")),
         cloud_run_endpoint=_endpoint(doc.get("cloud_run_endpoint")),
         signatures=_signatures(doc.get("signatures") or {}),
+        registry_credentials=_credentials(_list(doc, "registry_credentials", required=False), allowed),
     )
 
 
@@ -185,6 +204,38 @@ def _registries(doc: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]
     if not plain_set <= allowed_set:
         raise ConfigError("plain_http_registries: every entry must also be in allowed_registries")
     return allowed_set, plain_set
+
+
+def _credentials(items: list[Any], allowed: frozenset[str]) -> tuple[RegistryCredential, ...]:
+    out = []
+    for i, item in enumerate(items):
+        where = f"registry_credentials[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where}: a mapping with host, username and password_env or password_file")
+        _known(item, f"{where}.", CREDENTIAL_KEYS)
+        host, user = item.get("host"), item.get("username")
+        if not isinstance(host, str) or host.lower() not in allowed:
+            raise ConfigError(f"{where}.host: {host!r} is not in allowed_registries")
+        if not isinstance(user, str) or not user:
+            raise ConfigError(f"{where}.username: required")
+        env, path = item.get("password_env"), item.get("password_file")
+        usable = isinstance(env, str) and _ENV_NAME.fullmatch(env) if path is None else (
+            env is None and isinstance(path, str) and path.startswith("/"))
+        if not usable:
+            raise ConfigError(f"{where}: exactly one of password_env (an environment variable name) and "
+                              "password_file (an absolute path)")
+        token_hosts = _list(item, "token_hosts", required=False)
+        for token_host in token_hosts:  # credentials go to a token host: it must be named twice, on purpose
+            if not isinstance(token_host, str) or token_host.lower() not in allowed:
+                raise ConfigError(f"{where}.token_hosts: {token_host!r} must also be in allowed_registries")
+        out.append(RegistryCredential(host.lower(), user, env, path, tuple(h.lower() for h in token_hosts)))
+    if len({c.host for c in out}) != len(out):
+        raise ConfigError("registry_credentials: one entry per host")
+    return tuple(out)
+
+
+CREDENTIAL_KEYS = ("host", "username", "password_env", "password_file", "token_hosts")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _tracks(doc: Mapping[str, Any], allowed: frozenset[str]) -> tuple[BaseTrack, ...]:
@@ -300,7 +351,8 @@ def _signatures(doc: Any) -> SigningPolicy:
 
 
 TOP_LEVEL_KEYS = ("projects", "regions", "allowed_registries", "plain_http_registries", "base_tracks", "labels",
-                  "rollout", "cloud_run_endpoint", "pubsub_project", "store", "signatures")
+                  "rollout", "cloud_run_endpoint", "pubsub_project", "store", "signatures",
+                  "registry_credentials")
 # The worker is an event-driven function: at most 540 s per invocation
 # (https://cloud.google.com/functions/docs/configuring/timeout; docs/GOOGLE_APIS.md#cloud-run-admin-api-v2).
 FUNCTION_TIMEOUT_S = 540.0

@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
+from typing import Any, Mapping
 
 from baseroll import clock as clock_mod
 from baseroll import config as config_mod
-from baseroll.config import Config
+from baseroll.config import Config, ConfigError, RegistryCredential
 from baseroll.fleet.cloudrun import CloudRunFleet
 from baseroll.images import rebaser
 from baseroll.images.artifact_registry import ArtifactRegistryVersions
 from baseroll.images.refs import ImageRef
-from baseroll.images.registry import RegistryClient
+from baseroll.images.registry import (
+    GoogleTokenSource,
+    RegistryClient,
+    StaticCredentials,
+)
 from baseroll.rollout.bus import Bus, PubSubBus
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.firestore_store import FirestoreStore
@@ -19,7 +26,7 @@ from baseroll.rollout.plan import RebaseJob
 
 def build(cfg: Config, *, bus: Bus | None = None) -> Deps:
     """The real adapters; `bus` replaces the Pub/Sub one (whose client needs credentials when created)."""
-    registry = RegistryClient(plain_http_hosts=cfg.plain_http_registries, allowed_hosts=cfg.allowed_registries)
+    registry = registry_client(cfg)
 
     def rebase(job: RebaseJob, new_base: ImageRef, dry_run: bool = False) -> ImageRef:
         return rebaser.rebase_image(registry, job.app, job.old_base, new_base, dry_run=dry_run,
@@ -37,6 +44,38 @@ def build(cfg: Config, *, bus: Bus | None = None) -> Deps:
         clock=clock_mod.SYSTEM,
         version_lister=ArtifactRegistryVersions(),
     )
+
+
+def registry_client(cfg: Config, env: Mapping[str, str] | None = None, **overrides: Any) -> RegistryClient:
+    """The client for `cfg`'s registries: its `registry_credentials` (and their token hosts) where
+    configured, Google's tokens for Google's registries, anonymous elsewhere. `overrides` go to
+    RegistryClient (the CLI's `rebase` allows the hosts it was given)."""
+    options: dict[str, Any] = {"plain_http_hosts": cfg.plain_http_registries, "allowed_hosts": cfg.allowed_registries,
+                               "credentials": registry_credentials(cfg, env), "token_hosts": cfg.token_hosts}
+    return RegistryClient(**{**options, **overrides})
+
+
+def registry_credentials(cfg: Config, env: Mapping[str, str] | None = None) -> StaticCredentials:
+    """Each configured registry's (username, password), read now: a missing secret fails the
+    function's first invocation loudly instead of surfacing as a registry's 401 later."""
+    env = os.environ if env is None else env
+    return StaticCredentials({c.host: (c.username, _password(c, env)) for c in cfg.registry_credentials},
+                             fallback=GoogleTokenSource())
+
+
+def _password(cred: RegistryCredential, env: Mapping[str, str]) -> str:
+    where = f"registry_credentials[{cred.host}]"
+    if cred.password_env is not None:
+        if not env.get(cred.password_env):
+            raise ConfigError(f"{where}: environment variable {cred.password_env} is not set")
+        return env[cred.password_env]
+    try:  # a mounted secret is its bare value; a hand-written file may end with a newline
+        value = Path(cred.password_file or "").read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read password_file {cred.password_file}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{where}: password_file {cred.password_file} is empty")
+    return value
 
 
 @functools.lru_cache(maxsize=1)

@@ -713,15 +713,15 @@ def _plan_through_clients() -> dict:
     import resource
 
     from baseroll import config as config_mod
+    from baseroll import runtime
     from baseroll.contracts.roll import RollRequest
     from baseroll.fleet.cloudrun import CloudRunFleet
     from baseroll.images.catalog import Catalog
-    from baseroll.images.registry import RegistryClient
     from baseroll.rollout import pipeline as engine
 
     cfg = config_mod.load()
     rss0 = proc_status_mb(os.getpid(), "VmRSS")
-    registry = RegistryClient(plain_http_hosts=cfg.plain_http_registries, allowed_hosts=cfg.allowed_registries)
+    registry = runtime.registry_client(cfg)
     fleet = CloudRunFleet.connect(cfg.cloud_run_endpoint)
     track = cfg.base_tracks[0]
     request = RollRequest("base", track.image, None, "bench", "bench-plan")

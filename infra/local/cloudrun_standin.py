@@ -494,8 +494,10 @@ class CloudRunStandin:
         workers: int = 4,
         max_pending_deploys: int = 2048,
         seed: int | None = None,
+        registry_auth: httpx.Auth | None = None,
     ) -> None:
         self.registry_host = registry_host
+        self.registry_auth = registry_auth  # how the image checks authenticate to the registry, if it asks
         self.host = host
         self.port = port
         self.deploy_latency_s = deploy_latency_s
@@ -531,7 +533,7 @@ class CloudRunStandin:
         self._stopping.clear()
         self._slots = threading.BoundedSemaphore(self._max_pending)
         # trust_env=False: a proxy from the environment must not sit between the stand-in and the registry.
-        self._http = httpx.Client(timeout=5.0, trust_env=False, follow_redirects=False)
+        self._http = httpx.Client(timeout=5.0, trust_env=False, follow_redirects=False, auth=self.registry_auth)
         self._checker = ImageChecker(self.registry_host, self._http)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="cloudrun-deploy")
         self._server = make_server(self.host, self.port, self._wsgi, threaded=True, request_handler=_QuietHandler)

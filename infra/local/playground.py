@@ -21,9 +21,9 @@ from pathlib import Path
 from types import FrameType
 
 from baseroll import config as config_mod
+from baseroll import runtime
 from baseroll.contracts import topics
 from baseroll.images.refs import ImageRef
-from baseroll.images.registry import RegistryClient
 
 from . import scenario, seed
 from .seed import SeededFleet
@@ -104,7 +104,7 @@ def push_base(name: str, notify: bool) -> int:
         return 2
     base = next(b for b in seed.BASES if b.name == name)
     host = cfg.base_tracks[0].image.registry  # the playground's one registry
-    client = RegistryClient(plain_http_hosts=[host], allowed_hosts=[host])
+    client = runtime.registry_client(cfg)  # authenticates with the config's registry_credentials
     patch = re.compile(rf"{re.escape(base.tag)}-p(\d+)")
     pushed = [int(m.group(1)) for t in client.list_tags(ImageRef(host, base.repository)) if (m := patch.fullmatch(t))]
     version = max(pushed, default=0) + 1

@@ -1,6 +1,11 @@
 """The local stack, started and stopped as one: the real registry, the real Firestore emulator (the
 rollout store), the Cloud Run stand-in, and each entry point as its own functions-framework process.
 
+The registry requires auth as Artifact Registry does (infra/local/token_server.py): the functions,
+the CLI, the seeding and the Cloud Run stand-in all authenticate with the stack's secret, which the
+configuration names as a `registry_credentials` password file (a mounted Secret Manager secret in
+production); `tokens.issued` and `tokens.counts` show the exchanges.
+
     with LocalStack(targets=("on_artifact_push",)) as stack:
         stack.function_url("on_artifact_push")
 
@@ -23,17 +28,19 @@ from typing import Iterable
 
 import yaml
 from baseroll.contracts import topics
-from baseroll.images.registry import RegistryClient
+from baseroll.images.registry import RegistryClient, StaticCredentials
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import pubsub_v1, run_v2
 
+from .bearer_auth import BearerAuth
 from .cloudrun_standin import CloudRunStandin
 from .firestore_emulator import FirestoreEmulator
 from .procs import LOOPBACK, free_port, stop, wait_until
 from .pubsub_standin import PubSubStandin
 from .registry_server import RegistryServer
 from .seed import BASES, COHORT_LABEL, OPT_OUT_LABEL, PROJECTS, REGIONS
+from .token_server import TokenServer
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "functions" / "main.py"
@@ -79,7 +86,10 @@ class LocalStack:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="baseroll-stack-"))
         # Logs are kept for a look after a failure: set `keep`, or BASEROLL_KEEP_STACK=1.
         self.keep = workdir is not None or os.environ.get("BASEROLL_KEEP_STACK") == "1"
-        self.registry = RegistryServer(workdir=self.workdir / "registry")
+        self.tokens = TokenServer()
+        self._tokens_started = False
+        self.registry = RegistryServer(workdir=self.workdir / "registry", token_server=self.tokens)
+        self.password_file = self.workdir / "registry-password"  # as a Secret Manager secret is mounted
         self.firestore = FirestoreEmulator(workdir=self.workdir / "firestore")
         self.cloudrun: CloudRunStandin | None = None
         self.functions: dict[str, tuple[subprocess.Popen, int]] = {}
@@ -92,7 +102,11 @@ class LocalStack:
                                      client_options=ClientOptions(api_endpoint=self.cloudrun.url))
 
     def registry_client(self) -> RegistryClient:
-        return RegistryClient(plain_http_hosts=[self.registry.host], allowed_hosts=[self.registry.host])
+        """A client that authenticates as the functions do (the seeder's and the tests' own)."""
+        host = self.registry.host
+        return RegistryClient(plain_http_hosts=[host], allowed_hosts=[host, self.tokens.host],
+                              credentials=StaticCredentials({host: (self.tokens.username, self.tokens.secret)}),
+                              token_hosts={host: [self.tokens.host]})
 
     def function_url(self, target: str) -> str:
         return f"http://{LOOPBACK}:{self.functions[target][1]}/"
@@ -129,8 +143,11 @@ class LocalStack:
         return {
             "projects": list(self.projects),
             "regions": list(self.regions),
-            "allowed_registries": [host],
+            # The token server is allow-listed and named as the registry's token host: credentials go there.
+            "allowed_registries": [host, self.tokens.host],
             "plain_http_registries": [host],
+            "registry_credentials": [{"host": host, "username": self.tokens.username,
+                                      "password_file": str(self.password_file), "token_hosts": [self.tokens.host]}],
             "base_tracks": [{"name": b.name, "image": f"{host}/{b.repository}:{b.tag}",
                              "version_tags": list(b.version_tags)} for b in BASES if b.tracked]
             + [{**t, "image": str(t["image"]).replace("{registry}", host)} for t in self.extra_tracks],
@@ -146,10 +163,15 @@ class LocalStack:
     # --- lifecycle
     def start(self) -> "LocalStack":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.password_file.touch(mode=0o600)
+        self.password_file.write_text(self.tokens.secret)
+        self.tokens.start()
+        self._tokens_started = True
         self.registry.start()
         self.cloudrun = CloudRunStandin(registry_host=self.registry.host, deploy_latency_s=self.deploy_latency_s,
                                         write_quota_per_min=self.write_quota_per_min,
-                                        workers=self.cloudrun_workers)
+                                        workers=self.cloudrun_workers,
+                                        registry_auth=BearerAuth(self.tokens.username, self.tokens.secret))
         self.cloudrun.start()
         self.pubsub.start()
         self.firestore.start()
@@ -232,6 +254,9 @@ class LocalStack:
             self.cloudrun.stop()
             self.cloudrun = None
         self.registry.stop()
+        if self._tokens_started:
+            self.tokens.stop()
+            self._tokens_started = False
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -448,12 +448,12 @@ if args[:4] == ["artifacts", "docker", "images", "describe"]:
     if len(args) != 6 or args[5] != "--format=value(image_summary.digest)":
         fail("unsupported arguments: " + " ".join(args))
     from baseroll.images import refs
-    from baseroll.images.registry import RegistryClient
+    from baseroll import config, runtime
     ref = refs.parse(args[4])
     host = os.environ["SHIM_REGISTRY"]
     if ref.registry != host or ref.tag is None:
         fail("not an image of the local registry: " + args[4])
-    digest = RegistryClient(plain_http_hosts=[host], allowed_hosts=[host]).head_manifest(ref)
+    digest = runtime.registry_client(config.load()).head_manifest(ref)  # with the stack's credentials
     if digest is None:
         fail("NOT_FOUND: " + args[4])
     print(digest)
@@ -516,7 +516,7 @@ def test_cloud_build_step_request_reaches_the_function_and_rolls(stack, fleet, t
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     shim_log = tmp_path / "gcloud.jsonl"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "SHIM_LOG": str(shim_log),
-           "SHIM_REGISTRY": host, "CLOUDSDK_CORE_PROJECT": TOPIC_PROJECT,
+           "SHIM_REGISTRY": host, "CLOUDSDK_CORE_PROJECT": TOPIC_PROJECT, "BASEROLL_CONFIG": str(stack.config_path),
            "PUBSUB_EMULATOR_HOST": os.environ["PUBSUB_EMULATOR_HOST"]}
     proc = subprocess.run(["bash", "-c", render(script(step), subs)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)

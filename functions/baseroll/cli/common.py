@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Sequence
 
 import click
 
 from baseroll import config as configuration
+
+if TYPE_CHECKING:
+    from baseroll.images.registry import RegistryClient
 
 # Exit codes are part of the interface (scripts and Cloud Build steps branch on them).
 EXIT_OK = 0
@@ -38,6 +41,24 @@ class CliState:
                 fail(EXIT_INVALID, f"config: {exc}" if self.config_path or "BASEROLL_CONFIG" in env or
                      "BASEROLL_CONFIG_YAML" in env else f"config: {exc}; pass --config PATH (`make up` prints one)")
         return self._config
+
+    def has_config(self) -> bool:
+        return bool(self.config_path or os.environ.get("BASEROLL_CONFIG") or os.environ.get("BASEROLL_CONFIG_YAML"))
+
+    def registry_client(self, hosts: set[str], plain_http: Iterable[str]) -> "RegistryClient":
+        """A client for a command on `hosts` alone: with the configuration's `registry_credentials`
+        (their token hosts allowed too) when there is a configuration, else Google's tokens or anonymous."""
+        from baseroll import runtime
+        from baseroll.images.registry import RegistryClient
+
+        if not self.has_config():
+            return RegistryClient(plain_http_hosts=plain_http, allowed_hosts=hosts)
+        cfg = self.config()
+        token_hosts = {t for h in hosts for t in cfg.token_hosts.get(h.lower(), ())}
+        try:
+            return runtime.registry_client(cfg, plain_http_hosts=plain_http, allowed_hosts=hosts | token_hosts)
+        except configuration.ConfigError as exc:
+            fail(EXIT_INVALID, f"config: {exc}")
 
 
 def fail(code: int, message: str) -> NoReturn:

@@ -22,10 +22,13 @@ CREDENTIALS_HINT = ("run `gcloud auth application-default login`, or, against th
 def explain(exc: BaseException) -> tuple[int, str] | None:
     """(exit code, one-line message) for an expected failure; None for anything else."""
     # Imported here: on the error path only, so `publish` never loads the registry client.
+    from baseroll.config import ConfigError
     from baseroll.fleet.view import FleetError
     from baseroll.images.refs import RefError
     from baseroll.images.registry import RegistryError
 
+    if isinstance(exc, ConfigError):  # e.g. a registry password the configuration names is missing
+        return EXIT_INVALID, f"config: {exc}"
     if isinstance(exc, RegistryError):
         return EXIT_FAILED, _registry(exc)
     if isinstance(exc, RefError):

@@ -37,7 +37,6 @@ def rebase(state: CliState, app: str, old_base: str, new_base: str, tag: str | N
     from baseroll.images import rebaser, refs
     from baseroll.images.oci import OCIError
     from baseroll.images.rebase import RebaseError
-    from baseroll.images.registry import RegistryClient
 
     try:
         app_ref, old_ref, new_ref = refs.parse(app), refs.parse(old_base), refs.parse(new_base)
@@ -46,7 +45,7 @@ def rebase(state: CliState, app: str, old_base: str, new_base: str, tag: str | N
     target = target_ref(app_ref, tag) if tag else None
     hosts = {app_ref.registry, old_ref.registry, new_ref.registry}
     # Only the extra hosts given: the client itself reaches loopback registries over plain HTTP.
-    client = RegistryClient(plain_http_hosts=plain_http, allowed_hosts=hosts)
+    client = state.registry_client(hosts, plain_http)
     try:
         result = rebaser.rebase_image(client, app_ref, old_ref, new_ref, target=target, platform=platform,
                                       dry_run=dry_run, drift_policy=drift_policy)
