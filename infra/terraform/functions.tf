@@ -145,7 +145,8 @@ resource "google_cloudfunctions2_function" "baseroll" {
     google_project_iam_member.builder_log_writer,
     google_project_iam_member.builder_source_reader,
     google_artifact_registry_repository_iam_member.builder_image_writer,
-    google_project_iam_member.trigger_event_receiver,
+    google_project_iam_member.builder_run_builder,
+    google_service_account_iam_member.pubsub_agent_token_creator,
   ]
 }
 

@@ -27,11 +27,17 @@ resource "google_service_account" "baseroll" {
 
 # --- trigger ---------------------------------------------------------------------------------
 # roles/run.invoker on each function's service: see google_cloud_run_service_iam_member.trigger_invoker.
+# No roles/eventarc.eventReceiver: every trigger routes direct Pub/Sub events, for which Eventarc
+# needs none (README.md#identities-and-why-each-grant, "Eventarc roles and permissions").
 
-resource "google_project_iam_member" "trigger_event_receiver" {
-  project = var.project_id
-  role    = "roles/eventarc.eventReceiver"
-  member  = "serviceAccount:${google_service_account.baseroll["trigger"].email}"
+# Eventarc's Pub/Sub push to a function is authenticated as the trigger account: the Pub/Sub
+# service agent mints that account's OIDC token. Projects that enabled Pub/Sub on or before
+# 8 April 2021 must grant the agent Token Creator for it (Eventarc roles and permissions); later
+# ones hold it already, where this grant changes nothing. Scoped to the trigger account only.
+resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
+  service_account_id = google_service_account.baseroll["trigger"].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:${local.pubsub_service_agent}"
 }
 
 # --- planner ---------------------------------------------------------------------------------
@@ -65,9 +71,11 @@ resource "google_artifact_registry_repository_iam_member" "planner_app_writer" {
   member     = "serviceAccount:${google_service_account.baseroll["planner"].email}"
 }
 
-# Tasks (fan-out), results (coordinator bookkeeping) and requests (follow-up rolls).
+# The planner publishes tasks (rollout/step.py: the fan-out) and results (rollout/planner.py,
+# lease.py, step.py: the coordinator's own steps), never roll requests: those come from the CLI,
+# the Cloud Build step and the scheduler (test_terraform checks the code for it).
 resource "google_pubsub_topic_iam_member" "planner_publisher" {
-  for_each = local.topics
+  for_each = toset(["tasks", "results"])
 
   project = var.project_id
   topic   = google_pubsub_topic.baseroll[each.key].name
@@ -88,15 +96,29 @@ resource "google_pubsub_topic_iam_member" "planner_sign_requests" {
 
 # --- worker ----------------------------------------------------------------------------------
 
-resource "google_project_iam_member" "worker_run_developer" {
+# The worker's Cloud Run calls (fleet/cloudrun.py) are GetService (run.services.get), UpdateService
+# (run.services.update) and polling the update's long-running operation (run.operations.get).
+# roles/run.developer would also let it create and delete services and jobs; this role cannot.
+resource "google_project_iam_custom_role" "worker_deployer" {
+  for_each = toset(var.fleet_projects)
+
+  project     = each.value
+  role_id     = "baserollWorkerDeployer"
+  title       = "baseroll worker"
+  description = "Read and update existing Cloud Run services (baseroll's roll_service); no create or delete."
+  permissions = ["run.operations.get", "run.services.get", "run.services.update"]
+}
+
+resource "google_project_iam_member" "worker_deployer" {
   for_each = toset(var.fleet_projects)
 
   project = each.value
-  role    = "roles/run.developer"
+  role    = google_project_iam_custom_role.worker_deployer[each.value].name
   member  = "serviceAccount:${google_service_account.baseroll["worker"].email}"
 }
 
-# Deploying a revision that runs as service account X requires iam.serviceAccounts.actAs on X.
+# Updating a service that runs as service account X (a new revision) requires
+# iam.serviceAccounts.actAs on X (Cloud Run, "Configure service identity for services").
 resource "google_service_account_iam_member" "worker_act_as" {
   for_each = local.fleet_runtime_service_accounts
 
@@ -105,17 +127,11 @@ resource "google_service_account_iam_member" "worker_act_as" {
   member             = "serviceAccount:${google_service_account.baseroll["worker"].email}"
 }
 
-resource "google_artifact_registry_repository_iam_member" "worker_app_reader" {
-  for_each = local.app_repositories
+# No read on app repositories: the worker never reads an app image; Cloud Run's own service agent
+# pulls it when the new revision starts, as it pulled the image it replaces (same repository).
 
-  project    = each.value.project
-  location   = each.value.location
-  repository = each.value.repository
-  role       = "roles/artifactregistry.reader"
-  member     = "serviceAccount:${google_service_account.baseroll["worker"].email}"
-}
-
-# Before deploying, the worker checks the base tag still points at the rollout's digest...
+# Before deploying, the worker checks the base tag still points at the rollout's digest
+# (rollout/worker.py, pipeline.current_digest: a HEAD of the tag).
 resource "google_artifact_registry_repository_iam_member" "worker_base_reader" {
   for_each = local.base_repositories
 
@@ -136,6 +152,11 @@ resource "google_pubsub_topic_iam_member" "worker_results_publisher" {
 }
 
 # --- builder ---------------------------------------------------------------------------------
+# Google documents roles/run.builder on the project for a function's build account (Cloud Run,
+# "Build service account"): artifactregistry upload/download/deleteArtifacts, logging.logEntries.create,
+# source.repos.get, storage.objects.get. The three grants below give the build the parts it uses,
+# narrower: logs, the source object, and the one repository the images go to. Set
+# builder_run_builder = true to grant Google's role as documented instead of guessing further.
 
 resource "google_project_iam_member" "builder_log_writer" {
   project = var.project_id
@@ -158,4 +179,12 @@ resource "google_artifact_registry_repository_iam_member" "builder_image_writer"
   repository = google_artifact_registry_repository.functions.name
   role       = "roles/artifactregistry.writer"
   member     = "serviceAccount:${google_service_account.baseroll["builder"].email}"
+}
+
+resource "google_project_iam_member" "builder_run_builder" {
+  count = var.builder_run_builder ? 1 : 0
+
+  project = var.project_id
+  role    = "roles/run.builder"
+  member  = "serviceAccount:${google_service_account.baseroll["builder"].email}"
 }

@@ -49,11 +49,12 @@ resource "google_pubsub_subscription" "dead_letter" {
 
 # ---------------------------------------------------------------------------------------------
 # Source topics: Artifact Registry publishes to `gcr`, Cloud Build to `cloud-builds`, both in
-# the project that owns the registry or runs the build. Created here, or read when they exist.
+# the project that owns the registry or runs the build. Each is created here or read when it exists,
+# on its own (var.create_source_topics): one may exist without the other.
 # ---------------------------------------------------------------------------------------------
 
 resource "google_pubsub_topic" "source" {
-  for_each = { for key, name in local.source_topics : key => name if var.create_source_topics }
+  for_each = { for key, name in local.source_topics : key => name if var.create_source_topics[key] }
 
   project = var.project_id
   name    = each.value
@@ -63,7 +64,7 @@ resource "google_pubsub_topic" "source" {
 }
 
 data "google_pubsub_topic" "source" {
-  for_each = { for key, name in local.source_topics : key => name if !var.create_source_topics }
+  for_each = { for key, name in local.source_topics : key => name if !var.create_source_topics[key] }
 
   project = var.project_id
   name    = each.value

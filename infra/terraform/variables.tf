@@ -212,9 +212,12 @@ variable "drift_policy" {
 # ---------------------------------------------------------------------------------------------
 
 variable "create_source_topics" {
-  description = "Create the `gcr` (Artifact Registry) and `cloud-builds` (Cloud Build) topics. Set false when they already exist in the host project; they are then read as data sources."
-  type        = bool
-  default     = true
+  description = "Per source topic: create it here (true) or read the existing one (false). `gcr` is Artifact Registry's, `cloud_builds` Cloud Build's (`cloud-builds`); either may exist without the other, e.g. Cloud Build creates `cloud-builds` itself. Omitted keys default to true."
+  type = object({
+    gcr          = optional(bool, true)
+    cloud_builds = optional(bool, true)
+  })
+  default = {}
 }
 
 variable "sweep_schedule" {
@@ -272,4 +275,10 @@ variable "sign_request_topic" {
   description = "Topic id (host project) of the signing step that baseroll asks to sign rebased images; null for none."
   type        = string
   default     = null
+}
+
+variable "builder_run_builder" {
+  description = "Also grant the functions' build account roles/run.builder on the host project, as Google documents for a build service account, when the narrower grants (logs, source objects, the baseroll-functions repository) are not enough for a build."
+  type        = bool
+  default     = false
 }

@@ -52,13 +52,17 @@ CONFIG_KEYS = {"projects", "regions", "allowed_registries", "base_tracks", "labe
 LABEL_KEYS = {"opt_out", "cohort"}
 ROLLOUT_KEYS = {"ready_timeout_s", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min"}
 
+# A grant of a google_project_iam_custom_role: its permissions are checked instead of its name.
+CUSTOM_ROLE = "custom-role"
+# The worker's Cloud Run calls (fleet/cloudrun.py): GetService, UpdateService and its operation.
+CUSTOM_ROLE_PERMISSIONS = {"worker": {"run.services.get", "run.services.update", "run.operations.get"}}
 # Identity => the (IAM resource type, role) pairs it may be granted. Adding a role, or granting
 # one at a broader level (e.g. pubsub.publisher on the project), fails the test.
 PUBSUB_AGENT = "pubsub-service-agent"
 ALLOWED_GRANTS = {
+    # No eventarc.eventReceiver: Eventarc needs none for direct Pub/Sub events.
     "trigger": {
         ("google_cloud_run_service_iam_member", "roles/run.invoker"),
-        ("google_project_iam_member", "roles/eventarc.eventReceiver"),
     },
     "planner": {
         ("google_project_iam_member", "roles/run.viewer"),
@@ -68,7 +72,7 @@ ALLOWED_GRANTS = {
         ("google_project_iam_member", "roles/datastore.user"),  # writes rollout records and lineage
     },
     "worker": {
-        ("google_project_iam_member", "roles/run.developer"),
+        ("google_project_iam_member", CUSTOM_ROLE),  # its permissions: CUSTOM_ROLE_PERMISSIONS
         ("google_service_account_iam_member", "roles/iam.serviceAccountUser"),
         ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
@@ -78,22 +82,26 @@ ALLOWED_GRANTS = {
         ("google_project_iam_member", "roles/logging.logWriter"),
         ("google_project_iam_member", "roles/storage.objectViewer"),
         ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.writer"),
+        ("google_project_iam_member", "roles/run.builder"),  # only with var.builder_run_builder
     },
     PUBSUB_AGENT: {
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
         ("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber"),
+        # Mints the trigger account's push tokens (projects that enabled Pub/Sub before 2021-04-08).
+        ("google_service_account_iam_member", "roles/iam.serviceAccountTokenCreator"),
     },
 }
 # Topics each identity may publish to.
 # The operator's signing-step topic (signatures.policy = require) is named by a variable.
 SIGN_TOPIC_VAR = "${var.sign_request_topic}"
 PUBLISH_SCOPE = {
-    "planner": PLANNED_TOPICS | {SIGN_TOPIC_VAR},
+    # Tasks and results only: the planner never publishes a roll request (test below).
+    "planner": {"baseroll-tasks", "baseroll-results", SIGN_TOPIC_VAR},
     "worker": {"baseroll-results"},
     PUBSUB_AGENT: {f"{t}-dead-letter" for t in PLANNED_TOPICS | {"gcr", "cloud-builds"}},  # every trigger's
 }
 # Project-level roles that belong in the fleet projects (everything else stays in the host project).
-FLEET_ROLES = {"roles/run.viewer", "roles/run.developer"}
+FLEET_ROLES = {"roles/run.viewer", CUSTOM_ROLE}
 # Firestore roles can only be granted on the project: each must be conditioned on baseroll's database.
 STORE_ROLES = {"roles/datastore.user", "roles/datastore.viewer"}
 STORE_CONDITION = 'resource.name == "projects/${var.project_id}/databases/${local.firestore_database}"'
@@ -163,7 +171,7 @@ class Module:
             if for_each is None:
                 yield Instance(kind, type_, name, None, body)
                 continue
-            source = self.for_each_source(for_each)
+            source = self.for_each_source(for_each) or literal_set(for_each)
             if source is None:
                 yield Instance(kind, type_, name, "*", body)
                 continue
@@ -193,6 +201,18 @@ class Module:
 
     def dump(self) -> str:
         return json.dumps(self.raw)
+
+
+def literal_set(expr: Any) -> dict[str, str] | None:
+    """A for_each over a literal set of strings, `toset(["a", "b"])`: each element is key and value."""
+    m = re.fullmatch(r"\$\{toset\((\[[^\]]*\])\)\}", expr) if isinstance(expr, str) else None
+    if not m:
+        return None
+    try:
+        items = json.loads(m.group(1))
+    except ValueError:
+        return None
+    return {i: i for i in items} if all(isinstance(i, str) for i in items) else None
 
 
 def substitute(value: Any, key: str, each_value: Any) -> Any:
@@ -462,7 +482,11 @@ def check_iam(module: Module) -> list[str]:
         if not inst.type.endswith("_iam_member"):
             continue
         where, role, member = inst.address, inst.body.get("role"), inst.body.get("member")
-        if not is_literal(role):
+        custom = custom_role(module, role)
+        if custom is not None:
+            problems += _check_custom_role(where, identity_of(member), custom)
+            role = CUSTOM_ROLE
+        elif not is_literal(role):
             problems.append(f"{where}: role must be a literal so it can be checked, got {role!r}")
             continue
         who = identity_of(member)
@@ -488,6 +512,24 @@ def check_iam(module: Module) -> list[str]:
         if inst.type == "google_cloud_run_service_iam_member":
             if "google_cloudfunctions2_function." not in str(inst.body.get("service")):
                 problems.append(f"{where}: run.invoker must be granted on a function's own service")
+    return problems
+
+
+def custom_role(module: Module, role: Any) -> Instance | None:
+    """The google_project_iam_custom_role a grant's role refers to (`...custom_role.X[...].name`)."""
+    m = re.fullmatch(r"\$\{google_project_iam_custom_role\.(\w+)(?:\[[^\]]+\])?\.(?:name|id)\}", role) \
+        if isinstance(role, str) else None
+    if not m:
+        return None
+    return next((i for i in module.instances("google_project_iam_custom_role") if i.name == m.group(1)), None)
+
+
+def _check_custom_role(where: str, who: str | None, role: Instance) -> list[str]:
+    permissions = set(role.body.get("permissions") or [])
+    extra = permissions - CUSTOM_ROLE_PERMISSIONS.get(who or "", set())
+    problems = [f"{where}: {who} may not hold {sorted(extra)} via {role.address}"] if extra else []
+    if role.body.get("for_each") != "${toset(var.fleet_projects)}" or role.body.get("project") != "${each.value}":
+        problems.append(f"{where}: {role.address} must be defined in each fleet project")
     return problems
 
 
@@ -692,7 +734,8 @@ def test_variable_defaults(module):
     assert defaults["waves"] == [0.01, 0.1, 0.5, 1.0]
     assert defaults["failure_budget"] == 1
     assert defaults["write_quota_per_minute"] == 60
-    assert defaults["create_source_topics"] is True
+    assert defaults["create_source_topics"] == {}  # each source topic defaults to created (next test)
+    assert defaults["builder_run_builder"] is False
     assert defaults["sweep_schedule"] == "0 */6 * * *"
     for name in ("project_id", "region", "fleet_projects", "fleet_regions", "base_tracks", "base_repositories",
                  "app_repositories", "allowed_registries", "canary_label", "opt_out_label", "max_instances",
@@ -735,8 +778,8 @@ def test_scheduler_publishes_a_sweep_to_the_request_topic(module):
 
 
 def test_required_apis_are_enabled(module):
-    (apis,) = module.instances("google_project_service")
-    assert REQUIRED_APIS <= set(re.findall(r"[a-z]+\.googleapis\.com", apis.body["for_each"]))
+    # One instance per API of its literal set.
+    assert REQUIRED_APIS <= {i.body["service"] for i in module.instances("google_project_service")}
 
 
 def test_outputs(module):
@@ -885,8 +928,32 @@ def test_check_nothing_public_flags(hcl, needle):
          'resource "google_pubsub_topic_iam_member" "x" {\n  topic = google_pubsub_topic.t.name\n  role = "roles/pubsub.publisher"\n'
          '  member = "serviceAccount:${google_service_account.baseroll["worker"].email}"\n}', "may not publish to 'baseroll-tasks'"),
         # Fleet role granted in the host project only.
-        ('resource "google_project_iam_member" "x" {\n  project = var.project_id\n  role = "roles/run.developer"\n'
-         '  member = "serviceAccount:${google_service_account.baseroll["worker"].email}"\n}', "fleet project"),
+        ('resource "google_project_iam_member" "x" {\n  project = var.project_id\n  role = "roles/run.viewer"\n'
+         '  member = "serviceAccount:${google_service_account.baseroll["planner"].email}"\n}', "fleet project"),
+        # Cloud Run Developer for the worker: it could create and delete services.
+        ('resource "google_project_iam_member" "x" {\n  for_each = toset(var.fleet_projects)\n  project = each.value\n'
+         '  role = "roles/run.developer"\n'
+         '  member = "serviceAccount:${google_service_account.baseroll["worker"].email}"\n}', "may not hold roles/run.developer"),
+        # The worker's custom role with a permission no call of the code needs.
+        ('resource "google_project_iam_custom_role" "r" {\n  for_each = toset(var.fleet_projects)\n  project = each.value\n'
+         '  role_id = "r"\n  permissions = ["run.services.get", "run.services.delete"]\n}\n'
+         'resource "google_project_iam_member" "x" {\n  for_each = toset(var.fleet_projects)\n  project = each.value\n'
+         '  role = google_project_iam_custom_role.r[each.value].name\n'
+         '  member = "serviceAccount:${google_service_account.baseroll["worker"].email}"\n}', "run.services.delete"),
+        # The worker's custom role defined in the host project only.
+        ('resource "google_project_iam_custom_role" "r" {\n  project = var.project_id\n'
+         '  role_id = "r"\n  permissions = ["run.services.get"]\n}\n'
+         'resource "google_project_iam_member" "x" {\n  for_each = toset(var.fleet_projects)\n  project = each.value\n'
+         '  role = google_project_iam_custom_role.r.name\n'
+         '  member = "serviceAccount:${google_service_account.baseroll["worker"].email}"\n}', "defined in each fleet project"),
+        # The planner publishing roll requests, which it never does.
+        ('resource "google_pubsub_topic" "t" {\n  for_each = toset(["baseroll-requests"])\n  name = each.value\n}\n'
+         'resource "google_pubsub_topic_iam_member" "x" {\n  for_each = toset(["baseroll-requests"])\n'
+         '  topic = google_pubsub_topic.t[each.key].name\n  role = "roles/pubsub.publisher"\n'
+         '  member = "serviceAccount:${google_service_account.baseroll["planner"].email}"\n}', "may not publish to 'baseroll-requests'"),
+        # Event Receiver for the trigger: not needed for direct Pub/Sub events.
+        ('resource "google_project_iam_member" "x" {\n  project = var.project_id\n  role = "roles/eventarc.eventReceiver"\n'
+         '  member = "serviceAccount:${google_service_account.baseroll["trigger"].email}"\n}', "may not hold roles/eventarc.eventReceiver"),
         # A role that cannot be read.
         ('resource "google_project_iam_member" "x" {\n  project = var.project_id\n  role = var.role\n'
          '  member = "serviceAccount:${google_service_account.baseroll["worker"].email}"\n}', "must be a literal"),
