@@ -6,7 +6,7 @@
 
 locals {
   # Key => name of every topic a function is triggered by; each gets `<name>-dead-letter`.
-  trigger_topics = merge(local.topics, local.source_topics)
+  trigger_topics     = merge(local.topics, local.source_topics)
   trigger_topic_keys = { for key, name in local.trigger_topics : name => key }
 }
 
