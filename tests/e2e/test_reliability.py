@@ -10,13 +10,16 @@
    the same port; Pub/Sub redelivers. The rollout finishes, nothing is updated twice, and no
    service is left on a failed revision.
 3. No credentials in any function log line of these runs: each test's function logs are checked
-   when it ends, whether it passed or failed (`logs_checked_for_credentials`).
+   when it ends, whether it passed or failed (`log_dir`). The stack's registry requires auth through
+   its token server, so real secrets exist: the password and every token issued are looked for
+   verbatim, besides the credential-shaped patterns.
 
 Each stack is started inside its test, so `make test` runs the three on different workers at once
 (tests/conftest.py, STANDALONE).
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import queue
@@ -47,15 +50,25 @@ def log_dir(tmp_path: Path) -> Iterator[Path]:
     """Where a test keeps its stack's function logs (`collect_logs`); every line of them is checked
     for credentials at teardown, so a leak is reported even when the test itself failed."""
     yield tmp_path
-    hits = scan_for_credentials(sorted(tmp_path.glob("*.log")))[2]
+    hits = scan_for_credentials(sorted(tmp_path.glob("*.log")), known_secrets(tmp_path))[2]
     assert not hits, "\n".join(hits[:20])
 
 
 def collect_logs(stack: LocalStack, log_dir: Path, label: str) -> None:
+    """The stack's function logs, and the secrets that must not be in them (`known_secrets`)."""
     for target in stack.targets:
         src = stack.function_log(target)
         if src.exists():
             shutil.copyfile(src, log_dir / f"{label}-{target}.log")
+    tokens = stack.tokens
+    basic = base64.b64encode(f"{tokens.username}:{tokens.secret}".encode()).decode()
+    # A token's signature alone is enough to look for: a log line cut mid-token still shows it.
+    secrets = [tokens.secret, basic, *tokens.issued, *(t.rsplit(".", 1)[1] for t in tokens.issued)]
+    (log_dir / f"{label}.secrets.json").write_text(json.dumps(secrets))
+
+
+def known_secrets(log_dir: Path) -> list[str]:
+    return [s for path in sorted(log_dir.glob("*.secrets.json")) for s in json.loads(path.read_text())]
 
 
 def service_stats(stack: LocalStack) -> dict[str, dict]:
@@ -375,9 +388,9 @@ SECRET_PATTERNS = [
 ]
 
 
-def scan_for_credentials(paths: list[Path]) -> tuple[int, int, list[str]]:
-    """(lines, JSON lines, lines matching a credential pattern) over `paths`; every structured line
-    must be one JSON object."""
+def scan_for_credentials(paths: list[Path], secrets: list[str]) -> tuple[int, int, list[str]]:
+    """(lines, JSON lines, lines matching a credential pattern or holding one of `secrets`) over
+    `paths`; every structured line must be one JSON object."""
     lines = json_lines = 0
     hits: list[str] = []
     for path in paths:
@@ -387,6 +400,7 @@ def scan_for_credentials(paths: list[Path]) -> tuple[int, int, list[str]]:
                 json_lines += 1
                 json.loads(line)
             hits.extend(f"{path.name}: {line[:200]}" for p in SECRET_PATTERNS if p.search(line))
+            hits.extend(f"{path.name}: a known secret in: {line[:200]}" for x in secrets if x in line)
     return lines, json_lines, hits
 
 
@@ -398,13 +412,20 @@ def test_no_credentials_in_any_function_log_line(log_dir):
         try:
             fleet = scenario.seed_fleet(stack, services=40)
             new_base = scenario.push_new_base(stack, fleet, "node")
+            issued_before = stack.tokens.counts["issued"]  # the seeding's own exchanges
             scenario.publish_push(stack, new_base, "22")
             record = scenario.wait_rollout(stack, scenario.rollout_id("node", new_base), timeout=180)
             assert record["status"] == "finished", record
+            counts = dict(stack.tokens.counts)
         finally:
             collect_logs(stack, log_dir, "creds")
+    # The rollout read and pushed images on a registry that refuses anonymous calls: the functions
+    # (and the Cloud Run stand-in's image checks) traded the secret for tokens, never a wrong one.
+    assert counts["issued"] > issued_before and counts["refused"] == 0, counts
     paths = sorted(log_dir.glob("*.log"))
-    lines, json_lines, hits = scan_for_credentials(paths)
-    print(f"\ncredentials check: {len(paths)} logs, {lines} lines ({json_lines} JSON), {len(hits)} hits")
-    assert json_lines > 50
+    secrets = known_secrets(log_dir)
+    lines, json_lines, hits = scan_for_credentials(paths, secrets)
+    print(f"\ncredentials check: {len(paths)} logs, {lines} lines ({json_lines} JSON), {len(secrets)} secrets "
+          f"({counts['issued'] - issued_before} tokens issued during the rollout), {len(hits)} hits")
+    assert json_lines > 50 and len(secrets) > 2
     assert not hits, "\n".join(hits[:20])
