@@ -1,0 +1,184 @@
+"""A Cloud Run Admin API v2 stand-in for the unmodified `google.cloud.run_v2` clients, over REST and gRPC.
+
+    with CloudRunStandin(registry_host=reg.host) as cr:
+        rest = run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
+                                     client_options=ClientOptions(api_endpoint=cr.url))
+        grpc_ = run_v2.ServicesClient(transport=run_v2.services.services.transports.ServicesGrpcTransport(
+            channel=grpc.insecure_channel(cr.grpc_target)))
+
+Both fronts share one state (`services`, `deploys`), one set of faults, write quota and statistics
+(`faults`). Deploys behave like Cloud Run: each template change makes a revision and a long-running
+operation that a bounded worker pool finishes after `deploy_latency_s`. The revision becomes Ready only if
+its images resolve in the real registry (`images`); otherwise it fails with a Cloud Run condition reason,
+and the previously ready revision keeps serving.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import signal
+import sys
+import threading
+from collections import OrderedDict
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import httpx
+from google.longrunning import operations_pb2
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from .common import LOOPBACK, ServiceRecord
+from .deploys import DeploysMixin
+from .faults import FaultsMixin
+from .grpc_front import GrpcFront
+from .images import ImageChecker
+from .rest import QuietHandler, RestFront
+from .services import ServicesMixin
+
+log = logging.getLogger("baseroll.standin.cloudrun")
+
+
+class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin):
+    """Cloud Run Admin API v2 on loopback: REST on `url`, gRPC on `grpc_target`; `start()`/`stop()` or use
+    as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        registry_host: str,
+        host: str = LOOPBACK,
+        port: int = 0,
+        grpc_port: int = 0,
+        deploy_latency_s: float = 0.05,
+        write_quota_per_min: int | None = None,
+        workers: int = 4,
+        grpc_workers: int = 16,
+        max_pending_deploys: int = 2048,
+        seed: int | None = None,
+        registry_auth: httpx.Auth | None = None,
+    ) -> None:
+        self.registry_host = registry_host
+        self.registry_auth = registry_auth  # how the image checks authenticate to the registry, if it asks
+        self.host = host
+        self.port = port
+        self.grpc_port = grpc_port
+        self.deploy_latency_s = deploy_latency_s
+        self._lock = threading.RLock()
+        self._rng = random.Random(seed)
+        self._services: dict[str, ServiceRecord] = {}
+        self._operations: OrderedDict[str, operations_pb2.Operation] = OrderedDict()
+        self._init_faults(write_quota_per_min)
+        self._workers = workers
+        self._grpc_workers = grpc_workers
+        self._max_pending = max_pending_deploys
+        self._slots = threading.BoundedSemaphore(max_pending_deploys)  # bounds queued + running deploys
+        self._stopping = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._http: httpx.Client | None = None
+        self._checker: ImageChecker | None = None
+        self._server: BaseWSGIServer | None = None
+        self._grpc: grpc.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._routes = self._build_routes()
+
+    @property
+    def url(self) -> str:
+        """The REST front."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """The gRPC front (plaintext), as `grpc.insecure_channel` takes it."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """The gRPC front as an endpoint URL (`http://`: plaintext), as baseroll's config names it."""
+        return f"http://{self.grpc_target}"
+
+    def start(self) -> "CloudRunStandin":
+        self._stopping.clear()
+        self._slots = threading.BoundedSemaphore(self._max_pending)
+        # trust_env=False: a proxy from the environment must not sit between the stand-in and the registry.
+        self._http = httpx.Client(timeout=5.0, trust_env=False, follow_redirects=False, auth=self.registry_auth)
+        self._checker = ImageChecker(self.registry_host, self._http)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="cloudrun-deploy")
+        self._server = make_server(self.host, self.port, self._wsgi, threaded=True, request_handler=QuietHandler)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name="cloudrun-standin", daemon=True)
+        self._thread.start()
+        self._start_grpc()
+        return self
+
+    def _start_grpc(self) -> None:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self._grpc_workers, thread_name_prefix="cloudrun-grpc"),
+            options=[
+                ("grpc.max_send_message_length", -1),  # as the run_v2 client's channel: a page may exceed 4 MB
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.so_reuseport", 0),  # a taken port must fail loudly, not be shared
+            ],
+        )
+        server.add_generic_rpc_handlers(GrpcFront(self).handlers())
+        bound = server.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        if not bound:
+            raise RuntimeError(f"cannot bind the Cloud Run stand-in's gRPC front to {self.host}:{self.grpc_port}")
+        self.grpc_port = bound
+        server.start()
+        self._grpc = server
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes deploys sleeping out their latency
+        if self._grpc is not None:
+            self._grpc.stop(grace=1.0).wait(2.0)
+            self._grpc = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> "CloudRunStandin":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.local.cloudrun_standin", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=LOOPBACK)
+    parser.add_argument("--port", type=int, default=0, help="REST; 0 picks a free port (printed on start)")
+    parser.add_argument("--grpc-port", type=int, default=0, help="gRPC; 0 picks a free port (printed on start)")
+    parser.add_argument("--registry-host", required=True, help="host:port of the OCI registry images must come from")
+    parser.add_argument("--deploy-latency-s", type=float, default=0.05)
+    parser.add_argument("--write-quota-per-min", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    standin = CloudRunStandin(
+        registry_host=args.registry_host, host=args.host, port=args.port, grpc_port=args.grpc_port,
+        deploy_latency_s=args.deploy_latency_s, write_quota_per_min=args.write_quota_per_min, seed=args.seed,
+    )
+    with standin:
+        print(f"cloudrun-standin listening on {standin.url} (REST) and {standin.grpc_target} (gRPC)", flush=True)
+        done.wait()  # until SIGTERM/SIGINT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
