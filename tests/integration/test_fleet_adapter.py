@@ -1,13 +1,14 @@
-"""The Cloud Run fleet adapter (`CloudRunFleet`) over the unmodified run_v2 client and the stand-in:
-how many calls an update costs, and that staleness is caught by the read just before the write
+"""The Cloud Run fleet adapter (`CloudRunFleet`) over the unmodified run_v2 client and the stand-in, on
+both transports (gRPC, the default, and REST): how many calls an update costs, and that staleness is caught by the read just before the write
 (whether Cloud Run enforces the etag on update is not documented: docs/GOOGLE_APIS.md)."""
 from __future__ import annotations
+
+from typing import Iterator
 
 import pytest
 from baseroll.fleet import health
 from baseroll.fleet.cloudrun import CloudRunFleet
 from baseroll.fleet.view import StaleService
-from google.cloud import run_v2
 
 from infra.local.cloudrun_standin import CloudRunStandin
 from tests.integration.test_cloudrun_standin import (  # noqa: F401  (module-scoped fixtures)
@@ -16,7 +17,6 @@ from tests.integration.test_cloudrun_standin import (  # noqa: F401  (module-sco
     Images,
     _create,
     _set_image,
-    client,
     images,
     registry,
     standin,
@@ -25,15 +25,18 @@ from tests.integration.test_cloudrun_standin import (  # noqa: F401  (module-sco
 ANN = {"baseroll.dev/rollout-id": "py-test"}
 
 
-@pytest.fixture
-def fleet(client: run_v2.ServicesClient) -> CloudRunFleet:  # noqa: F811
-    return CloudRunFleet(client)
+@pytest.fixture(params=["grpc", "rest"])
+def fleet(request: pytest.FixtureRequest, standin: CloudRunStandin) -> Iterator[CloudRunFleet]:  # noqa: F811
+    url = standin.grpc_url if request.param == "grpc" else standin.url
+    fleet = CloudRunFleet.connect(url, request.param)
+    yield fleet
+    fleet._client.transport.close()
 
 
 def test_an_update_reads_the_service_just_before_it_writes(
     fleet: CloudRunFleet, standin: CloudRunStandin, images: Images,  # noqa: F811
 ) -> None:
-    name = _create(fleet._client, "adapter-once", images.good).name
+    name = _create(fleet._client, f"adapter-once-{fleet._client.transport.kind}", images.good).name
     standin.reset_stats()
     current = fleet.get_service(name)
     after = fleet.update_images(current, {0: images.good_v2}, annotations=ANN, timeout=OP_TIMEOUT)
@@ -51,7 +54,7 @@ def test_an_update_reads_the_service_just_before_it_writes(
 def test_update_of_a_stale_view_is_refused_and_changes_nothing(
     fleet: CloudRunFleet, standin: CloudRunStandin, images: Images,  # noqa: F811
 ) -> None:
-    name = _create(fleet._client, "adapter-stale", images.good).name
+    name = _create(fleet._client, f"adapter-stale-{fleet._client.transport.kind}", images.good).name
     current = fleet.get_service(name)
     _set_image(fleet._client, name, images.good_v2).result(timeout=OP_TIMEOUT, polling=FAST_POLL)  # someone else
     standin.reset_stats()
@@ -65,7 +68,7 @@ def test_update_of_a_stale_view_is_refused_and_changes_nothing(
 def test_a_failed_revision_is_returned_as_the_service_now_is(
     fleet: CloudRunFleet, standin: CloudRunStandin, images: Images,  # noqa: F811
 ) -> None:
-    name = _create(fleet._client, "adapter-failed", images.good).name
+    name = _create(fleet._client, f"adapter-failed-{fleet._client.transport.kind}", images.good).name
     standin.inject_fault({"service": name, "reason": "HEALTH_CHECK_CONTAINER_ERROR", "times": 1})
     after = fleet.update_images(fleet.get_service(name), {0: images.good_v2}, annotations=ANN, timeout=OP_TIMEOUT)
     assert health.assess(after).state == "failed" and after.terminal_reason == "HEALTH_CHECK_CONTAINER_ERROR"
