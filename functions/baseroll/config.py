@@ -106,6 +106,7 @@ class Config:
     labels: Labels = field(default_factory=Labels)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     cloud_run_endpoint: str | None = None  # None = Google's; set for the local stand-in
+    cloud_run_transport: str = "grpc"  # google-cloud-run's default and production's; "rest" selectable
     pubsub_project: str | None = None  # project of the baseroll-* topics; None = first of `projects`
     signatures: SigningPolicy = field(default_factory=SigningPolicy)
     # Where rollout records and track lineage live (Firestore, native mode): project (None = the
@@ -179,6 +180,7 @@ def parse(doc: Any) -> Config:
         **_store(doc.get("store") or {}),
         pubsub_project=_pubsub_project(doc.get("pubsub_project")),
         cloud_run_endpoint=_endpoint(doc.get("cloud_run_endpoint")),
+        cloud_run_transport=_transport(doc.get("cloud_run_transport", "grpc")),
         signatures=_signatures(doc.get("signatures") or {}),
         registry_credentials=_credentials(_list(doc, "registry_credentials", required=False), allowed),
     )
@@ -337,6 +339,12 @@ def _endpoint(value: Any) -> str | None:
     return value
 
 
+def _transport(value: Any) -> str:
+    if value not in CLOUD_RUN_TRANSPORTS:
+        raise ConfigError(f"cloud_run_transport: one of {CLOUD_RUN_TRANSPORTS}, got {value!r}")
+    return value
+
+
 def _signatures(doc: Any) -> SigningPolicy:
     if not isinstance(doc, Mapping):
         raise ConfigError("signatures: must be a mapping")
@@ -352,7 +360,8 @@ def _signatures(doc: Any) -> SigningPolicy:
 
 TOP_LEVEL_KEYS = ("projects", "regions", "allowed_registries", "plain_http_registries", "base_tracks", "labels",
                   "rollout", "cloud_run_endpoint", "pubsub_project", "store", "signatures",
-                  "registry_credentials")
+                  "registry_credentials", "cloud_run_transport")
+CLOUD_RUN_TRANSPORTS = ("grpc", "rest")
 # The worker is an event-driven function: at most 540 s per invocation
 # (https://cloud.google.com/functions/docs/configuring/timeout; docs/GOOGLE_APIS.md#cloud-run-admin-api-v2).
 FUNCTION_TIMEOUT_S = 540.0
@@ -458,7 +467,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     if isinstance(doc, dict):
         doc = dict(doc)
         for key, var in (("projects", "BASEROLL_PROJECTS"), ("regions", "BASEROLL_REGIONS"),
-                         ("cloud_run_endpoint", "BASEROLL_CLOUD_RUN_ENDPOINT")):
+                         ("cloud_run_endpoint", "BASEROLL_CLOUD_RUN_ENDPOINT"),
+                         ("cloud_run_transport", "BASEROLL_CLOUD_RUN_TRANSPORT")):
             if env.get(var):
                 doc[key] = env[var]
     return parse(doc)

@@ -35,7 +35,7 @@ def build(cfg: Config, *, bus: Bus | None = None) -> Deps:
     store = FirestoreStore.connect(cfg.record_project, cfg.store_database, clock_mod.SYSTEM)
     return Deps(
         config=cfg,
-        fleet=CloudRunFleet.connect(cfg.cloud_run_endpoint),
+        fleet=CloudRunFleet.connect(cfg.cloud_run_endpoint, cfg.cloud_run_transport),
         registry=registry,
         bus=bus if bus is not None else PubSubBus(cfg.topic_project),
         records=store,

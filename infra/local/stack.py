@@ -156,6 +156,7 @@ class LocalStack:
                         "waves": [0.1, 0.5, 1.0], "failure_budget": 1, "write_quota_per_min": 600,
                         "invocation_budget_s": 60, "poll_interval_s": 0.3, **self.rollout_overrides},
             "cloud_run_endpoint": self.cloudrun.url if self.cloudrun else None,
+            "cloud_run_transport": "rest",  # its e2e tests hook the stand-in's REST routes
             "pubsub_project": TOPIC_PROJECT,
             **({"signatures": self.signatures} if self.signatures else {}),
         }
