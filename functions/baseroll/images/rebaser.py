@@ -2,7 +2,9 @@
 
 Only manifests and configs are downloaded. The new base's layers reach the target repository by
 cross-repository mount; the new config is the only blob uploaded; manifests are pushed last
-(children before their index), so a failure leaves no manifest pointing at missing blobs.
+(children before their index), so a failure leaves no manifest pointing at missing blobs. A base on
+another registry host than the target is the exception: where that registry cannot mount from the
+other host, each missing layer is streamed through this process, and the result reports the bytes.
 Re-running with the same inputs yields the same digest and, after the reads, costs one HEAD.
 
 A rebase is a handful of small round trips, so its cost is their sequential depth: independent
@@ -42,6 +44,7 @@ class RebaseResult:
     mounted_layers: int  # blobs mounted (201, whether or not the target had them) or copied by this run
     warnings: tuple[str, ...] = ()
     pushed: bool = False  # False for dry runs and when the manifest was already there
+    copied_bytes: int = 0  # layer bytes streamed through this process (a base on another host)
 
 
 @dataclass
@@ -103,16 +106,16 @@ def rebase_image(
     top_raw, top_type = _top(app_m, children) if is_index else (children[0].output.manifest,
                                                                   children[0].output.media_type)
     digest = oci.sha256_digest(top_raw)
-    mounted, pushed = 0, False
+    mounted, copied, pushed = 0, 0, False
     if not dry_run:
         tag = target.tag if target is not None else None
-        mounted, pushed = _push(ctx, dest, tag, children, is_index, top_raw, top_type)
+        mounted, copied, pushed = _push(ctx, dest, tag, children, is_index, top_raw, top_type)
     result = RebaseResult(digest=digest, ref=dest.with_digest(digest), media_type=top_type,
                           platforms=tuple(c.platform for c in children), mounted_layers=mounted,
-                          warnings=tuple(warnings), pushed=pushed)
-    log.info("rebase.done", app=str(ctx.app), old_base=str(old_base), new_base=str(new_base),
-             result=str(result.ref), platforms=list(result.platforms), mounted=mounted, pushed=pushed,
-             dry_run=dry_run, warnings=list(result.warnings))
+                          warnings=tuple(warnings), pushed=pushed, copied_bytes=copied)
+    log.emit("rebase.done", "WARNING" if copied else "INFO", app=str(ctx.app), old_base=str(old_base),
+             new_base=str(new_base), result=str(result.ref), platforms=list(result.platforms), mounted=mounted,
+             copied_bytes=copied, pushed=pushed, dry_run=dry_run, warnings=list(result.warnings))
     return result
 
 
@@ -191,6 +194,9 @@ def _rebase_one(ctx: _Context, app_m: Manifest, want: oci.Platform | None) -> _C
         new_base_digest=ctx.new_top.digest,
         drift_policy=ctx.drift_policy,
     )
+    if not oci.load_json(output.manifest, max_bytes=len(output.manifest), what="manifest")["layers"]:
+        # Registries have refused manifests without layers (docs/OCI.md#image-spec, "Empty descriptor").
+        raise RebaseError(f"{ctx.app} ({plat}): the rebased image would have no layers")
     return _Child(str(plat), output, len(n_m.data["layers"]), frozenset(d["digest"] for d in app_m.data["layers"]))
 
 
@@ -218,8 +224,8 @@ def _config(client: RegistryClient, configs: dict[str, dict[str, Any]], repo: Im
 
 
 def _push(ctx: _Context, dest: ImageRef, tag: str | None, children: list[_Child], is_index: bool,
-          top_raw: bytes, top_type: str) -> tuple[int, bool]:
-    """Make the result exist in ``dest``; (blobs mounted or copied, whether a manifest was written).
+          top_raw: bytes, top_type: str) -> tuple[int, int, bool]:
+    """Make the result exist in ``dest``; (blobs mounted or copied, bytes copied, whether a manifest was written).
 
     One HEAD first: registries refuse a manifest whose blobs or children are missing, so one that is
     there already (a re-run) needs nothing more. Otherwise every child's blobs go together, then the
@@ -228,17 +234,17 @@ def _push(ctx: _Context, dest: ImageRef, tag: str | None, children: list[_Child]
     client = ctx.client
     digest = oci.sha256_digest(top_raw)
     if client.head_manifest(dest.with_digest(digest)) == digest:
-        return 0, tag is not None and _push_manifest(client, dest.with_tag(tag), top_raw, top_type)
-    mounted = _push_blobs(ctx, dest, children)
+        return 0, 0, tag is not None and _push_manifest(client, dest.with_tag(tag), top_raw, top_type)
+    mounted, copied = _push_blobs(ctx, dest, children)
     if is_index:
         _parallel([lambda c=c: client.put_manifest(dest.with_digest(c.output.manifest_digest), c.output.manifest,
                                                    c.output.media_type) for c in children])
     # By tag when there is one: the registry then serves it by digest too.
     client.put_manifest(dest.with_tag(tag) if tag else dest.with_digest(digest), top_raw, top_type)
-    return mounted, True
+    return mounted, copied, True
 
 
-def _push_blobs(ctx: _Context, dest: ImageRef, children: list[_Child]) -> int:
+def _push_blobs(ctx: _Context, dest: ImageRef, children: list[_Child]) -> tuple[int, int]:
     """Mount the new base's layers (and the app's, when the target is another repo), upload the configs.
 
     Blobs the original's own manifest lists are in its repository already (the registry checked when
@@ -257,16 +263,18 @@ def _push_blobs(ctx: _Context, dest: ImageRef, children: list[_Child]) -> int:
                 sources.setdefault(d["digest"], ctx.app)
     configs = list(dict.fromkeys(c.output.config for c in children))
 
-    def mount(digest: str, source: ImageRef) -> int:
+    def mount(digest: str, source: ImageRef) -> tuple[int, int]:
         try:
-            return client.mount_blob(dest, digest, source) != "exists"
+            outcome, copied = client.transfer_blob(dest, digest, source)
+            return outcome != "exists", copied
         except RegistryError as e:
             raise RegistryError(f"layer {digest} cannot be made present in {dest.name}: {e}", e.status, e.code) from e
 
     # Configs first: an upload can take two round trips (POST, PUT), a mount takes one.
     results = _parallel([lambda cfg=cfg: client.put_blob(dest, cfg) for cfg in configs]
                         + [lambda d=d, src=src: mount(d, src) for d, src in sources.items()])
-    return sum(results[len(configs):])
+    transfers = results[len(configs):]
+    return sum(n for n, _ in transfers), sum(b for _, b in transfers)
 
 
 _pool: ThreadPoolExecutor | None = None

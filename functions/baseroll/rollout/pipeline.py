@@ -59,6 +59,10 @@ def build_plan(cfg: Config, fleet: Fleet, catalog: Catalog, request: RollRequest
         for sp in result.services:
             log.info("service.planned", service=sp.service.name, action=sp.action, reason=sp.reason,
                      strategy=sp.strategy or None, images=list(sp.service.images))
+        # Another host cannot mount the base's layers unless it takes `origin` (docs/OCI.md#blobs).
+        for host in sorted({job.app.registry for job in result.jobs} - {new_ref.registry}):
+            log.warning("plan.cross_host", base_host=new_ref.registry, app_host=host,
+                        reason="base layers may be copied through baseroll, not mounted")
     return result
 
 

@@ -286,19 +286,20 @@ class RegistryClient:
         return digest
 
     def mount_blob(self, target: ImageRef, digest: str, source: ImageRef) -> str:
-        """Make ``digest`` exist in ``target``'s repository; returns "exists", "mounted" or "uploaded".
+        """Make ``digest`` exist in ``target``'s repository; returns "exists", "mounted" or "uploaded"."""
+        return self.transfer_blob(target, digest, source)[0]
+
+    def transfer_blob(self, target: ImageRef, digest: str, source: ImageRef) -> tuple[str, int]:
+        """``mount_blob``'s outcome and the bytes streamed through this process (0 unless "uploaded").
 
         A cross-repository mount moves no bytes, and is asked for straight away: the registry answers
         201 whether or not the target had the blob, so a HEAD first would only add a round trip. When
-        the registry declines (202, or still 401 after asking for pull on the source) or the source is
-        on another registry, the target is checked first, then the blob is streamed from the source
-        into an upload session, and the stats count it.
+        the registry declines (202, or still 401 after asking for pull on the source) the target is
+        checked, then the blob is streamed from the source into an upload session, and the stats
+        count it. A source on another host: ``_transfer_across``.
         """
         if source.registry != target.registry:
-            if self.blob_exists(target, digest):
-                return "exists"
-            self._copy_blob(target, digest, source, location=None)
-            return "uploaded"
+            return self._transfer_across(target, digest, source)
         what = f"mount {digest} from {source.repository} into {target.name}"
         scopes = (push_scope(target.repository), pull_scope(source.repository))
         with self._net.call(), released(self._session.request(
@@ -310,16 +311,49 @@ class RegistryClient:
         if status == 201:
             with self._lock:
                 self.stats.mounts += 1
-            return "mounted"
+            return "mounted", 0
         if self.blob_exists(target, digest):  # declined, but already there: no copy needed
             if status == 202 and location:
                 self._abandon_upload(target, location)
-            return "exists"
+            return "exists", 0
         with self._lock:
             self.stats.mount_fallbacks += 1
         log.info("registry.mount_fallback", target=target.name, source=source.name, digest=digest, status=status)
-        self._copy_blob(target, digest, source, location=location if status == 202 else None)
-        return "uploaded"
+        return "uploaded", self._copy_blob(target, digest, source, location=location if status == 202 else None)
+
+    def _transfer_across(self, target: ImageRef, digest: str, source: ImageRef) -> tuple[str, int]:
+        """A blob from another registry host (docs/OCI.md#blobs, "Cross-host mount").
+
+        The spec's mount names a repository of the target's own registry. Google's registries also
+        take ``origin=<source host>`` and mount from that host of theirs (go-containerregistry's
+        cross-origin mount): 201, no bytes move. A registry without it ignores the parameter and
+        answers 202 with an upload session (spec: the fallback for a mount it cannot do), into which
+        the blob is streamed through this process: the bytes copied are logged and returned.
+        """
+        self._net.check_host(source.registry)  # never ask a registry to fetch from a host we may not use
+        what = f"mount {digest} from {source.name} into {target.name}"
+        with self._net.call(), released(self._session.request(
+                "POST", target, f"/v2/{target.repository}/blobs/uploads/",
+                params={"mount": digest, "from": source.repository, "origin": source.registry},
+                scopes=(push_scope(target.repository),), what=what)) as resp:
+            status, location = resp.status_code, resp.headers.get("location")
+            if status not in (201, 202, 400, 404):  # 400/404: a registry that refuses unknown parameters
+                raise error_from(resp, what)
+        if status == 201:
+            with self._lock:
+                self.stats.mounts += 1
+            return "mounted", 0
+        session = location if status == 202 else None
+        if self.blob_exists(target, digest):
+            if session:
+                self._abandon_upload(target, session)
+            return "exists", 0
+        with self._lock:
+            self.stats.mount_fallbacks += 1
+        copied = self._copy_blob(target, digest, source, location=session)
+        log.warning("registry.cross_host_copy", target=target.name, source=source.name, digest=digest,
+                    bytes=copied, status=status)
+        return "uploaded", copied
 
     # ------------------------------------------------------------ uploads
 
@@ -358,14 +392,14 @@ class RegistryClient:
             if isinstance(content, bytes):
                 self.stats.bytes_uploaded += len(content)
 
-    def _copy_blob(self, target: ImageRef, digest: str, source: ImageRef, location: str | None) -> None:
-        """Stream a blob from ``source`` into an upload session of ``target`` (bounded, verified)."""
-        for attempt in range(self._net.retries + 1):
+    def _copy_blob(self, target: ImageRef, digest: str, source: ImageRef, location: str | None) -> int:
+        """Stream a blob from ``source`` into an upload session of ``target`` (bounded, verified); its size."""
+        attempt = 0
+        while True:
             try:
                 if location is None:
                     location = self._start_upload(target, scopes=(push_scope(target.repository),))
-                self._stream_copy(target, digest, source, location)
-                return
+                return self._stream_copy(target, digest, source, location)
             except (RegistryError, httpx.TransportError) as e:
                 transient = isinstance(e, httpx.TransportError) or (e.status in RETRYABLE if isinstance(e, RegistryError) else False)
                 if location is not None:
@@ -376,6 +410,7 @@ class RegistryClient:
                     raise
                 location = None  # a failed session is not reused
                 self._net.pause(attempt, None)
+                attempt += 1
 
     def _abandon_upload(self, repo: ImageRef, location: str) -> None:
         """Best-effort DELETE of an upload session we will not finish, so it does not linger."""
@@ -386,11 +421,11 @@ class RegistryClient:
         except (RegistryError, httpx.HTTPError):
             pass
 
-    def _stream_copy(self, target: ImageRef, digest: str, source: ImageRef, location: str) -> None:
+    def _stream_copy(self, target: ImageRef, digest: str, source: ImageRef, location: str) -> int:
         with self._net.call():
-            self._stream_copy_within(target, digest, source, location)
+            return self._stream_copy_within(target, digest, source, location)
 
-    def _stream_copy_within(self, target: ImageRef, digest: str, source: ImageRef, location: str) -> None:
+    def _stream_copy_within(self, target: ImageRef, digest: str, source: ImageRef, location: str) -> int:
         what = f"GET blob {source.name}@{digest}"
         resp = self._session.request("GET", source, f"/v2/{source.repository}/blobs/{digest}",
                              scopes=(pull_scope(source.repository),), what=what)
@@ -418,6 +453,7 @@ class RegistryClient:
         self.stats.bytes_uploaded += total[0]
         if "sha256:" + hasher.hexdigest() != digest:
             raise RegistryError(f"{what}: digest mismatch", code="DIGEST_INVALID")
+        return total[0]
 
     def _count_download(self, digest: str, n: int) -> None:
         with self._lock:
