@@ -296,63 +296,44 @@ class RegistryClient:
         201 whether or not the target had the blob, so a HEAD first would only add a round trip. When
         the registry declines (202, or still 401 after asking for pull on the source) the target is
         checked, then the blob is streamed from the source into an upload session, and the stats
-        count it. A source on another host: ``_transfer_across``.
+        count it. The spec's mount names a repository of the target's own registry; for a source on
+        another host, Google's registries also take ``origin=<source host>`` and mount from it
+        (docs/OCI.md#blobs, go-containerregistry's cross-origin mount). Others ignore it and answer
+        202: the copy is then logged with its bytes (``registry.cross_host_copy``).
         """
-        if source.registry != target.registry:
-            return self._transfer_across(target, digest, source)
-        what = f"mount {digest} from {source.repository} into {target.name}"
-        scopes = (push_scope(target.repository), pull_scope(source.repository))
+        across = source.registry != target.registry
+        params = {"mount": digest, "from": source.repository}
+        scopes: tuple[str, ...] = (push_scope(target.repository), pull_scope(source.repository))
+        declined: tuple[int, ...] = (202, 401)
+        if across:
+            self._net.check_host(source.registry)  # never ask a registry to fetch from a host we may not use
+            params["origin"] = source.registry
+            scopes = scopes[:1]  # the target's token service has no say over the other host
+            declined = (202, 400, 404)  # 400/404: a registry that refuses parameters it does not know
+        what = f"mount {digest} from {source.name if across else source.repository} into {target.name}"
         with self._net.call(), released(self._session.request(
-                "POST", target, f"/v2/{target.repository}/blobs/uploads/",
-                params={"mount": digest, "from": source.repository}, scopes=scopes, what=what)) as resp:
+                "POST", target, f"/v2/{target.repository}/blobs/uploads/", params=params, scopes=scopes,
+                what=what)) as resp:
             status, location = resp.status_code, resp.headers.get("location")
-            if status not in (201, 202, 401):
-                raise error_from(resp, what)
-        if status == 201:
-            with self._lock:
-                self.stats.mounts += 1
-            return "mounted", 0
-        if self.blob_exists(target, digest):  # declined, but already there: no copy needed
-            if status == 202 and location:
-                self._abandon_upload(target, location)
-            return "exists", 0
-        with self._lock:
-            self.stats.mount_fallbacks += 1
-        log.info("registry.mount_fallback", target=target.name, source=source.name, digest=digest, status=status)
-        return "uploaded", self._copy_blob(target, digest, source, location=location if status == 202 else None)
-
-    def _transfer_across(self, target: ImageRef, digest: str, source: ImageRef) -> tuple[str, int]:
-        """A blob from another registry host (docs/OCI.md#blobs, "Cross-host mount").
-
-        The spec's mount names a repository of the target's own registry. Google's registries also
-        take ``origin=<source host>`` and mount from that host of theirs (go-containerregistry's
-        cross-origin mount): 201, no bytes move. A registry without it ignores the parameter and
-        answers 202 with an upload session (spec: the fallback for a mount it cannot do), into which
-        the blob is streamed through this process: the bytes copied are logged and returned.
-        """
-        self._net.check_host(source.registry)  # never ask a registry to fetch from a host we may not use
-        what = f"mount {digest} from {source.name} into {target.name}"
-        with self._net.call(), released(self._session.request(
-                "POST", target, f"/v2/{target.repository}/blobs/uploads/",
-                params={"mount": digest, "from": source.repository, "origin": source.registry},
-                scopes=(push_scope(target.repository),), what=what)) as resp:
-            status, location = resp.status_code, resp.headers.get("location")
-            if status not in (201, 202, 400, 404):  # 400/404: a registry that refuses unknown parameters
+            if status != 201 and status not in declined:
                 raise error_from(resp, what)
         if status == 201:
             with self._lock:
                 self.stats.mounts += 1
             return "mounted", 0
         session = location if status == 202 else None
-        if self.blob_exists(target, digest):
+        if self.blob_exists(target, digest):  # declined, but already there: no copy needed
             if session:
                 self._abandon_upload(target, session)
             return "exists", 0
         with self._lock:
             self.stats.mount_fallbacks += 1
+        if not across:
+            log.info("registry.mount_fallback", target=target.name, source=source.name, digest=digest, status=status)
         copied = self._copy_blob(target, digest, source, location=session)
-        log.warning("registry.cross_host_copy", target=target.name, source=source.name, digest=digest,
-                    bytes=copied, status=status)
+        if across:
+            log.warning("registry.cross_host_copy", target=target.name, source=source.name, digest=digest,
+                        bytes=copied, status=status)
         return "uploaded", copied
 
     # ------------------------------------------------------------ uploads
