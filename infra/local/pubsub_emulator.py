@@ -16,7 +16,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+from typing import Iterable
 
 import httpx
 
@@ -64,6 +66,20 @@ def push_endpoint(function_url: str, topic: str) -> str:
     where functions-framework takes the CloudEvent's `source` from for a plain push body
     (`event_conversion._parse_pubsub_topic`); without it the source has no topic."""
     return f"{function_url.rstrip('/')}/{topic}"
+
+
+def wait_quiet(paths: Iterable[Path], *, quiet_s: float, timeout: float) -> bool:
+    """Until none of `paths` (the push endpoints' logs) has changed for `quiet_s` seconds, at most
+    `timeout`: the emulator exposes no backlog, so quiet endpoints are the nearest thing to idle."""
+    paths = list(paths)
+    deadline = time.monotonic() + timeout
+    while True:
+        newest = max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
+        if time.time() - newest >= quiet_s:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 class PubSubEmulator:
