@@ -21,6 +21,8 @@ Delivery (one attempt = one HTTP POST, CloudEvents binary mode)
   max_delivery_attempts) the message is dead-lettered: recorded (dead_letters(), stats) and, when the
   policy names an existing topic, published there with the CloudPubSubDeadLetterSource* attributes.
   A subscription's retry_policy is stored but not used: the constructor's backoff wins so tests stay fast.
+  Likewise ack_deadline_seconds: a push times out after push_timeout_s, where Pub/Sub (and gcloud's
+  emulator, checked) cut it at the ack deadline (docs/GOOGLE_APIS.md#pubsub-emulator).
   With enable_message_ordering, messages sharing an ordering key go out one at a time, in publish order.
   Subscriptions without a push endpoint are accepted but nothing is kept for them (counted as not_pushed).
   push_config.oidc_token is ignored (no Authorization header).
