@@ -17,8 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
-from baseroll.contracts import topics
-from baseroll.contracts import requests
+from baseroll.contracts import requests, topics
 from baseroll.images.refs import ImageRef
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,3 +367,13 @@ def test_publish_step_names_the_overridden_registry(fake_tools, tmp_path: Path) 
     publish = [c for c in calls(log) if c[1:4] == ["pubsub", "topics", "publish"]]
     req = requests.parse_request(requests.message(flag_value(publish[0], "--message").encode()))
     assert req.image == ImageRef("registry.example.com:5000", "example-project/bases/debian", "bookworm")
+
+
+def test_logs_go_to_cloud_logging_so_a_user_specified_service_account_can_run_the_build(config) -> None:
+    """A build running as a user-specified service account must keep its logs in Cloud Logging or a
+    user-created bucket (Cloud Build, "Configure user-specified service accounts"); the account then
+    needs roles/logging.logWriter, which each config's header names with the other roles."""
+    path, doc = config
+    assert (doc.get("options") or {}).get("logging") == "CLOUD_LOGGING_ONLY", path.name
+    comments = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    assert "roles/logging.logWriter" in comments and "roles/artifactregistry.writer" in comments, path.name
