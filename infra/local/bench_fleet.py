@@ -2,8 +2,9 @@
 
 - `planner_inputs` / `measure_planner`: a synthetic 10,000-service fleet as plain `ServiceView`s and
   `ImageFacts`, planned in process (pure code: `plan.make_plan` + `waves.assign`), timed and traced.
-- `python -m infra.local.bench_fleet plan`: the planner through the real clients (run_v2 over REST, the
-  registry client), in a process of its own, against a running local stack (`BASEROLL_CONFIG`).
+- `python -m infra.local.bench_fleet plan`: the planner through the real clients (run_v2 over gRPC, or
+  REST with `BASEROLL_CLOUD_RUN_TRANSPORT=rest`; the registry client), in a process of its own, against a
+  running local stack (`BASEROLL_CONFIG`).
 - `fleet_layout` / `seed_services`: real images in the real registry (`seed.seed_images`), then thousands of
   services created through the Cloud Run stand-in's own REST handler and checked through the real client.
 - `sequential_baseline`: what existing scripts do, one deploy at a time (update by digest, wait ready).
@@ -278,7 +279,7 @@ def cheap_operation_trim(standin: Any) -> None:
     `excess` finished ones instead."""
     from itertools import islice
 
-    from .cloudrun_standin import MAX_OPERATIONS
+    from .cloudrun import MAX_OPERATIONS
 
     def forget() -> None:
         ops = standin._operations
@@ -411,6 +412,8 @@ def _thread_group(name: str) -> str:
         return "pubsub stand-in: push workers"
     if name.startswith("pubsub-grpc"):
         return "pubsub stand-in: gRPC handlers"
+    if name.startswith("cloudrun-grpc"):
+        return "cloudrun stand-in: gRPC handlers"
     if "process_request_thread" in name:
         return "cloudrun stand-in: HTTP handler threads"
     if name == "MainThread":
@@ -706,8 +709,9 @@ def timeline(logs: dict[str, list[dict]], rollout_id: str, t_publish: float, quo
 
 def _plan_through_clients() -> dict:
     """In a process of its own (as the planner function runs): discover + inspect + match + plan for the
-    configured projects × regions through the unmodified run_v2 client and the registry client, as
-    `rollout.build_plan` does. Wall time untraced, then tracemalloc's peak, peak RSS, and a cProfile split."""
+    configured projects × regions through the unmodified run_v2 client (on the configured transport:
+    `cloud_run_transport`, gRPC unless set) and the registry client, as `rollout.build_plan` does. Wall
+    time untraced, then tracemalloc's peak, peak RSS, and a cProfile split of listing."""
     import cProfile
     import pstats
     import resource
@@ -722,7 +726,7 @@ def _plan_through_clients() -> dict:
     cfg = config_mod.load()
     rss0 = proc_status_mb(os.getpid(), "VmRSS")
     registry = runtime.registry_client(cfg)
-    fleet = CloudRunFleet.connect(cfg.cloud_run_endpoint)
+    fleet = CloudRunFleet.connect(cfg.cloud_run_endpoint, cfg.cloud_run_transport)
     track = cfg.base_tracks[0]
     request = RollRequest("base", track.image, None, "bench", "bench-plan")
     resolve = getattr(engine, "resolve_new_ref", None) or getattr(engine, "resolve_new_base")
@@ -751,22 +755,25 @@ def _plan_through_clients() -> dict:
             for _ in fleet.list_services(project, region):
                 pass
     prof.disable()
-    stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
+    return {
+        "transport": cfg.cloud_run_transport, "services": len(services), "to_roll": len(plan.to_roll),
+        "wall_s": wall, "discover_s": discover_s, "tracemalloc_peak_mb": traced_peak / 1e6, "rss_before_mb": rss0,
+        "peak_rss_first_plan_mb": hwm_first_plan,
+        "peak_rss_with_tracing_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "profile_s": _listing_split(pstats.Stats(prof).stats),  # type: ignore[attr-defined]
+    }
 
+
+def _listing_split(stats: dict) -> dict[str, float]:
+    """Cumulative seconds of the listing's parts, from cProfile's (file, line, name) -> (cc, nc, tt, ct, callers)."""
     def cum(suffix: str, name: str) -> float:
         return max((v[3] for (f, _, n), v in stats.items() if f.endswith(suffix) and n == name), default=0.0)
 
-    split = {
-        "list, one thread": cum("baseroll/fleet.py", "list_services"),
-        "json parse (protobuf json_format, REST transport)": cum("protobuf/json_format.py", "Parse"),
-        "view() (proto-plus -> ServiceView)": cum("baseroll/fleet.py", "view"),
-        "HTTP round trips (requests, incl. server time)": cum("requests/sessions.py", "request"),
-    }
     return {
-        "services": len(services), "to_roll": len(plan.to_roll), "wall_s": wall, "discover_s": discover_s,
-        "tracemalloc_peak_mb": traced_peak / 1e6, "rss_before_mb": rss0, "peak_rss_first_plan_mb": hwm_first_plan,
-        "peak_rss_with_tracing_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "profile_s": split,
+        "list, one thread": cum("baseroll/fleet/cloudrun.py", "list_services"),
+        "JSON parse (protobuf json_format; REST only)": cum("protobuf/json_format.py", "Parse"),
+        "view() (proto-plus -> ServiceView)": cum("baseroll/fleet/cloudrun.py", "view"),
+        "HTTP round trips (requests; REST only, incl. server time)": cum("requests/sessions.py", "request"),
     }
 
 

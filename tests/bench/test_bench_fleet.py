@@ -1,7 +1,7 @@
 """Bench: a simulated fleet over 10 regions rolled through the whole local stack (Pub/Sub planner →
 coordinator → workers → Cloud Run stand-in) against (a) the write-quota floor and (b) the sequential
 one-deploy-at-a-time approach of existing scripts, measured in the same run; and the planner at 10,000
-services (pure code, and through the real clients).
+services (pure code, and through the real clients on both transports).
 
 Two rollout settings, each on a fresh stack:
 - `scaled`: write quota 3,000/min per region in the stand-in *and* in baseroll's `rollout.write_quota_per_min`
@@ -99,6 +99,41 @@ def test_bench_planner_10k() -> None:
     _bench_line({"bench": "planner", **f, "target_s": PLANNER_TARGET_S, "target_mb": PLANNER_TARGET_MB})
 
 
+def test_bench_planner_10k_through_clients() -> None:
+    """The planner through the real clients on 10,000 services (10 regions × 1,000), over gRPC (production's
+    transport, the adapter's default) and over REST, each in a process of its own, against one stand-in
+    (both fronts, one state); seeded through the stand-in's own handler; no rollout, no functions."""
+    with LocalStack(targets=(), regions=REGIONS, projects=(bf.PROJECT,), deploy_latency_s=0.0,
+                    cloudrun_workers=32) as stack:
+        memo = bf.memoize_image_checks(stack.cloudrun)
+        memo["tags"] = 1  # no tag moves while seeding
+        bf.cheap_operation_trim(stack.cloudrun)
+        images = seed.seed_images(stack.registry_client(), stack.registry.host)
+        layout = bf.fleet_layout(images, PLAN_SERVICES, REGIONS, project=bf.PLAN_PROJECT, canaries=100)
+        seed_s, _ = bf.seed_services(stack.cloudrun, stack.run_client(), layout)
+        scenario.push_new_base(stack, images, "python")
+        runs = {transport: _plan_through_clients(stack, transport) for transport in ("grpc", "rest")}
+    eligible = sum(1 for s in layout if s.eligible)
+    for p in runs.values():
+        assert p["services"] == PLAN_SERVICES and p["to_roll"] == eligible, p
+    print()
+    print(f"planner through the real clients (own process) on {PLAN_SERVICES:,} services over {len(REGIONS)} "
+          f"regions (to roll {eligible:,}; seeded in {seed_s:.0f} s), target < {PLANNER_TARGET_S:.0f} s and "
+          f"< {PLANNER_TARGET_MB:.0f} MB:")
+    for p in runs.values():
+        _print_plan(p)
+    _bench_line({"bench": "planner-through-clients", "services": PLAN_SERVICES, "to_roll": eligible,
+                 "target_s": PLANNER_TARGET_S, "target_mb": PLANNER_TARGET_MB, **runs})
+
+
+def _print_plan(p: dict) -> None:
+    print(f"  {p['transport']:>4}: build_plan {p['wall_s']:.2f} s, discover alone {p['discover_s']:.2f} s; peak RSS "
+          f"{p['peak_rss_first_plan_mb']:.0f} MB ({p['rss_before_mb']:.0f} MB after imports); Python heap peak "
+          f"{p['tracemalloc_peak_mb']:.0f} MB")
+    print("        listing, one thread (cProfile): "
+          + "; ".join(f"{k} {v:.2f} s" for k, v in p["profile_s"].items() if v))
+
+
 # ---------------------------------------------------------------- 2. the whole stack
 
 
@@ -122,8 +157,13 @@ def _rss_mb(pid: int, key: str) -> float:
     return max((bf.proc_status_mb(p, key) for p in bf.process_tree(pid)), default=0.0)
 
 
-def _plan_through_clients(stack: LocalStack) -> dict:
+def _plan_through_clients(stack: LocalStack, transport: str = "grpc") -> dict:
+    """The planner in a process of its own through run_v2 on `transport` (gRPC: production's, the adapter's
+    default) against the stand-in's matching front."""
+    assert stack.cloudrun is not None
+    endpoint = stack.cloudrun.grpc_url if transport == "grpc" else stack.cloudrun.url
     env = {**os.environ, "BASEROLL_CONFIG": str(stack.config_path), "BASEROLL_PROJECTS": bf.PLAN_PROJECT,
+           "BASEROLL_CLOUD_RUN_ENDPOINT": endpoint, "BASEROLL_CLOUD_RUN_TRANSPORT": transport,
            "PYTHONPATH": os.pathsep.join([str(ROOT / "functions"), str(ROOT)])}
     env.pop("BASEROLL_CONFIG_YAML", None)
     proc = subprocess.run([sys.executable, "-m", "infra.local.bench_fleet", "plan"], env=env, cwd=ROOT,
@@ -294,12 +334,9 @@ def _print(setup: Setup, f: dict) -> None:
     print(line)
     if "plan_through_clients" in f:
         p = f["plan_through_clients"]
-        print(f"planner through the real clients (own process, REST transport) on {p['services']:,} services "
-              f"(to roll {p['to_roll']:,}): build_plan {p['wall_s']:.2f} s, discover alone {p['discover_s']:.2f} s "
-              f"(target < {PLANNER_TARGET_S:.0f} s); peak RSS {p['peak_rss_first_plan_mb']:.0f} MB "
-              f"({p['rss_before_mb']:.0f} MB after imports; target < {PLANNER_TARGET_MB:.0f} MB); "
-              f"Python heap peak {p['tracemalloc_peak_mb']:.0f} MB")
-        print("  listing, one thread (cProfile): " + "; ".join(f"{k} {v:.2f} s" for k, v in p["profile_s"].items()))
+        print(f"planner through the real clients (own process) on {p['services']:,} services "
+              f"(to roll {p['to_roll']:,}), target < {PLANNER_TARGET_S:.0f} s and < {PLANNER_TARGET_MB:.0f} MB:")
+        _print_plan(p)
     print(f"planner function in the rollout: RSS {f['planner_rss_mb']['before']:.0f} MB before, peak "
           f"{f['planner_rss_mb']['peak']:.0f} MB; accepted {tl['planner_accepted_s']:.2f} s, discovered "
           f"{tl['planner_discovered_s']:.2f} s, started (rebased, first step sent) {tl['planner_started_s']:.2f} s "
