@@ -65,6 +65,19 @@ def test_status_reads_the_ledger():
     assert late.failed == [pending.name] and late.settled
 
 
+
+def test_a_target_left_to_another_writer_is_a_failure_at_once():
+    # The worker's ledger note (fleet.deploy): our target failed, someone else's change was kept. Not
+    # pending until the settle deadline (tests/e2e/test_rollback_safety.py stalled on it).
+    r = "py-abc"
+    left = svc(1, **ledger.changed_by_someone_else(r, "sha256:ab", "our revision was replaced"))
+    for outdated in (set(), {left.name}):
+        st = waves.status([left.name], {left.name: left}, r, still_outdated=outdated, deadline_passed=False)
+        assert st.failed == [left.name] and st.settled
+    again = waves.recheck(waves.WaveStatus(pending=[left.name]), {left.name: left}, {left.name: ("x",)}, r,
+                          deadline_passed=False)
+    assert again is not None and again.failed == [left.name] and again.settled
+
 def test_recheck_judges_only_the_pending_members_from_fresh_reads():
     r = "py-abc"
     first, second, waiting = svc(1), svc(2), svc(3)

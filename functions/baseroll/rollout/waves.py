@@ -58,7 +58,7 @@ def assign(members: Sequence[ServiceView], fractions: Sequence[float], *, cohort
 @dataclass
 class WaveStatus:
     done: list[str] = field(default_factory=list)  # on the new base
-    failed: list[str] = field(default_factory=list)  # rolled back, or no result by the deadline
+    failed: list[str] = field(default_factory=list)  # rolled back, left to another writer, or no result in time
     skipped: list[str] = field(default_factory=list)  # changed by someone else, or gone
     pending: list[str] = field(default_factory=list)
 
@@ -86,8 +86,8 @@ def status(wave: Sequence[str], fleet: Mapping[str, ServiceView], rollout_id: st
                 st.failed.append(name)  # on a failed revision and not restored: never counted as done
             else:
                 st.pending.append(name)
-        elif mine and state == ledger.ROLLED_BACK:
-            st.failed.append(name)
+        elif mine and state in (ledger.ROLLED_BACK, ledger.CHANGED_BY_SOMEONE_ELSE):
+            st.failed.append(name)  # our target failed here: restored, or left to another writer's change
         elif name not in still_outdated and not mine:
             st.skipped.append(name)  # no longer needs this rollout (changed elsewhere, or already current)
         elif deadline_passed or name in refused:
