@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(table)
         ok &= record["status"] == "finished"
         summary = {"ok": ok, "rollout": record["status"], "roll_seconds": round(roll_s, 2), "total_seconds": round(time.monotonic() - started, 2),
-                   **counts, "other_track": other_tracks}
+                   **counts, "other_track": other_tracks,
+                   "registry_tokens_issued": stack.tokens.counts["issued"]}  # the registry requires auth
         console.print(f"[bold]summary[/] {json.dumps(summary)}")
         if not ok:
             stack.keep = True
