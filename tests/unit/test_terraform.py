@@ -755,7 +755,7 @@ def test_source_archive_ships_the_functions_and_top_level_requirements(module):
         dirnames[:] = [d for d in dirnames if d not in (".git", ".venv")]
         files += [Path(dirpath, f).relative_to(ROOT).as_posix() for f in filenames]
     kept = archived(files, archive.body["excludes"])
-    assert {"requirements.txt", "functions/main.py", "functions/baseroll/config.py"} <= kept
+    assert {"requirements.txt", "functions/main.py", "functions/baseroll/config/__init__.py"} <= kept
     for prefix in (".venv/", ".git/", "tests/", "infra/", ".ci/"):
         assert not [f for f in kept if f.startswith(prefix)], prefix
     assert not [f for f in kept if "__pycache__" in f]

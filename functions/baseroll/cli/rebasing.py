@@ -5,8 +5,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from baseroll import config as configuration
 from baseroll.cli.common import EXIT_INVALID, CliState, emit_json, fail
+from baseroll.images.rebase import DRIFT_POLICIES
 
 if TYPE_CHECKING:
     from baseroll.images.refs import ImageRef
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 @click.option("--tag", metavar="TAG|REF",
               help="Also tag the result: a bare tag (in APP's repository) or a whole host/repo:tag.")
 @click.option("--platform", help="Rebase only this platform (os/arch[/variant]) of a multi-platform app.")
-@click.option("--drift-policy", type=click.Choice(configuration.DRIFT_POLICIES), default="apply-or-refuse",
+@click.option("--drift-policy", type=click.Choice(DRIFT_POLICIES), default="apply-or-refuse",
               show_default=True, help="When the new base changed Env/Entrypoint/Cmd/User/WorkingDir/ExposedPorts.")
 @click.option("--plain-http", "plain_http", multiple=True, metavar="HOST[:PORT]",
               help="More registries to reach over plain HTTP (loopback addresses need no flag).")

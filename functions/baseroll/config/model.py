@@ -1,0 +1,125 @@
+"""The configuration as the rest of baseroll reads it: plain frozen values, and the error that names a bad field."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from baseroll.images.refs import ImageRef
+
+POLICIES = ("report", "require")  # what to do with a rebased image, whose new digest no signature covers
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class BaseTrack:
+    name: str
+    image: ImageRef  # registry/repository:tag that the track follows
+    # fnmatch-style patterns of the repository's other tags that are versions of this track
+    # (e.g. "3.12.*", "3.12-*"): an app built on one of them is this track's, though the track tag moved on.
+    version_tags: tuple[str, ...] = ()
+
+    @property
+    def repository(self) -> ImageRef:
+        return self.image.with_tag(None)
+
+
+@dataclass(frozen=True)
+class SigningPolicy:
+    policy: str = "report"  # report: deploy and say the old signature does not carry; require: signed only
+    request_topic: str | None = None  # where sign requests go (a signing step subscribes to it)
+
+
+@dataclass(frozen=True)
+class Labels:
+    opt_out: str = "baseroll-opt-out"  # value "true" opts a service out
+    cohort: str = "baseroll-cohort"  # value "canary" puts a service in the first wave
+    app_tag: str = "baseroll-app-tag"  # the app tag a digest-pinned service was deployed from
+
+
+@dataclass(frozen=True)
+class FailureBudget:
+    """Failures a wave may have before the rollout halts: a count, or a fraction of the wave."""
+
+    count: int | None = 0
+    fraction: float | None = None
+
+    def exceeded(self, failures: int, wave_size: int) -> bool:
+        if self.fraction is not None:
+            return failures > self.fraction * wave_size
+        return failures > (self.count or 0)
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    ready_timeout_s: float = 240.0  # fits an update, a rollback and both gates in one invocation
+    pinned_traffic: str = "follow"  # follow | skip: a service whose traffic is not all on LATEST
+    concurrency: int = 8  # tasks released at once per project x region before pacing takes over
+    drift_policy: str = "apply-or-refuse"
+    waves: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)  # cumulative fractions after the canary cohort
+    failure_budget: FailureBudget = field(default_factory=FailureBudget)
+    write_quota_per_min: int = 60  # Admin API writes per project x region
+    region_quota: Mapping[str, int] = field(default_factory=dict)  # per-region overrides
+    invocation_budget_s: float = 480.0  # stay inside the 540 s limit of an event-driven function
+    poll_interval_s: float = 2.0
+    dry_run: bool = False  # every trigger only plans and reports: a whole deployment in observe mode
+
+    def quota_for(self, region: str) -> int:
+        return int(self.region_quota.get(region, self.write_quota_per_min))
+
+
+@dataclass(frozen=True)
+class RegistryCredential:
+    """One registry's username and where its password is: an environment variable or a file, as a
+    Secret Manager secret reaches a function. The password itself never sits in the configuration."""
+
+    host: str
+    username: str
+    password_env: str | None = None
+    password_file: str | None = None
+    # Hosts this registry may name as its token realm besides itself; each must be allow-listed too.
+    token_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    projects: tuple[str, ...]
+    regions: tuple[str, ...]
+    base_tracks: tuple[BaseTrack, ...]
+    allowed_registries: frozenset[str]
+    plain_http_registries: frozenset[str] = frozenset()
+    labels: Labels = field(default_factory=Labels)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    cloud_run_endpoint: str | None = None  # None = Google's; set for the local stand-in
+    cloud_run_transport: str = "grpc"  # google-cloud-run's default and production's; "rest" selectable
+    pubsub_project: str | None = None  # project of the baseroll-* topics; None = first of `projects`
+    signatures: SigningPolicy = field(default_factory=SigningPolicy)
+    # Where rollout records and track lineage live (Firestore, native mode): project (None = the
+    # topics' project) and database.
+    store_project: str | None = None
+    store_database: str = "(default)"
+    registry_credentials: tuple[RegistryCredential, ...] = ()
+
+    @property
+    def topic_project(self) -> str:
+        return self.pubsub_project or self.projects[0]
+
+    @property
+    def record_project(self) -> str:
+        return self.store_project or self.topic_project
+
+    @property
+    def token_hosts(self) -> dict[str, tuple[str, ...]]:
+        return {c.host: c.token_hosts for c in self.registry_credentials if c.token_hosts}
+
+    @property
+    def tracked_tags(self) -> set[ImageRef]:
+        return {t.image for t in self.base_tracks}
+
+    def track_for(self, image: ImageRef) -> BaseTrack | None:
+        for track in self.base_tracks:
+            if track.image == image:
+                return track
+        return None

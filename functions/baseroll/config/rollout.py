@@ -1,0 +1,99 @@
+"""`rollout:` settings: waves, budgets, pacing, and a readiness timeout that fits the function's limit."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from baseroll.config.fields import _bool, _choice, _known, _number
+from baseroll.config.model import ConfigError, FailureBudget, RolloutSettings
+from baseroll.contracts import ids
+from baseroll.images.rebase import DRIFT_POLICIES
+
+ROLLOUT_KEYS = ("ready_timeout_s", "pinned_traffic", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min",
+                "region_quota", "invocation_budget_s", "poll_interval_s", "dry_run")
+
+
+# The worker is an event-driven function: at most 540 s per invocation
+# (https://cloud.google.com/functions/docs/configuring/timeout; docs/GOOGLE_APIS.md#cloud-run-admin-api-v2).
+FUNCTION_TIMEOUT_S = 540.0
+
+
+WORKER_MARGIN_S = 30.0  # the worker's reads before the update and its result after the gates
+
+
+PINNED_TRAFFIC = ("follow", "skip")
+
+
+def _rollout(doc: Any) -> RolloutSettings:
+    if not isinstance(doc, Mapping):
+        raise ConfigError("rollout: must be a mapping")
+    _known(doc, "rollout.", ROLLOUT_KEYS)
+    drift = doc.get("drift_policy", "apply-or-refuse")
+    if drift not in DRIFT_POLICIES:
+        raise ConfigError(f"rollout.drift_policy: one of {DRIFT_POLICIES}, got {drift!r}")
+    return RolloutSettings(
+        ready_timeout_s=_ready_timeout(doc),
+        pinned_traffic=_choice(doc, "pinned_traffic", PINNED_TRAFFIC),
+        concurrency=int(_number(doc, "concurrency", 8, 1, 256)),
+        drift_policy=drift,
+        waves=_waves(doc.get("waves", [0.01, 0.1, 0.5, 1.0])),
+        failure_budget=_budget(doc.get("failure_budget", 0)),
+        write_quota_per_min=int(_number(doc, "write_quota_per_min", 60, 1, 1_000_000)),
+        region_quota=_region_quota(doc.get("region_quota") or {}),
+        invocation_budget_s=float(_number(doc, "invocation_budget_s", 480, 1, 540)),
+        poll_interval_s=float(_number(doc, "poll_interval_s", 2, 0.01, 60)),
+        dry_run=_bool(doc, "dry_run"),
+    )
+
+
+def _ready_timeout(doc: Mapping[str, Any]) -> float:
+    """A failed update is gated, rolled back and gated again inside one invocation: each gate may
+    take the whole `ready_timeout_s`, so two of them and the margin must fit the function's limit."""
+    value = float(_number(doc, "ready_timeout_s", 240, 1, 3600))
+    most = (FUNCTION_TIMEOUT_S - WORKER_MARGIN_S) / 2
+    if value > most:
+        raise ConfigError(
+            f"rollout.ready_timeout_s: at most {most:g} s, got {value:g}: an update and its readiness gate, then a "
+            f"rollback and its gate, each up to ready_timeout_s, plus {WORKER_MARGIN_S:g} s of the worker's own "
+            f"work must fit the {FUNCTION_TIMEOUT_S:g} s limit of an event-driven function")
+    return value
+
+
+def _waves(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError("rollout.waves: a non-empty list of cumulative fractions, e.g. [0.01, 0.1, 0.5, 1.0]")
+    waves = []
+    for w in value:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1:
+            raise ConfigError(f"rollout.waves: {w!r} is not a fraction in (0, 1]")
+        waves.append(float(w))
+    if waves != sorted(set(waves)) or waves[-1] != 1.0:
+        raise ConfigError("rollout.waves: must be strictly increasing and end at 1.0")
+    return tuple(waves)
+
+
+def _budget(value: Any) -> FailureBudget:
+    if isinstance(value, bool):
+        raise ConfigError("rollout.failure_budget: a count (e.g. 1) or a percentage (e.g. '5%')")
+    if isinstance(value, int) and value >= 0:
+        return FailureBudget(count=value)
+    if isinstance(value, str) and value.endswith("%"):
+        try:
+            pct = float(value[:-1])
+        except ValueError:
+            pct = -1
+        if 0 <= pct <= 100:
+            return FailureBudget(count=None, fraction=pct / 100)
+    raise ConfigError(f"rollout.failure_budget: a count (e.g. 1) or a percentage (e.g. '5%'), got {value!r}")
+
+
+def _region_quota(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("rollout.region_quota: a mapping region -> writes per minute")
+    out = {}
+    for region, quota in value.items():
+        if not isinstance(region, str) or not ids.REGION.fullmatch(region):
+            raise ConfigError(f"rollout.region_quota: {region!r} is not a region")
+        if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
+            raise ConfigError(f"rollout.region_quota.{region}: a positive integer")
+        out[region] = quota
+    return out
