@@ -9,12 +9,11 @@ production); `tokens.issued` and `tokens.counts` show the exchanges.
     with LocalStack(targets=("on_artifact_push",)) as stack:
         stack.function_url("on_artifact_push")
 
-CLI: `python -m infra.local.stack up` (or `make up`) starts it with a seeded fleet and keeps it up
+`make up` (`python -m infra.local.playground up`) starts it with a seeded fleet and keeps it up
 until Ctrl-C, printing the exports and commands to try (infra/local/playground.py).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -307,17 +306,3 @@ class LocalStack:
         if proc.poll() is None:
             raise RuntimeError(f"{target} is still running (pid {proc.pid}): kill_function it first")
         self._spawn_function(target, port, timeout=timeout)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from . import playground  # it builds on this module
-
-    parser = argparse.ArgumentParser(prog="python -m infra.local.stack")
-    parser.add_argument("command", choices=["up"])
-    parser.add_argument("--services", type=int, default=40, help="how many tenant services to seed")
-    args = parser.parse_args(argv)
-    return playground.up(args.services)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
