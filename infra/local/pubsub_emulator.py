@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable
 
 import httpx
 
-from .procs import LOOPBACK, free_port, stop, wait_until
+from .java_emulator import JAVA_MISSING, JavaEmulator
+from .procs import LOOPBACK
 
 # Where gcloud keeps the component (Debian's google-cloud-cli-pubsub-emulator package, or
 # `gcloud components install pubsub-emulator`); BASEROLL_PUBSUB_EMULATOR_JAR overrides.
@@ -57,7 +56,7 @@ def missing() -> str | None:
     except RuntimeError as exc:
         return str(exc)
     if shutil.which("java") is None:
-        return "java not found: the Pub/Sub emulator needs a Java 11+ runtime (apt-get install openjdk-17-jre-headless)"
+        return JAVA_MISSING
     return None
 
 
@@ -82,56 +81,20 @@ def wait_quiet(paths: Iterable[Path], *, quiet_s: float, timeout: float) -> bool
         time.sleep(0.1)
 
 
-class PubSubEmulator:
+class PubSubEmulator(JavaEmulator):
     """`with PubSubEmulator() as ps: ps.host  # "127.0.0.1:PORT"`."""
 
-    def __init__(self, *, port: int | None = None, workdir: Path | None = None) -> None:
-        self.port = port or free_port()
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="baseroll-pubsub-"))
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def host(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+    what = "Pub/Sub emulator"
+    log_name = "pubsub.log"
 
     def env(self) -> dict[str, str]:
         """What a process needs so the unmodified clients talk to this emulator."""
         return {"PUBSUB_EMULATOR_HOST": self.host}
 
-    def start(self) -> "PubSubEmulator":
-        jar = find_jar()
-        java = shutil.which("java")
-        if java is None:
-            raise RuntimeError(missing() or "java not found")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "pubsub.log", "wb")
+    def command(self, java: str) -> list[str]:
         # Its flags take `--name=value` only (a separate value is read as an empty string).
-        self.proc = subprocess.Popen(
-            [java, "-Duser.language=en", "-jar", str(jar), f"--host={LOOPBACK}", f"--port={self.port}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        # The emulator answers "Ok" on its root once it serves requests.
-        wait_until(lambda: httpx.get(f"http://{self.host}/", timeout=1.0).status_code == 200,
-                   timeout=60, what="Pub/Sub emulator", proc=self.proc)
-        return self
+        return [java, "-Duser.language=en", "-jar", str(find_jar()), f"--host={LOOPBACK}", f"--port={self.port}"]
 
     def reset(self) -> None:
         """Delete every topic and subscription (the emulator's own endpoint); message ids keep counting."""
         httpx.post(f"http://{self.host}/reset", timeout=10).raise_for_status()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> "PubSubEmulator":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
