@@ -43,47 +43,55 @@ WRITE_RETRY = gretry.Retry(predicate=TRANSIENT, initial=1.0, maximum=30.0, multi
 OPERATION_POLLING = gpolling.DEFAULT_POLLING.with_delay(initial=0.25, maximum=5.0, multiplier=1.5)
 
 
-def _reason(cond: run_v2.Condition) -> str:
-    for attr in ("revision_reason", "execution_reason", "reason"):
-        value = getattr(cond, attr, None)
-        if value:
-            return value.name if hasattr(value, "name") else str(value)
-    return ""
-
-
 _ALLOCATION = {run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST: LATEST,
                run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION: REVISION}
 _ALLOCATION_TYPE = {name: enum for enum, name in _ALLOCATION.items()}
-
-
-def _split(t: run_v2.TrafficTarget | run_v2.TrafficTargetStatus) -> TrafficSplit:
-    return TrafficSplit(_ALLOCATION.get(t.type_, str(t.type_)), t.percent, t.revision, t.tag)
 
 
 def _target(t: TrafficSplit) -> run_v2.TrafficTarget:
     return run_v2.TrafficTarget(type_=_ALLOCATION_TYPE[t.type], percent=t.percent, revision=t.revision, tag=t.tag)
 
 
+def _enum_name(msg: object, field: str) -> str:
+    value = getattr(msg, field)
+    return msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[value].name  # type: ignore[attr-defined]
+
+
+def _reason(cond: object) -> str:
+    """The name of whichever of the condition's reasons is set (they are one `oneof`)."""
+    which = cond.WhichOneof("reasons")  # type: ignore[attr-defined]
+    return _enum_name(cond, which) if which else ""
+
+
+def _split(t: object) -> TrafficSplit:
+    kind = _ALLOCATION.get(run_v2.TrafficTargetAllocationType(t.type_), str(t.type_))  # type: ignore[attr-defined]
+    return TrafficSplit(kind, t.percent, t.revision, t.tag)  # type: ignore[attr-defined]
+
+
 def view(svc: run_v2.Service) -> ServiceView:
-    tc = svc.terminal_condition
+    # Read the raw protobuf under the proto-plus wrapper: going through the wrapper's field
+    # marshalling was most of the time of listing 10,000 services.
+    pb = run_v2.Service.pb(svc)
+    tc = pb.terminal_condition if pb.HasField("terminal_condition") else None
+    containers = pb.template.containers
     return ServiceView(
-        name=svc.name,
-        images=tuple(c.image for c in svc.template.containers),
-        base_image_uris=tuple(c.base_image_uri for c in svc.template.containers),
-        labels=dict(svc.labels),
-        annotations=dict(svc.annotations),
-        etag=svc.etag,
-        generation=svc.generation,
-        observed_generation=svc.observed_generation,
-        latest_ready_revision=svc.latest_ready_revision,
-        latest_created_revision=svc.latest_created_revision,
-        terminal_state=tc.state.name if tc and tc.state else "",
-        terminal_reason=_reason(tc) if tc else "",
-        terminal_message=tc.message if tc else "",
-        reconciling=svc.reconciling,
+        name=pb.name,
+        images=tuple(c.image for c in containers),
+        base_image_uris=tuple(c.base_image_uri for c in containers),
+        labels=dict(pb.labels),
+        annotations=dict(pb.annotations),
+        etag=pb.etag,
+        generation=pb.generation,
+        observed_generation=pb.observed_generation,
+        latest_ready_revision=pb.latest_ready_revision,
+        latest_created_revision=pb.latest_created_revision,
+        terminal_state=_enum_name(tc, "state") if tc is not None and tc.state else "",
+        terminal_reason=_reason(tc) if tc is not None else "",
+        terminal_message=tc.message if tc is not None else "",
+        reconciling=pb.reconciling,
         # An empty `traffic` is 100 % to the latest ready revision (the field's docstring).
-        traffic=tuple(_split(t) for t in svc.traffic) or ALL_TO_LATEST,
-        traffic_statuses=tuple(_split(t) for t in svc.traffic_statuses),
+        traffic=tuple(_split(t) for t in pb.traffic) or ALL_TO_LATEST,
+        traffic_statuses=tuple(_split(t) for t in pb.traffic_statuses),
     )
 
 
