@@ -18,6 +18,7 @@ from baseroll.contracts.roll import RollRequest
 from baseroll.fleet.fake import Verdict
 from baseroll.fleet.view import ServiceView
 from baseroll.images import refs, signatures
+from baseroll.images.registry import RegistryError
 from baseroll.rollout import fakes, lease, planner, step, worker
 
 APP = f"{fakes.REGISTRY}/apps/shop:prod"
@@ -413,3 +414,38 @@ def test_a_refused_rebase_fails_its_services_at_once_and_sends_nothing() -> None
     assert rec is not None and (rec.status, rec.waves[0]["failed"]) == ("halted", 2)
     assert w.bus.tasks(TASKS) == []
     assert sum(w.clock.slept) == 0  # failed now, not at the wave's deadline
+
+
+def _refuse_signature_lookups(w: fakes.FakeWorld, status: int) -> None:
+    real = w.registry.head_manifest
+
+    def head(ref):
+        if ref.tag and ref.tag.endswith(".sig"):
+            raise RegistryError(f"HEAD {ref}: denied", status, "DENIED" if status == 403 else None)
+        return real(ref)
+
+    w.registry.head_manifest = head  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("signing", ["report", "require"])
+def test_a_refused_signature_lookup_fails_only_that_image(signing: str) -> None:
+    w, s = base_rig(signing)
+    _refuse_signature_lookups(w, 403)
+    step.handle_step(w.deps, s, "m-1")  # no exception: the step decides per image
+    rec = w.records.get(s.rollout.rollout_id)
+    assert rec is not None
+    if signing == "report":  # nothing to enforce: the rollout goes on, the log says why
+        assert rec.status == "finished" and w.fleet.calls["update_images"] == 2
+    else:  # unverifiable under `require`: its services fail now, with the reason, and nothing is deployed
+        assert (rec.status, rec.waves[0]["failed"]) == ("halted", 2)
+        assert w.fleet.calls["update_images"] == 0 and w.bus.published[SIGN_TOPIC] == []
+
+
+def test_a_flaky_signature_lookup_redelivers_the_step() -> None:
+    w, s = base_rig("require")
+    _refuse_signature_lookups(w, 503)
+    with pytest.raises(RegistryError):
+        step.handle_step(w.deps, s, "m-1")
+    rec = w.records.get(s.rollout.rollout_id)
+    assert rec is not None and rec.status == "running" and not rec.owner  # given back for the redelivery
+    assert w.fleet.calls["update_images"] == 0

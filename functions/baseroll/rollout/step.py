@@ -21,6 +21,8 @@ from baseroll.fleet.view import Fleet, FleetError, ServiceView
 from baseroll.images import signatures
 from baseroll.images.catalog import Catalog
 from baseroll.images.refs import ImageRef, parse
+from baseroll.images.registry import RegistryError
+from baseroll.images.registry.transport import RETRYABLE
 from baseroll.rollout import bus as bus_mod
 from baseroll.rollout import lease, pacing, policy, waves
 from baseroll.rollout import pipeline as engine
@@ -199,8 +201,13 @@ def _signature_check(run: _Run, job: RebaseJob, image: ImageRef) -> str | None:
     deps, ro, cache = run.deps, run.ro, run.cache
     signing = deps.config.signatures
     if image not in cache.signature:
-        was_signed = signatures.is_signed(deps.registry, job.app)
-        signed = signatures.is_signed(deps.registry, image)
+        was_signed, signed = _signed(run, job.app), _signed(run, image)
+        if isinstance(was_signed, str) or isinstance(signed, str):
+            # A registry that refuses the signature lookup fails this image only (docs/RELIABILITY.md).
+            why = was_signed if isinstance(was_signed, str) else signed
+            log.warning("signature.unreadable", rebased=str(image), reason=why, rollout_id=ro.rollout_id)
+            cache.signature[image] = why if signing.policy == "require" else None
+            return cache.signature[image]
         if was_signed and not signed:
             log.warning("signature.not_carried", app=str(job.app), rebased=str(image), rollout_id=ro.rollout_id,
                         policy=signing.policy)
@@ -210,6 +217,17 @@ def _signature_check(run: _Run, job: RebaseJob, image: ImageRef) -> str | None:
                                                       {"schema": signatures.SIGN_REQUEST_SCHEMA})])
             log.notice("signature.requested", image=str(image), topic=signing.request_topic, rollout_id=ro.rollout_id)
     return cache.signature[image]
+
+
+def _signed(run: _Run, image: ImageRef) -> bool | str:
+    """Whether `image` has a signature, or why that cannot be known. A flaky registry (no answer, 408,
+    429, 5xx) raises, so the step is redelivered; a refusal is this image's problem alone."""
+    try:
+        return signatures.is_signed(run.deps.registry, image)
+    except RegistryError as exc:
+        if exc.status is None or exc.status in RETRYABLE:
+            raise
+        return f"signature of {image} could not be read: {exc}"
 
 
 def _await_wave(run: _Run, wave: list[str], released_at: float) -> waves.WaveStatus:
