@@ -107,9 +107,10 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin):
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="cloudrun-deploy")
         self._server = make_server(self.host, self.port, self._wsgi, threaded=True, request_handler=QuietHandler)
         self.port = self._server.server_port
+        # gRPC first: once REST answers (what callers wait for), both fronts serve.
+        self._start_grpc()
         self._thread = threading.Thread(target=self._server.serve_forever, name="cloudrun-standin", daemon=True)
         self._thread.start()
-        self._start_grpc()
         return self
 
     def _start_grpc(self) -> None:
