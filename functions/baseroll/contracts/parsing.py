@@ -1,8 +1,10 @@
-"""Shared helpers for parsing what reaches baseroll: one error type, strict JSON objects."""
+"""Shared helpers for parsing what reaches baseroll: one error type, strict JSON objects, image references."""
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from baseroll.images import refs
 
 
 class EventError(ValueError):
@@ -19,3 +21,13 @@ def json_object(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise EventError(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def image_ref(value: Any, path: str) -> refs.ImageRef:
+    """`value` as an image reference, or an EventError naming the field at `path`."""
+    if not isinstance(value, str):
+        raise EventError(f"{path}: must be a string, got {type(value).__name__}")
+    try:
+        return refs.parse(value)
+    except refs.RefError as exc:
+        raise EventError(f"{path}: {exc}") from None

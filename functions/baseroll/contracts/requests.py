@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from baseroll.contracts import ids
-from baseroll.contracts.parsing import EventError
+from baseroll.contracts.parsing import EventError, image_ref
 from baseroll.contracts.pubsub import PubSubMessage
 from baseroll.contracts.roll import RollRequest
 from baseroll.images import refs
-from baseroll.images.refs import ImageRef, RefError
+from baseroll.images.refs import ImageRef
 
 SCHEMA = "baseroll.dev/roll-request/v1"
 MAX_MESSAGE_BYTES = 64 * 1024  # requests are a few hundred bytes; anything near this is not one
@@ -204,7 +204,7 @@ def _roll_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     if has_base == has_app:
         raise EventError("base/app: a roll needs exactly one of 'base' (a base track tag) or 'app' (an app image)")
     kind: Kind = "base" if has_base else "app"
-    ref = _image(doc[kind], kind)
+    ref = image_ref(doc[kind], kind)
     digest = _digest(doc.get("digest"), ref, kind)
     if kind == "base" and ref.tag is None:
         raise EventError(f"base: a base track is a tag (host/repo:tag[@digest]), got {_show(doc[kind])}")
@@ -217,15 +217,6 @@ def _roll_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
         "filter": parse_filter(doc.get("filter")),
         "dry_run": _bool(doc.get("dry_run"), "dry_run"),
     }
-
-
-def _image(value: Any, path: str) -> ImageRef:
-    if not isinstance(value, str):
-        raise EventError(f"{path}: must be a string, got {type(value).__name__}")
-    try:
-        return refs.parse(value)
-    except RefError as exc:
-        raise EventError(f"{path}: {exc}") from None
 
 
 def _digest(value: Any, ref: ImageRef, kind: str) -> str | None:

@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from baseroll.contracts.parsing import EventError, json_object
+from baseroll.contracts.parsing import EventError, image_ref, json_object
 from baseroll.contracts.pubsub import PubSubMessage
 from baseroll.contracts.roll import RollRequest
-from baseroll.images import refs
-from baseroll.images.refs import ImageRef, RefError
+from baseroll.images.refs import ImageRef
 
 
 @dataclass(frozen=True)
@@ -32,14 +31,7 @@ class Ignored:
 
 
 def _ref(value: Any, field_name: str) -> ImageRef | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise EventError(f"{field_name} must be a string")
-    try:
-        return refs.parse(value)
-    except RefError as exc:
-        raise EventError(f"{field_name}: {exc}") from None
+    return None if value is None or value == "" else image_ref(value, field_name)
 
 
 def artifact_push(message: PubSubMessage) -> ArtifactPush:
