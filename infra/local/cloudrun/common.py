@@ -153,6 +153,17 @@ def parts(name: str) -> tuple[str, str, str]:
     return p[1], p[3], p[5]
 
 
+def service_uri(proxy_base: str, project: str, region: str, service: str) -> str:
+    """The URL the stand-in's loopback proxy serves a service on, following its traffic split
+    (infra/local/cloudrun/proxy.py; docs/GOOGLE_APIS.md#revisions-that-really-run)."""
+    return f"{proxy_base}/s/{project}/{region}/{service}"
+
+
+def tag_uri(proxy_base: str, project: str, region: str, service: str, tag: str) -> str:
+    """The URL the proxy serves a service's tagged revision on."""
+    return f"{proxy_base}/t/{project}/{region}/{service}/{tag}"
+
+
 def not_found(kind: str, rid: str, project: str, location: str) -> ApiError:
     return ApiError(404, f"Resource '{rid}' of kind '{kind}' in region '{location}' in project '{project}' does not exist.")
 
