@@ -20,7 +20,6 @@ Each stack is started inside its test, so `make test` runs the three on differen
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import queue
 import re
@@ -36,6 +35,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
 from infra.local import scenario
+from infra.local.cloudrun.faults import ApiCall
 from infra.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +97,7 @@ def health(client: run_v2.ServicesClient, name: str) -> tuple[bool, run_v2.Servi
 class RacingWriter:
     """A concurrent writer that races baseroll between its read and its write.
 
-    For each chosen service, baseroll's first update (PATCH) is held by the stand-in until a
+    For each chosen service, baseroll's first update (UpdateService) is held by the stand-in until a
     background thread has changed the service's labels through the real run_v2 client (etag-checked
     read-modify-write); then baseroll's update goes on with the etag it read before. It must be refused
     (409) and re-read and retried, never applied over the other writer's change nor applied twice.
@@ -117,33 +117,27 @@ class RacingWriter:
         self._stop = threading.Event()
 
     def install(self) -> None:
-        routes = self.standin._routes
-        for i, route in enumerate(routes):
-            if route.method == "PATCH" and route.handler == self.standin._update_service:
-                routes[i] = dataclasses.replace(route, handler=self._hooked(route.handler))
-                break
-        else:  # pragma: no cover - the stand-in changed shape
-            raise AssertionError("no PATCH service route in the Cloud Run stand-in")
+        self.standin.add_call_hook(self._hold_first_update)  # over gRPC and REST alike
         self._thread.start()
 
     def stop(self) -> None:
+        self.standin.remove_call_hook(self._hold_first_update)
         self._stop.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
 
-    def _hooked(self, original):
-        def handler(request, project, location, sid):
-            name = f"projects/{project}/locations/{location}/services/{sid}"
-            if not request.headers.get(WRITER_HEADER) and name in self.chosen and not self._stop.is_set():
-                with self._lock:
-                    self.updates[name] += 1
-                    fire = self.updates[name] == 1
-                if fire:
-                    done = threading.Event()
-                    self._queue.put((name, done))
-                    done.wait(timeout=30)  # baseroll's update lands only after the other write did
-            return original(request, project, location, sid)
-        return handler
+    def _hold_first_update(self, call: ApiCall) -> None:
+        name = call.resource
+        if (call.method != "update_service" or call.metadata.get(WRITER_HEADER) or name not in self.chosen
+                or self._stop.is_set()):
+            return
+        with self._lock:
+            self.updates[name] += 1
+            fire = self.updates[name] == 1
+        if fire:
+            done = threading.Event()
+            self._queue.put((name, done))
+            done.wait(timeout=30)  # baseroll's update lands only after the other write did
 
     def _run(self) -> None:
         meta = [(WRITER_HEADER, "1")]

@@ -24,9 +24,9 @@ from baseroll.contracts import ledger
 from baseroll.images.refs import ImageRef
 from google.api_core.operation import Operation
 from google.cloud import run_v2
-from werkzeug.wrappers import Request
 
 from infra.local import scenario
+from infra.local.cloudrun.faults import ApiCall
 from infra.local.cloudrun_standin import CloudRunStandin
 from infra.local.seed import SeededService
 from infra.local.stack import LocalStack
@@ -86,24 +86,22 @@ class HoldRollbackWrite:
     the stand-in until `release()`, so a person's deploy lands between baseroll's read and its write."""
 
     def __init__(self, standin: CloudRunStandin, service: str) -> None:
-        self.standin, self.service, self.path = standin, service, f"/v2/{service}"
+        self.standin, self.service = standin, service
         self.held, self.released = threading.Event(), threading.Event()
-        self._dispatch = standin._dispatch
-        standin._dispatch = self._holding  # the stand-in looks it up per request
+        standin.add_call_hook(self._holding)  # over gRPC and REST alike
 
-    def _holding(self, request: Request) -> tuple[int, str]:
-        if (request.method == "PATCH" and request.path == self.path and not self.held.is_set()
+    def _holding(self, call: ApiCall) -> None:
+        if (call.method == "update_service" and call.resource == self.service and not self.held.is_set()
                 and self.standin.stats()["services"][self.service]["revisions_failed"]):
             self.held.set()
             self.released.wait(HUMAN_TIMEOUT_S)
-        return self._dispatch(request)
 
     def release(self) -> None:
         self.released.set()
 
     def remove(self) -> None:
         self.release()
-        self.standin._dispatch = self._dispatch
+        self.standin.remove_call_hook(self._holding)
 
 
 def hotfix_while_rollback_held(person: Person, hold: HoldRollbackWrite) -> None:

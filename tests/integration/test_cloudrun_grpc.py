@@ -19,7 +19,8 @@ from google.cloud import run_v2
 from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
 from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
 
-from infra.local.cloudrun_standin import CloudRunStandin
+from infra.local.cloudrun.faults import ApiCall
+from infra.local.cloudrun_standin import ApiError, CloudRunStandin
 from infra.local.procs import free_port, stop, wait_http
 from infra.local.registry_server import RegistryServer
 from tests.integration.test_cloudrun_semantics import (  # noqa: F401  (re-run here over gRPC)
@@ -34,6 +35,7 @@ from tests.integration.test_cloudrun_standin import (  # noqa: F401  (module-sco
     REGION,
     Images,
     _assert_ready,
+    _client,
     _create,
     _no_faults_left,
     _parent,
@@ -106,6 +108,35 @@ def test_rest_stays_selectable_and_both_fronts_share_one_state(
     assert over_rest.etag == created.etag and over_rest.images == (images.good,)
     done = _set_image(rest._client, created.name, images.good_v2).result(timeout=OP_TIMEOUT, polling=FAST_POLL)
     assert client.get_service(name=created.name).etag == done.etag
+
+
+def test_call_hooks_see_both_fronts_alike(
+    standin: CloudRunStandin, images: Images, client: run_v2.ServicesClient,  # noqa: F811
+) -> None:
+    """The hook point the e2e tests race baseroll through: the same call, ids and caller metadata over
+    gRPC and REST, and an ApiError raised by a hook fails the call before it changes anything."""
+    created = _create(client, "hooked", images.good)
+    seen: list[tuple[str, str, str | None]] = []
+
+    def hook(call: ApiCall) -> None:
+        seen.append((call.method, call.resource, call.metadata.get("x-test-caller")))
+        if call.method == "update_service" and call.metadata.get("x-test-caller") == "refuse":
+            raise ApiError(400, "refused by a test hook")
+
+    standin.add_call_hook(hook)
+    try:
+        for front, c in (("grpc", client), ("rest", _client(standin.url))):
+            svc = c.get_service(name=created.name, metadata=[("x-test-caller", front)])
+            svc.labels["hooked"] = front
+            with pytest.raises(gexc.BadRequest, match="refused by a test hook"):
+                c.update_service(service=svc, metadata=[("x-test-caller", "refuse")])
+    finally:
+        standin.remove_call_hook(hook)
+    client.get_service(name=created.name)  # not seen: the hook is gone
+    assert seen == [("get_service", created.name, "grpc"), ("update_service", created.name, "refuse"),
+                    ("get_service", created.name, "rest"), ("update_service", created.name, "refuse")]
+    assert client.get_service(name=created.name).etag == created.etag, "a refused update changes nothing"
+    assert ApiCall("get_operation", ("p", "l", "op-1"), {}).resource == "projects/p/locations/l/operations/op-1"
 
 
 def test_errors_are_grpc_statuses(client: run_v2.ServicesClient, standin: CloudRunStandin) -> None:  # noqa: F811

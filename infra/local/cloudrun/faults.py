@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from .common import ApiError, CommonReason, RevisionReason
 from .images import DeployFailure
@@ -19,6 +19,30 @@ def _reason_name(name: str) -> str:
     if name not in CommonReason.__members__ and name not in RevisionReason.__members__:
         raise ValueError(f"unknown condition reason {name!r}")
     return name
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One API call as either front hands it to the call hooks (`add_call_hook`)."""
+
+    method: str  # the API method, as the statistics count it: "update_service", "get_service", ...
+    # The ids in the resource name the call addresses, the same over both fronts: (project, location),
+    # then the service and revision, or, for get_operation, the operation.
+    ids: tuple[str, ...]
+    metadata: Mapping[str, str]  # the caller's request metadata: HTTP headers or gRPC metadata, keys lower-case
+
+    @property
+    def resource(self) -> str:
+        """The full resource name: `projects/P/locations/L[/services/S[/revisions/R]]` or `.../operations/O`."""
+        project, location, *rest = self.ids
+        name = f"projects/{project}/locations/{location}"
+        kinds = ("operations",) if self.method == "get_operation" else ("services", "revisions")
+        for kind, rid in zip(kinds, rest):
+            name += f"/{kind}/{rid}"
+        return name
+
+
+CallHook = Callable[[ApiCall], None]
 
 
 @dataclass
@@ -94,6 +118,7 @@ class FaultsMixin:
         self._counted_faults: dict[str, _CountedFault] = {}
         self._random_faults: dict[str, _RandomFault] = {}
         self._http_faults: list[_HttpFault] = []
+        self._call_hooks: list[CallHook] = []
         self._reset_stats_locked()
 
     def _serve(self, verb: str, call: Callable[[], T]) -> T:
@@ -117,9 +142,28 @@ class FaultsMixin:
                 if status == 429:
                     self._throttled += 1
 
-    def _count_call(self, name: str) -> None:
+    def _admit(self, call: ApiCall, write: bool) -> None:
+        """What both fronts do once a request is parsed, before the state is touched: count the call,
+        take a write token (429 when the region's quota is spent), then run the call hooks."""
         with self._lock:
-            self._calls[name] = self._calls.get(name, 0) + 1
+            self._calls[call.method] = self._calls.get(call.method, 0) + 1
+            hooks = tuple(self._call_hooks)
+        if write:
+            self._take_write_token(call.ids[0], call.ids[1])
+        for hook in hooks:
+            hook(call)
+
+    def add_call_hook(self, hook: CallHook) -> None:
+        """Run `hook(call)` on every API call, over REST and gRPC alike, on the serving thread just before
+        the call reads or changes the state (after its injected HTTP fault and write token): it may block,
+        to hold the call while a test races it, or raise ApiError to fail it. For tests, in-process only."""
+        with self._lock:
+            self._call_hooks.append(hook)
+
+    def remove_call_hook(self, hook: CallHook) -> None:
+        with self._lock:
+            if hook in self._call_hooks:
+                self._call_hooks.remove(hook)
 
     def inject_fault(self, spec: dict[str, Any]) -> None:
         """Same JSON as `POST /_standin/faults`:

@@ -20,6 +20,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from .common import RPC_STATUS, ApiError
+from .faults import ApiCall
 from .rest import valid_mask
 
 _SEG = r"([^/:]+)"
@@ -63,20 +64,20 @@ class GrpcFront:
     def _unary(self, verb: str, name: str, write: bool, request_type: Any,
                call: Callable[[Any], tuple[tuple[str, ...], Callable[[], Any]]]) -> grpc.RpcMethodHandler:
         """`call(request)` -> (ids from the request's resource name, the typed call); REST's bookkeeping order:
-        the request counted, an injected fault, the call counted, a write token, then the call."""
+        the request counted, an injected fault, then `_admit` (the call counted, a write token, the call
+        hooks), then the call."""
         s = self.s
 
-        def invoke(request: Any) -> Any:
+        def invoke(request: Any, context: grpc.ServicerContext) -> Any:
             s._inject_http_fault(verb)
             ids, typed = call(request)
-            s._count_call(name)
-            if write:
-                s._take_write_token(ids[0], ids[1])
+            metadata = {key.lower(): value for key, value in context.invocation_metadata() or ()}
+            s._admit(ApiCall(name, ids, metadata), write)
             return typed()
 
         def handler(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                return s._serve(verb, lambda: invoke(request))
+                return s._serve(verb, lambda: invoke(request, context))
             except ApiError as e:
                 context.abort_with_status(status_of(e))
 

@@ -18,6 +18,7 @@ from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 from .common import MAX_BODY_BYTES, SERVICE_OUTPUT_ONLY, ApiError, to_json
+from .faults import ApiCall
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,8 @@ class RestFront:
             if route.method != request.method:
                 allowed = True
                 continue
-            self._count_call(route.name)
-            if route.write:
-                self._take_write_token(m.group(1), m.group(2))
+            metadata = {key.lower(): value for key, value in request.headers.items()}
+            self._admit(ApiCall(route.name, m.groups(), metadata), route.write)
             return route.handler(request, *m.groups())
         if allowed:
             raise ApiError(405, f"Method {request.method} is not allowed on {request.path}.", "INVALID_ARGUMENT")
