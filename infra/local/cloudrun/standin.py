@@ -34,13 +34,16 @@ from .deploys import DeploysMixin
 from .faults import FaultsMixin
 from .grpc_front import GrpcFront
 from .images import ImageChecker
+from .jobs import JobsMixin
 from .rest import QuietHandler, RestFront
 from .services import ServicesMixin
+from .workerpools import WorkerPoolsMixin
+from .workloads_grpc import job_handlers
 
 log = logging.getLogger("baseroll.standin.cloudrun")
 
 
-class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin):
+class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsMixin, WorkerPoolsMixin):
     """Cloud Run Admin API v2 on loopback: REST on `url`, gRPC on `grpc_target`; `start()`/`stop()` or use
     as a context manager."""
 
@@ -70,6 +73,8 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin):
         self._services: dict[str, ServiceRecord] = {}
         self._operations: OrderedDict[str, operations_pb2.Operation] = OrderedDict()
         self._init_faults(write_quota_per_min)
+        self._init_jobs()
+        self._init_worker_pools()
         self._workers = workers
         self._grpc_workers = grpc_workers
         self._max_pending = max_pending_deploys
@@ -123,6 +128,7 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin):
             ],
         )
         server.add_generic_rpc_handlers(GrpcFront(self).handlers())
+        server.add_generic_rpc_handlers(job_handlers(GrpcFront(self)))  # jobs, executions, worker pools
         bound = server.add_insecure_port(f"{self.host}:{self.grpc_port}")
         if not bound:
             raise RuntimeError(f"cannot bind the Cloud Run stand-in's gRPC front to {self.host}:{self.grpc_port}")
