@@ -31,7 +31,8 @@ from baseroll.cli.common import (
 )
 from baseroll.cli.publishing import publish
 from baseroll.cli.rebasing import rebase
-from baseroll.cli.rollouts import plan, roll, status
+from baseroll.cli.rollouts import plan, roll
+from baseroll.cli.status import status
 
 __all__ = ["main", "CliState", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID", "EXIT_PUBLISH_FAILED", "EXIT_HALTED"]
 

@@ -1,8 +1,8 @@
-"""`baseroll plan`, `roll` and `status`: the functions' pipeline, run in-process with the configured clients.
+"""`baseroll plan` and `roll`: the functions' pipeline, run in-process with the configured clients.
 
 `roll` plans here and hands the rollout to the deployed coordinator (one step on the results topic),
-then follows its record. `plan` and `status` publish nothing, so they never create a Pub/Sub client
-(that would need Google credentials, or PUBSUB_EMULATOR_HOST, for nothing).
+then follows its record. `plan` (like `status`, cli.status) publishes nothing, so it never creates a
+Pub/Sub client (that would need Google credentials, or PUBSUB_EMULATOR_HOST, for nothing).
 """
 from __future__ import annotations
 
@@ -147,49 +147,3 @@ def roll(state: CliState, base: str | None, app: str | None, digest: str | None,
         click.echo(f"{rollout_id}: {record.status} {record.reason}".rstrip())
     if record.status != "finished":
         raise click.exceptions.Exit(EXIT_HALTED)
-
-
-@click.command()
-@click.option("--base", "track_names", multiple=True, metavar="TRACK", help="Only these base tracks (by name).")
-@click.option("--services", "show_services", is_flag=True, help="List every service, not only the counts.")
-@with_locations
-@click.pass_obj
-def status(state: CliState, track_names: tuple[str, ...], show_services: bool,
-           projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
-    """Per base track and base digest: how many services are on it, in flight, failed, opted out."""
-    from baseroll.rollout import pipeline
-    from baseroll.rollout import plan as planning
-    from baseroll.rollout import status as status_mod
-
-    deps = _deps(state, projects, regions, publishes=False)
-    cfg = deps.config
-    unknown = set(track_names) - {t.name for t in cfg.base_tracks}
-    if unknown:
-        fail(EXIT_INVALID, f"--base: unknown track(s) {', '.join(sorted(unknown))}")
-    services = pipeline.discover(deps.fleet, cfg, quiet=True)
-    catalog = deps.catalog()
-    facts = catalog.facts_many(planning.images_to_inspect(services, cfg.labels, cfg.allowed_registries,
-                                                          include_opted_out=True))
-    out = []
-    for track in cfg.base_tracks:
-        if track_names and track.name not in track_names:
-            continue
-        current = catalog.version(track.image)
-        known = pipeline.track_lineage(cfg, catalog, track.image, current, quiet=True).own
-        st = status_mod.summarize(track.name, track.image, current, known,
-                                  services, facts, cfg.labels)
-        out.append(st)
-    if state.json_output:
-        emit_json([{"track": s.track, "current_digest": s.current_digest, "on_digest": dict(s.on_digest),
-                    "on_current": s.on_current, "outdated": s.outdated, "in_flight": s.in_flight,
-                    "failed": s.failed, "opted_out": s.opted_out,
-                    **({"services": s.services} if show_services else {})} for s in out])
-        return
-    rows = [(s.track, d[:19] + (" (current)" if d == s.current_digest else ""), n, "", "", "")
-            for s in out for d, n in sorted(s.on_digest.items(), key=lambda kv: -kv[1])]
-    rows += [(s.track, "total", sum(s.on_digest.values()), s.in_flight, s.failed, s.opted_out) for s in out]
-    emit_table("fleet status", ("track", "base digest", "services", "in flight", "failed", "opted out"), rows)
-    if show_services:
-        emit_table("services", ("service", "base digest", "state", "rollout", "reason"),
-                   [(r["service"], r["base_digest"][:19], r["state"], r.get("rollout_id"), r.get("reason"))
-                    for s in out for r in s.services])
