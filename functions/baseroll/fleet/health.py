@@ -33,6 +33,8 @@ def assess(svc: ServiceView) -> Health:
         return Health("failed", f"{reason}: {svc.terminal_message}".rstrip(": "))
     if svc.observed_generation != svc.generation:
         return Health("pending", "reconciling")
+    if svc.kind == "job":  # no revisions: the template reconciled is ready (docs/GOOGLE_APIS.md#jobs-and-worker-pools)
+        return Health("ready") if svc.terminal_state in (SUCCEEDED, "") else Health("pending", "not reconciled yet")
     if svc.latest_created_revision and svc.latest_ready_revision == svc.latest_created_revision:
         if svc.terminal_state in (SUCCEEDED, ""):
             return Health("ready")

@@ -5,7 +5,7 @@ Nothing here imports a Google SDK: the adapter (`cloudrun`) turns run_v2 types i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Protocol
+from typing import Iterator, Literal, Mapping, Protocol
 
 
 class StaleService(Exception):
@@ -30,6 +30,9 @@ class TrafficSplit:
     tag: str = ""
 
 
+# What a view is of: a Cloud Run service, job or worker pool (docs/GOOGLE_APIS.md#jobs-and-worker-pools).
+WorkloadKind = Literal["service", "job", "worker-pool"]
+
 ALL_TO_LATEST = (TrafficSplit(LATEST, 100),)  # what an empty `traffic` means (docs/GOOGLE_APIS.md#cloud-run-admin-api-v2)
 
 
@@ -51,6 +54,9 @@ class ServiceView:
     reconciling: bool = False
     traffic: tuple[TrafficSplit, ...] = ALL_TO_LATEST
     traffic_statuses: tuple[TrafficSplit, ...] = ()
+    uri: str = ""  # the service's own URL (`Service.uri`): the audience of an ID token for it
+    tag_uris: Mapping[str, str] = field(default_factory=dict)  # tag -> its URL, from `traffic_statuses[].uri`
+    kind: WorkloadKind = "service"  # a job's or worker pool's view has the same fields, where they apply
 
     @property
     def project(self) -> str:
