@@ -62,8 +62,11 @@ class LocalStack:
                  pubsub_faults: dict | None = None, projects: tuple[str, ...] = PROJECTS,
                  regions: tuple[str, ...] = REGIONS, cloudrun_workers: int = 8, push_concurrency: int = 24,
                  function_threads: int = 32, extra_tracks: Iterable[dict] = (),
-                 signatures: dict | None = None, pubsub_emulator: bool = False) -> None:
+                 signatures: dict | None = None, pubsub_emulator: bool = False, run_revisions: bool = False) -> None:
         self.signatures = signatures
+        # The Cloud Run stand-in's running mode: revisions run as processes behind its loopback proxy
+        # (docs/GOOGLE_APIS.md#revisions-that-really-run); the simulated mode otherwise.
+        self.run_revisions = run_revisions
         self.projects, self.regions = projects, regions
         # More base tracks after the seeded ones: {"name": ..., "image": "{registry}/repo:tag"}, where
         # `{registry}` stands for the local registry's host:port (not known before the stack exists).
@@ -177,7 +180,10 @@ class LocalStack:
         self.cloudrun = CloudRunStandin(registry_host=self.registry.host, deploy_latency_s=self.deploy_latency_s,
                                         write_quota_per_min=self.write_quota_per_min,
                                         workers=self.cloudrun_workers,
-                                        registry_auth=BearerAuth(self.tokens.username, self.tokens.secret))
+                                        registry_auth=BearerAuth(self.tokens.username, self.tokens.secret),
+                                        run_revisions=self.run_revisions,
+                                        registry_credentials=(self.tokens.username, self.tokens.secret),
+                                        workdir=self.workdir / "cloudrun")
         self.cloudrun.start()
         self.pubsub.start()
         self.firestore.start()

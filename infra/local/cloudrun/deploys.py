@@ -44,6 +44,7 @@ from .common import (
     to_json,
 )
 from .images import DeployFailure, ImageChecker
+from .running import RunningMixin
 
 log = logging.getLogger("baseroll.standin.cloudrun")
 Operation = operations_pb2.Operation
@@ -55,7 +56,7 @@ def _snapshot(op: Operation) -> Operation:
     return out
 
 
-class DeploysMixin:
+class DeploysMixin(RunningMixin):
     """The deploy half of `CloudRunStandin`'s state."""
 
     _lock: threading.RLock
@@ -189,8 +190,11 @@ class DeploysMixin:
             if self._stopping.wait(self.deploy_latency_s):
                 return
             failure = self._check_revision(job)
+            if failure is None:  # running mode: ready only once its process listens on $PORT
+                failure = self._launch_revision(job)
             with self._lock:
                 self._finish_job_locked(job, failure)
+            self._retire_idle_revisions()
         except Exception as e:  # never leave an operation pending forever because of a stand-in bug
             log.exception("cloudrun stand-in: deploy job failed")
             with self._lock:

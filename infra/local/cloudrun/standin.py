@@ -11,17 +11,26 @@ Both fronts share one state (`services`, `deploys`), one set of faults, write qu
 operation that a bounded worker pool finishes after `deploy_latency_s`. The revision becomes Ready only if
 its images resolve in the real registry (`images`); otherwise it fails with a Cloud Run condition reason,
 and the previously ready revision keeps serving.
+
+With `run_revisions=True` each revision also really runs: its image is pulled and unpacked, its
+entrypoint started chrooted with `PORT` set, and it is ready only once it listens there (Cloud Run's
+default startup probe); retired revisions are stopped. In both modes a loopback proxy at `proxy_base`
+serves the service and tag URLs (`common.service_uri`, `common.tag_uri`): to the revision's process when
+running, else answering for the ready revision itself (docs/GOOGLE_APIS.md#revisions-that-really-run).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections import OrderedDict
 from concurrent import futures
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -33,9 +42,12 @@ from .common import LOOPBACK, ServiceRecord
 from .deploys import DeploysMixin
 from .faults import FaultsMixin
 from .grpc_front import GrpcFront
+from .bundles import BundleCache
 from .images import ImageChecker
 from .jobs import JobsMixin
+from .proxy import RevisionProxy
 from .rest import QuietHandler, RestFront
+from .runner import RevisionRunner
 from .services import ServicesMixin
 from .workerpools import WorkerPoolsMixin
 from .workloads_grpc import job_handlers
@@ -61,6 +73,13 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsM
         max_pending_deploys: int = 2048,
         seed: int | None = None,
         registry_auth: httpx.Auth | None = None,
+        run_revisions: bool = False,
+        registry_credentials: tuple[str, str] | None = None,
+        startup_timeout_s: float = 20.0,
+        max_revision_processes: int = 32,
+        allow_unauthenticated: bool = False,
+        workdir: Path | None = None,
+        proxy_port: int = 0,
     ) -> None:
         self.registry_host = registry_host
         self.registry_auth = registry_auth  # how the image checks authenticate to the registry, if it asks
@@ -87,11 +106,27 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsM
         self._grpc: grpc.Server | None = None
         self._thread: threading.Thread | None = None
         self._routes = self._build_routes()
+        # The running mode: revisions as processes (registry_credentials: skopeo's, as registry_auth's).
+        self.run_revisions = run_revisions
+        self.registry_credentials = registry_credentials
+        self.startup_timeout_s = startup_timeout_s  # Cloud Run's default is 240 s; a stand-in needs less
+        self.max_revision_processes = max_revision_processes
+        self.allow_unauthenticated = allow_unauthenticated  # as if every service's invoker check were off
+        self.workdir = workdir
+        self.proxy = RevisionProxy(self, host, proxy_port, seed=seed)
+        self._runner: RevisionRunner | None = None
+        self._own_workdir: Path | None = None
+        self._sweeper: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         """The REST front."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def proxy_base(self) -> str:
+        """Where service and tag URLs are served (`common.service_uri`, `common.tag_uri`)."""
+        return self.proxy.base
 
     @property
     def grpc_target(self) -> str:
@@ -110,6 +145,9 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsM
         self._http = httpx.Client(timeout=5.0, trust_env=False, follow_redirects=False, auth=self.registry_auth)
         self._checker = ImageChecker(self.registry_host, self._http)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="cloudrun-deploy")
+        self.proxy.start()
+        if self.run_revisions:
+            self._start_runner()
         self._server = make_server(self.host, self.port, self._wsgi, threaded=True, request_handler=QuietHandler)
         self.port = self._server.server_port
         # gRPC first: once REST answers (what callers wait for), both fronts serve.
@@ -136,8 +174,33 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsM
         server.start()
         self._grpc = server
 
+    def _start_runner(self) -> None:
+        if self.workdir is None:
+            self._own_workdir = Path(tempfile.mkdtemp(prefix="cloudrun-standin-"))
+        workdir = self.workdir or self._own_workdir
+        assert workdir is not None
+        bundles = BundleCache(workdir / "images", credentials=self.registry_credentials)
+        self._runner = RevisionRunner(bundles, workdir / "logs", max_processes=self.max_revision_processes,
+                                      startup_timeout_s=self.startup_timeout_s)
+        self._sweeper = threading.Thread(target=self._sweep_forever, name="cloudrun-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def _stop_runner(self) -> None:
+        """After the deploy pool: no revision starts any more; then every process is stopped."""
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
+            self._sweeper = None
+        if self._runner is not None:
+            self._runner.stop_all()
+            self._runner = None
+        if self._own_workdir is not None:
+            shutil.rmtree(self._own_workdir, ignore_errors=True)
+            self._own_workdir = None
+
     def stop(self) -> None:
         self._stopping.set()  # wakes deploys sleeping out their latency
+        if self._runner is not None:
+            self._runner.close()  # ends startup probes in progress, so the deploy pool drains at once
         if self._grpc is not None:
             self._grpc.stop(grace=1.0).wait(2.0)
             self._grpc = None
@@ -151,6 +214,8 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsM
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self.proxy.stop()
+        self._stop_runner()
         if self._http is not None:
             self._http.close()
             self._http = None

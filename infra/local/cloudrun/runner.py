@@ -1,0 +1,210 @@
+"""Revisions of the Cloud Run stand-in as real processes: the ingress container's entrypoint, chrooted into
+its unpacked image, with `PORT` set to a free loopback port, ready when Cloud Run's default startup probe
+(a TCP connect on $PORT) succeeds within the startup timeout (docs/GOOGLE_APIS.md#revisions-that-really-run).
+
+Each process leads its own session, so stopping a revision (SIGTERM, then SIGKILL) ends everything it
+started. At most `max_processes` run at once; `stop_all()` leaves none behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..procs import LOOPBACK, free_port
+from .bundles import Bundle, BundleCache, BundleError
+from .images import DeployFailure
+
+log = logging.getLogger("baseroll.standin.cloudrun")
+PROBE_PERIOD_S = 0.05
+STOP_GRACE_S = 3.0
+# Cloud Run's message for a revision whose container did not listen on $PORT in time.
+NOT_LISTENING = (
+    "The user-provided container failed to start and listen on the port defined provided by the PORT={port} "
+    "environment variable within the allocated timeout. This can happen when the container port is misconfigured "
+    "or if the timeout is too short. The health check timeout can be extended. Logs for this revision might "
+    "contain more information. Logs URL: file://{log}"
+)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What to run for one revision: the image and the container's own overrides and variables."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # the container's env, then the variables Cloud Run sets
+
+
+@dataclass
+class RunningRevision:
+    key: str
+    port: int
+    digest: str
+    proc: subprocess.Popen = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def argv_of(bundle: Bundle, command: tuple[str, ...], args: tuple[str, ...]) -> list[str]:
+    """Cloud Run's (Kubernetes') rule: `command` replaces the image's Entrypoint and drops its Cmd; `args`
+    replaces Cmd."""
+    if command:
+        return [*command, *args]
+    return [*bundle.entrypoint, *(args or bundle.cmd)]
+
+
+def env_of(bundle: Bundle, spec: LaunchSpec) -> dict[str, str]:
+    """The image's Env, overridden by the container's and then by what Cloud Run sets (PORT, K_*)."""
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in bundle.env)
+    env.update(dict(spec.env))
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    return env
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((LOOPBACK, port)) == 0
+
+
+class RevisionRunner:
+    """Starts, probes and stops revision processes; `port(key)` tells the proxy where one listens."""
+
+    def __init__(self, bundles: BundleCache, logs: Path, *, max_processes: int = 32,
+                 startup_timeout_s: float = 20.0) -> None:
+        self.bundles = bundles
+        self.logs = logs
+        self.max_processes = max_processes
+        self.startup_timeout_s = startup_timeout_s
+        self._running: dict[str, RunningRevision] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self.stopped_pids: list[int] = []  # every process stopped, for tests and the demo's summary
+
+    def start(self, key: str, spec: LaunchSpec) -> DeployFailure | None:
+        """Pull, unpack and run the revision `key`; None once it listens, else why it failed (stopped)."""
+        if os.geteuid() != 0:
+            return DeployFailure("REVISION_FAILED", "the stand-in runs revisions chrooted, which needs root")
+        with self._lock:
+            busy = frozenset(r.digest for r in self._running.values())
+            full = len(self._running) >= self.max_processes
+        if full:
+            return DeployFailure("ACTIVE_REVISION_LIMIT_REACHED",
+                                 f"The stand-in runs at most {self.max_processes} revisions at once.")
+        try:
+            bundle = self.bundles.get(spec.image, busy=busy)
+        except BundleError as e:
+            return DeployFailure("CONTAINER_MISSING", f"Image '{spec.image}' could not be pulled: {e}")
+        port = free_port()
+        log_path = self.logs / f"{key.replace('/', '_')}.log"
+        try:
+            proc = self._spawn(bundle, spec, port, log_path)
+        except OSError as e:  # e.g. the executable is not in the image: Cloud Run fails the same way
+            return self._not_listening(port, log_path, f"cannot start the entrypoint: {e}")
+        running = RunningRevision(key, port, bundle.digest, proc)
+        with self._lock:
+            if self._closed:
+                self._stop(running)
+                return DeployFailure("REVISION_FAILED", "the stand-in is stopping")
+            self._running[key] = running
+        return self._probe(running, log_path)
+
+    def _spawn(self, bundle: Bundle, spec: LaunchSpec, port: int, log_path: Path) -> subprocess.Popen:
+        argv = argv_of(bundle, spec.command, spec.args)
+        if not argv:
+            raise OSError("the image sets no Entrypoint or Cmd and the container no command")
+        env = {**env_of(bundle, spec), "PORT": str(port)}
+        rootfs, workdir = str(bundle.rootfs), bundle.workdir
+
+        def enter_rootfs() -> None:  # in the child, before exec: argv[0] is then found inside the image
+            os.chroot(rootfs)
+            os.chdir(workdir)
+
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as out:
+            return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    preexec_fn=enter_rootfs, start_new_session=True, close_fds=True)
+
+    def _probe(self, running: RunningRevision, log_path: Path) -> DeployFailure | None:
+        """Cloud Run's default startup probe, TCP on $PORT, polled until the startup timeout."""
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._closed:
+                self.stop(running.key)
+                return DeployFailure("REVISION_FAILED", "the stand-in is stopping")
+            if running.proc.poll() is not None:
+                self.stop(running.key)
+                return self._not_listening(running.port, log_path, f"container exited with {running.proc.returncode}")
+            if listening(running.port):
+                return None
+            time.sleep(PROBE_PERIOD_S)
+        self.stop(running.key)
+        return self._not_listening(running.port, log_path, f"no listener after {self.startup_timeout_s:.0f}s")
+
+    @staticmethod
+    def _not_listening(port: int, log_path: Path, why: str) -> DeployFailure:
+        log.warning("cloudrun stand-in: revision did not start: %s (log %s)", why, log_path)
+        with open(log_path, "a") as out:  # the Logs URL shows why, after whatever the container wrote
+            out.write(f"cloudrun stand-in: {why}\n")
+        return DeployFailure("HEALTH_CHECK_CONTAINER_ERROR", NOT_LISTENING.format(port=port, log=log_path))
+
+    def port(self, key: str) -> int | None:
+        with self._lock:
+            running = self._running.get(key)
+        return running.port if running is not None and running.proc.poll() is None else None
+
+    def running(self) -> dict[str, int]:
+        """Key → PID of every process started and not stopped."""
+        with self._lock:
+            return {k: r.pid for k, r in self._running.items()}
+
+    def keep_only(self, keys: set[str]) -> list[str]:
+        """Stop every revision not in `keys` (retired, pruned, its service deleted); the keys stopped."""
+        with self._lock:
+            retired = [k for k in self._running if k not in keys]
+        for key in retired:
+            self.stop(key)
+        return retired
+
+    def stop(self, key: str) -> None:
+        with self._lock:
+            running = self._running.pop(key, None)
+        if running is not None:
+            self._stop(running)
+
+    def _stop(self, running: RunningRevision) -> None:
+        """SIGTERM the process group (Cloud Run's shutdown signal), then SIGKILL whatever is left of it."""
+        proc = running.proc
+        for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
+            try:
+                os.killpg(proc.pid, sig)  # its own session: the group id is its PID
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self.stopped_pids.append(proc.pid)
+
+    def close(self) -> None:
+        """Start no more processes and end probes in progress; `stop_all` then stops what runs."""
+        with self._lock:
+            self._closed = True
+
+    def stop_all(self) -> None:
+        with self._lock:
+            self._closed = True
+            running = list(self._running.values())
+            self._running.clear()
+        for r in running:
+            self._stop(r)
