@@ -67,7 +67,7 @@ def test_roll_with_full_filter() -> None:
     assert f.label_map == {"team": "shop", "tier": "web"}
 
 
-@pytest.mark.parametrize("action", ["resume", "abort"])
+@pytest.mark.parametrize("action", ["resume", "abort", "approve"])
 def test_resume_and_abort(action: str) -> None:
     req = parse(doc(action=action, rollout_id="python-0123456789ab", reason="pager"))
     assert req == Request(action=action, rollout_id="python-0123456789ab", reason="pager")
@@ -93,7 +93,7 @@ def test_matching_attributes_are_accepted() -> None:
         (doc(base=BASE, b=1, a=2), "unknown fields: 'a', 'b'"),
         ({"base": BASE}, "schema: expected 'baseroll.dev/roll-request/v1', got None"),
         ({"schema": "baseroll.dev/roll-request/v2", "base": BASE}, "schema: expected"),
-        (doc(action="rebuild"), "action: expected one of roll, resume, abort, sweep, got 'rebuild'"),
+        (doc(action="rebuild"), "action: expected one of roll, resume, abort, sweep, approve, got 'rebuild'"),
         (doc(action=["roll"]), "action: expected one of"),
         (doc(), "base/app: a roll needs exactly one"),
         (doc(base=BASE, app=f"{APP}@{D1}"), "base/app: a roll needs exactly one"),
@@ -130,6 +130,8 @@ def test_matching_attributes_are_accepted() -> None:
         (doc(action="resume", rollout_id="-leading"), "rollout_id: '-leading'"),
         (doc(action="resume", rollout_id="a" * 64), "rollout_id: "),
         (doc(action="resume", rollout_id=12), "rollout_id: 12 is not a rollout id"),
+        (doc(action="approve"), "rollout_id: required"),
+        (doc(action="approve", rollout_id="python-1", filter={}), "filter: not allowed with action 'approve'"),
     ],
 )
 def test_bad_field_is_named(body: dict[str, Any], needle: str) -> None:

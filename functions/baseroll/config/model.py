@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from baseroll.images.refs import ImageRef
+
+if TYPE_CHECKING:
+    from baseroll.config.windows import WindowRule
 
 POLICIES = ("report", "require")  # what to do with a rebased image, whose new digest no signature covers
 
@@ -37,6 +40,8 @@ class Labels:
     opt_out: str = "baseroll-opt-out"  # value "true" opts a service out
     cohort: str = "baseroll-cohort"  # value "canary" puts a service in the first wave
     app_tag: str = "baseroll-app-tag"  # the app tag a digest-pinned service was deployed from
+    verify: str = "baseroll-verify"  # value "false" turns verification at zero traffic off for a service
+    verify_path: str = "baseroll-verify-path"  # the path to verify, "--" for each "/" (label values have none)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,24 @@ class FailureBudget:
 
 
 @dataclass(frozen=True)
+class VerifySettings:
+    """`rollout.verify`: the requests a new revision answers at zero traffic before it gets any."""
+
+    enabled: bool = True
+    path: str = "/"
+    method: str = "GET"
+    expect_below: int = 500  # a pass is any status below this (401/403 never: Cloud Run refused us)...
+    expect_status: tuple[int, ...] = ()  # ...or, when listed, exactly these
+    requests: int = 3
+    timeout_s: float = 5.0  # per request
+
+    @property
+    def budget_s(self) -> float:
+        """The requests one after another, each up to its timeout (the traffic write is counted apart)."""
+        return self.requests * self.timeout_s if self.enabled else 0.0
+
+
+@dataclass(frozen=True)
 class RolloutSettings:
     ready_timeout_s: float = 240.0  # fits an update, a rollback and both gates in one invocation
     pinned_traffic: str = "follow"  # follow | skip: a service whose traffic is not all on LATEST
@@ -65,6 +88,9 @@ class RolloutSettings:
     invocation_budget_s: float = 480.0  # stay inside the 540 s limit of an event-driven function
     poll_interval_s: float = 2.0
     dry_run: bool = False  # every trigger only plans and reports: a whole deployment in observe mode
+    verify: VerifySettings = field(default_factory=VerifySettings)  # verify at zero traffic
+    approval: str = "none"  # none | after-canary | every-wave (rollout.gates)
+    windows: tuple["WindowRule", ...] = ()  # when services may be written (rollout.windows); none = always
 
     def quota_for(self, region: str) -> int:
         return int(self.region_quota.get(region, self.write_quota_per_min))

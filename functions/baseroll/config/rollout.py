@@ -4,12 +4,22 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from baseroll.config.fields import _bool, _choice, _known, _number
-from baseroll.config.model import ConfigError, FailureBudget, RolloutSettings
+import re
+
+from baseroll.config.model import ConfigError, FailureBudget, RolloutSettings, VerifySettings
+from baseroll.config.windows import parse_approval, parse_windows
 from baseroll.contracts import ids
 from baseroll.images.rebase import DRIFT_POLICIES
 
 ROLLOUT_KEYS = ("ready_timeout_s", "pinned_traffic", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min",
-                "region_quota", "invocation_budget_s", "poll_interval_s", "dry_run")
+                "region_quota", "invocation_budget_s", "poll_interval_s", "dry_run", "approval", "windows", "verify")
+VERIFY_KEYS = ("enabled", "path", "method", "expect_below", "expect_status", "requests", "timeout_s")
+# Verification requests reach a revision no user uses yet, but it shares the app's data: only
+# methods that change nothing (RFC 9110 "safe" methods).
+VERIFY_METHODS = ("GET", "HEAD", "OPTIONS")
+VERIFY_PATH = re.compile(r"^/[!$&-;=?-~]{0,2047}$")  # printable, no space, no '#', no '<' or '>'
+# The traffic write after a passed check and its settling (`fleet.deploy.TRAFFIC_WRITE_S`).
+VERIFY_WRITE_S = 15.0
 
 
 # The worker is an event-driven function: at most 540 s per invocation
@@ -30,8 +40,9 @@ def _rollout(doc: Any) -> RolloutSettings:
     drift = doc.get("drift_policy", "apply-or-refuse")
     if drift not in DRIFT_POLICIES:
         raise ConfigError(f"rollout.drift_policy: one of {DRIFT_POLICIES}, got {drift!r}")
+    verify = _verify(doc.get("verify", {}))
     return RolloutSettings(
-        ready_timeout_s=_ready_timeout(doc),
+        ready_timeout_s=_ready_timeout(doc, verify),
         pinned_traffic=_choice(doc, "pinned_traffic", PINNED_TRAFFIC),
         concurrency=int(_number(doc, "concurrency", 8, 1, 256)),
         drift_policy=drift,
@@ -42,20 +53,71 @@ def _rollout(doc: Any) -> RolloutSettings:
         invocation_budget_s=float(_number(doc, "invocation_budget_s", 480, 1, 540)),
         poll_interval_s=float(_number(doc, "poll_interval_s", 2, 0.01, 60)),
         dry_run=_bool(doc, "dry_run"),
+        approval=parse_approval(doc.get("approval", "none")),
+        windows=parse_windows(doc.get("windows")),
+        verify=verify,
     )
 
 
-def _ready_timeout(doc: Mapping[str, Any]) -> float:
+def _ready_timeout(doc: Mapping[str, Any], verify: VerifySettings) -> float:
     """A failed update is gated, rolled back and gated again inside one invocation: each gate may
-    take the whole `ready_timeout_s`, so two of them and the margin must fit the function's limit."""
+    take the whole `ready_timeout_s`, so two of them, the verification between them (its requests
+    and the traffic write after) and the margin must fit the function's limit."""
     value = float(_number(doc, "ready_timeout_s", 240, 1, 3600))
-    most = (FUNCTION_TIMEOUT_S - WORKER_MARGIN_S) / 2
+    checking = verify.budget_s + VERIFY_WRITE_S if verify.enabled else 0.0
+    most = (FUNCTION_TIMEOUT_S - WORKER_MARGIN_S - checking) / 2
     if value > most:
+        check = (f", the verification ({verify.requests} x {verify.timeout_s:g} s requests and a "
+                 f"{VERIFY_WRITE_S:g} s traffic write)" if verify.enabled else "")
         raise ConfigError(
             f"rollout.ready_timeout_s: at most {most:g} s, got {value:g}: an update and its readiness gate, then a "
-            f"rollback and its gate, each up to ready_timeout_s, plus {WORKER_MARGIN_S:g} s of the worker's own "
-            f"work must fit the {FUNCTION_TIMEOUT_S:g} s limit of an event-driven function")
+            f"rollback and its gate, each up to ready_timeout_s{check}, plus {WORKER_MARGIN_S:g} s of the worker's "
+            f"own work must fit the {FUNCTION_TIMEOUT_S:g} s limit of an event-driven function")
     return value
+
+
+def _verify(doc: Any) -> VerifySettings:
+    """`rollout.verify`: `false` turns it off; a mapping sets the requests (defaults: GET /, 3, 5 s, < 500)."""
+    if isinstance(doc, bool):
+        return VerifySettings(enabled=doc)
+    if not isinstance(doc, Mapping):
+        raise ConfigError("rollout.verify: a mapping (enabled, path, method, expect_below, expect_status, "
+                          "requests, timeout_s) or false")
+    _known(doc, "rollout.verify.", VERIFY_KEYS)
+    enabled = doc.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"rollout.verify.enabled: true or false, got {enabled!r}")
+    path = doc.get("path", "/")
+    if not isinstance(path, str) or not VERIFY_PATH.fullmatch(path):
+        raise ConfigError(f"rollout.verify.path: an absolute path such as /healthz (no spaces or '#'), got {path!r}")
+    method = doc.get("method", "GET")
+    if method not in VERIFY_METHODS:
+        raise ConfigError(f"rollout.verify.method: one of {VERIFY_METHODS} (requests that change nothing), "
+                          f"got {method!r}")
+    return VerifySettings(
+        enabled=enabled, path=path, method=method,
+        expect_below=int(_verify_number(doc, "expect_below", 500, 200, 600, whole=True)),
+        expect_status=_statuses(doc.get("expect_status", [])),
+        requests=int(_verify_number(doc, "requests", 3, 1, 20, whole=True)),
+        timeout_s=float(_verify_number(doc, "timeout_s", 5, 0.1, 60)),
+    )
+
+
+def _verify_number(doc: Mapping[str, Any], key: str, default: float, lo: float, hi: float, *,
+                   whole: bool = False) -> float:
+    value = doc.get(key, default)
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not lo <= value <= hi:
+        what = "a whole number" if whole else "a number"
+        raise ConfigError(f"rollout.verify.{key}: {what} in [{lo:g}, {hi:g}], got {value!r}")
+    return value
+
+
+def _statuses(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or not 100 <= v <= 599
+                                          for v in value):
+        raise ConfigError(f"rollout.verify.expect_status: a list of HTTP statuses (e.g. [200, 204]), got {value!r}")
+    return tuple(value)
 
 
 def _waves(value: Any) -> tuple[float, ...]:

@@ -15,7 +15,11 @@ HALTED = "halted"
 ABORTED = "aborted"
 SUPERSEDED = "superseded"
 FINISHED = "finished"
+# Held before a wave until an operator approves (`rollout.approval`, rollout/gates.py); not terminal:
+# an `approve` (or `resume`) request runs it on, an `abort` ends it. No step runs while it waits.
+AWAITING_APPROVAL = "awaiting-approval"
 TERMINAL = (HALTED, ABORTED, SUPERSEDED, FINISHED)
+STATUSES = (RUNNING, AWAITING_APPROVAL, *TERMINAL)
 
 
 @dataclass
@@ -26,10 +30,11 @@ class RolloutRecord:
     track_image: str = ""
     kind: str = "base"
     scope: dict[str, Any] = field(default_factory=dict)
-    status: str = RUNNING  # running | halted | aborted | superseded | finished
+    status: str = RUNNING  # one of STATUSES
     wave: int = 0
     seq: int = 0
     owner: str = ""  # message id of the step that holds the rollout now
     reason: str = ""
     waves: list[dict[str, Any]] = field(default_factory=list)  # per wave: size, done, failed, skipped
+    approved_waves: list[int] = field(default_factory=list)  # waves an operator approved (rollout.gates)
     updated: float = field(default_factory=time.time)

@@ -1,8 +1,8 @@
 """Roll requests: the versioned JSON schema of topic `baseroll-requests` (docs/REQUESTS.md).
 
 A request asks baseroll to roll a base track (or redeploy a rebuilt app image) onto a digest,
-to resume or abort a rollout, or to sweep the fleet. Anyone with publish rights on the topic can
-send one (the `baseroll publish` CLI, a Cloud Build step, `gcloud pubsub topics publish`), so the
+to resume, approve or abort a rollout, or to sweep the fleet. Anyone with publish rights on the
+topic can send one (the `baseroll publish` CLI, a Cloud Build step, `gcloud pubsub topics publish`), so the
 parser is strict: unknown fields, fields that do not apply to the action and malformed values are
 all refused with an `EventError` that names the field path, e.g.
 ``filter.regions[1]: 'moon' is not a region (e.g. us-central1)``.
@@ -29,9 +29,9 @@ MAX_MESSAGE_BYTES = 64 * 1024  # requests are a few hundred bytes; anything near
 MAX_REASON_CHARS = 500
 MAX_FILTER_ENTRIES = 1000  # per filter list / label map: bounds the work a single request can ask for
 
-Action = Literal["roll", "resume", "abort", "sweep"]
+Action = Literal["roll", "resume", "abort", "sweep", "approve"]
 Kind = Literal["base", "app"]
-ACTIONS: tuple[str, ...] = ("roll", "resume", "abort", "sweep")
+ACTIONS: tuple[str, ...] = ("roll", "resume", "abort", "sweep", "approve")
 
 # Where a service lives, read loosely: a location constraint needs only the project and region
 # segments (a name is validated against ids.SERVICE_NAME where it enters, in `filter.services`).
@@ -44,6 +44,7 @@ _FIELDS: dict[str, frozenset[str]] = {
     "sweep": _COMMON | {"filter", "dry_run"},
     "resume": _COMMON | {"rollout_id"},
     "abort": _COMMON | {"rollout_id"},
+    "approve": _COMMON | {"rollout_id"},  # a rollout awaiting approval (rollout.gates)
 }
 _KNOWN = frozenset().union(*_FIELDS.values())
 _FILTER_FIELDS = ("projects", "regions", "labels", "services")
@@ -118,7 +119,7 @@ class Request:
     digest: str | None = None  # roll: the new digest (required for app, optional for base)
     filter: ServiceFilter = field(default_factory=ServiceFilter)
     dry_run: bool = False
-    rollout_id: str | None = None  # resume / abort
+    rollout_id: str | None = None  # resume / abort / approve
     reason: str | None = None  # free text for logs
 
 

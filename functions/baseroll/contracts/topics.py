@@ -4,5 +4,6 @@ TASKS = "baseroll-tasks"  # one message per service to roll (worker: roll_servic
 RESULTS = "baseroll-results"  # worker results and the coordinator's own wave steps (on_roll_result)
 ARTIFACT_PUSHES = "gcr"  # Artifact Registry notifications
 BUILDS = "cloud-builds"  # Cloud Build notifications
+EVENTS = "baseroll-events"  # rollout events for people and their tools (docs/EVENTS.md)
 
-PUBLISHED = (REQUESTS, TASKS, RESULTS)
+PUBLISHED = (REQUESTS, TASKS, RESULTS, EVENTS)
