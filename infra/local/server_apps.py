@@ -25,7 +25,7 @@ from google.cloud import run_v2
 
 from . import images
 from .images import ImageSpec, Layer
-from .seed import APP_TAG_LABEL, PROJECTS, REGIONS, SeededFleet, SeededService
+from .seed import APP_TAG_LABEL, OPT_OUT_LABEL, PROJECTS, REGIONS, SeededFleet, SeededService
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static (`make deps` installs it)
 BASE = "busybox"
@@ -128,21 +128,26 @@ def push_next_base(client: RegistryClient, fleet: SeededFleet, flavour: str) -> 
 
 
 def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int = 8, timeout: float = 120,
-                  projects: tuple[str, ...] = PROJECTS, regions: tuple[str, ...] = REGIONS) -> list[SeededService]:
-    """Create `count` services `www-NNN` round-robin over APPS and locations, deployed by digest, and wait
-    until each is ready (its revision really serving, where the stand-in runs revisions)."""
+                  projects: tuple[str, ...] = PROJECTS, regions: tuple[str, ...] = REGIONS,
+                  opted_out: int = 0) -> list[SeededService]:
+    """Create `count` services `www-NNN` round-robin over APPS and locations, deployed by digest, the last
+    `opted_out` labelled out of baseroll, and wait until each is ready (its revision really serving,
+    where the stand-in runs revisions)."""
     locations = [(p, r) for p in projects for r in regions]
     operations, seeded = [], []
     for i in range(count):
         app = list(APPS)[i % len(APPS)]
         project, region = locations[i % len(locations)]
         image = str(fleet.apps[app])
-        service = run_v2.Service(labels={"tenant": f"w{i:03d}", APP_TAG_LABEL: "v1"},
+        labels = {"tenant": f"w{i:03d}", APP_TAG_LABEL: "v1"}
+        if i >= count - opted_out:
+            labels[OPT_OUT_LABEL] = "true"
+        service = run_v2.Service(labels=labels,
                                  template=run_v2.RevisionTemplate(containers=[run_v2.Container(image=image)]))
         operations.append(run.create_service(parent=f"projects/{project}/locations/{region}", service=service,
                                              service_id=f"www-{i:03d}"))
         seeded.append(SeededService(f"projects/{project}/locations/{region}/services/www-{i:03d}", app, BASE,
-                                    image, opted_out=False))
+                                    image, opted_out=OPT_OUT_LABEL in labels))
     for op in operations:
         op.result(timeout=timeout)
     fleet.services.extend(seeded)
