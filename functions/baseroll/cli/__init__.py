@@ -29,7 +29,7 @@ from baseroll.cli.common import (
     CliState,
     fail,
 )
-from baseroll.cli.publishing import publish
+from baseroll.cli.publishing import approve, publish
 from baseroll.cli.rebasing import rebase
 from baseroll.cli.rollouts import plan, roll
 from baseroll.cli.status import status
@@ -83,5 +83,5 @@ def demo() -> None:
     raise click.exceptions.Exit(demo_mod.main([]))
 
 
-for _command in (publish, plan, roll, status, rebase, demo):
+for _command in (publish, approve, plan, roll, status, rebase, demo):
     main.add_command(_command)

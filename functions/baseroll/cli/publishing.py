@@ -1,4 +1,5 @@
-"""`baseroll publish`: a roll request onto the requests topic, checked by the parser the function uses."""
+"""`baseroll publish` (any roll request) and `baseroll approve` (one rollout awaiting approval): a request
+onto the requests topic, checked by the parser the function uses."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -36,7 +37,7 @@ _TOPIC_PATH = re.compile(r"^projects/[^/]+/topics/(?!goog)[A-Za-z][A-Za-z0-9\-_.
 @click.option("--filter-service", multiple=True, metavar="NAME",
               help="Only these services (projects/P/locations/R/services/S).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Only services with this label.")
-@click.option("--rollout-id", help="The rollout to resume or abort.")
+@click.option("--rollout-id", help="The rollout to resume, approve or abort.")
 @click.option("--reason", help="Free text carried into the logs (at most 500 characters).")
 @click.option("--timeout", type=click.FloatRange(min=1.0, max=600.0), default=DEFAULT_PUBLISH_TIMEOUT_S,
               show_default=True, help="Seconds to wait for Pub/Sub to accept the message.")
@@ -53,6 +54,7 @@ def publish(state: CliState, project: str | None, topic: str, action: str, base:
     baseroll publish --project P --app us-docker.pkg.dev/p/apps/shop@sha256:... --filter-region us-central1
     baseroll publish --project P --action sweep
     baseroll publish --project P --action abort --rollout-id python-0123456789ab
+    baseroll publish --project P --action approve --rollout-id python-0123456789ab
     """
     topic_path = _topic_path(project, topic)
     filter_doc = {k: list(v) for k, v in (("projects", filter_project), ("regions", filter_region),
@@ -68,6 +70,33 @@ def publish(state: CliState, project: str | None, topic: str, action: str, base:
     except PublishError as exc:
         fail(EXIT_PUBLISH_FAILED, f"publishing to {topic_path} failed: {exc}")
     if json_output or state.json_output:
+        emit_json({"message_id": message_id, "topic": topic_path, "request": requests.to_document(request)})
+    else:
+        click.echo(message_id)
+
+
+@click.command()
+@click.argument("rollout_id")
+@click.option("--project", envvar="GOOGLE_CLOUD_PROJECT", help="Project of the topic ($GOOGLE_CLOUD_PROJECT).")
+@click.option("--topic", default=topics.REQUESTS, show_default=True, help="Topic id or projects/P/topics/T.")
+@click.option("--reason", help="Free text carried into the logs (at most 500 characters).")
+@click.option("--timeout", type=click.FloatRange(min=1.0, max=600.0), default=DEFAULT_PUBLISH_TIMEOUT_S,
+              show_default=True, help="Seconds to wait for Pub/Sub to accept the message.")
+@click.pass_obj
+def approve(state: CliState, rollout_id: str, project: str | None, topic: str, reason: str | None,
+            timeout: float) -> None:
+    """Approve the wave ROLLOUT_ID waits at (rollout.approval): publishes an `approve` request.
+
+    \b
+    baseroll approve python-0123456789ab --project P --reason "canaries look fine"
+    """
+    topic_path = _topic_path(project, topic)
+    request = _validated(requests.to_message(action="approve", rollout_id=rollout_id, reason=reason), "approve")
+    try:
+        message_id = publish_message(topic_path, requests.to_message(request), requests.attributes(request), timeout)
+    except PublishError as exc:
+        fail(EXIT_PUBLISH_FAILED, f"publishing to {topic_path} failed: {exc}")
+    if state.json_output:
         emit_json({"message_id": message_id, "topic": topic_path, "request": requests.to_document(request)})
     else:
         click.echo(message_id)

@@ -160,7 +160,7 @@ def _halt(d: Deps, rollout_id: str, reason: str) -> None:
 
 
 def on_roll_request(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any]:
-    """`baseroll-requests` → roll (or dry-run) a base or app image, resume, abort, or sweep."""
+    """`baseroll-requests` → roll (or dry-run) a base or app image, resume, approve, abort, or sweep."""
     try:
         message = envelope.pubsub_message(data)
         req = requests.parse_request(message)
@@ -180,7 +180,7 @@ def _request(d: Deps, req: requests.Request, delivery: str, event_id: str) -> di
         if scoped.roll.kind == "base" and d.config.track_for(scoped.roll.image) is None:
             raise EventError(f"base: {scoped.roll.image} is not a configured base track")
         return planner.start(d, scoped.roll, scoped.filter)
-    if req.action in ("resume", "abort"):
+    if req.action in ("resume", "abort", "approve"):
         assert req.rollout_id
         return planner.control(d, req.action, req.rollout_id)
     return planner.sweep(d, req.filter)
