@@ -10,6 +10,7 @@ from baseroll import clock as clock_mod
 from baseroll import config as config_mod
 from baseroll.config import Config, ConfigError, RegistryCredential
 from baseroll.fleet.cloudrun import CloudRunFleet
+from baseroll.fleet.verify import GoogleIdTokens, HttpProber
 from baseroll.images import rebaser
 from baseroll.images.artifact_registry import ArtifactRegistryVersions
 from baseroll.images.refs import ImageRef
@@ -43,6 +44,7 @@ def build(cfg: Config, *, bus: Bus | None = None) -> Deps:
         lineage=store,
         clock=clock_mod.SYSTEM,
         version_lister=ArtifactRegistryVersions(),
+        prober=HttpProber(GoogleIdTokens()) if cfg.rollout.verify.enabled else None,
     )
 
 

@@ -25,13 +25,14 @@ from baseroll.config.model import (
     RegistryCredential,
     RolloutSettings,
     SigningPolicy,
+    VerifySettings,
 )
 from baseroll.config.rollout import _rollout
 from baseroll.contracts import ids
 from baseroll.images import refs
 from baseroll.images.refs import RefError
 
-__all__ = ['BaseTrack', 'Config', 'ConfigError', 'FailureBudget', 'Labels', 'POLICIES', 'RegistryCredential', 'RolloutSettings', 'SigningPolicy', 'load', 'parse']
+__all__ = ['BaseTrack', 'Config', 'ConfigError', 'FailureBudget', 'Labels', 'POLICIES', 'RegistryCredential', 'RolloutSettings', 'SigningPolicy', 'VerifySettings', 'load', 'parse']
 
 
 def parse(doc: Any) -> Config:
@@ -117,15 +118,16 @@ def _version_tags(item: Mapping[str, Any], i: int) -> tuple[str, ...]:
     return tuple(value)
 
 
+LABEL_KEYS = ("opt_out", "cohort", "app_tag", "verify", "verify_path")
 _TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
 
 
 def _labels(doc: Any) -> Labels:
     if not isinstance(doc, Mapping):
         raise ConfigError("labels: must be a mapping")
-    _known(doc, "labels.", ("opt_out", "cohort", "app_tag"))
-    labels = Labels(**{k: doc[k] for k in ("opt_out", "cohort", "app_tag") if k in doc})
-    for key in (labels.opt_out, labels.cohort, labels.app_tag):
+    _known(doc, "labels.", LABEL_KEYS)
+    labels = Labels(**{k: doc[k] for k in LABEL_KEYS if k in doc})
+    for key in (labels.opt_out, labels.cohort, labels.app_tag, labels.verify, labels.verify_path):
         if not isinstance(key, str) or not ids.LABEL_KEY.fullmatch(key):
             raise ConfigError(f"labels: {key!r} is not a valid Cloud Run label key")
     return labels

@@ -17,12 +17,19 @@ PREVIOUS_IMAGES = PREFIX + "previous-images"
 PREVIOUS_BASE_URIS = PREFIX + "previous-base-image-uris"
 PREVIOUS_TRAFFIC = PREFIX + "previous-traffic"  # JSON, only when the roll changed the traffic
 TRAFFIC = PREFIX + "traffic"  # what the roll did with the traffic, as a person reads it
-STATE = PREFIX + "state"  # ROLLED | ROLLED_BACK | CHANGED_BY_SOMEONE_ELSE
+STATE = PREFIX + "state"  # ROLLED | VERIFYING | ROLLED_BACK | CHANGED_BY_SOMEONE_ELSE
 REASON = PREFIX + "reason"
+# Verify at zero traffic (docs/GOOGLE_APIS.md#verify-at-zero-traffic): what the check found, as a
+# person reads it ("passed: 3 x GET / -> 200", or the failing request), and, while a rollback keeps
+# the traffic pinned by name until the restored revision is ready, that pinned traffic (JSON).
+VERIFY = PREFIX + "verify"
+PINNED_TRAFFIC = PREFIX + "pinned-traffic"
+REPLACED_REVISION = PREFIX + "replaced-revision"  # the revision serving before a verified roll
 MAX_REASON = 500
 
 # The values of STATE.
 ROLLED = "rolled"  # this rollout updated the service (and the update may still be settling)
+VERIFYING = "verifying"  # updated, the new revision at 0 % under a tag until its verification passes
 ROLLED_BACK = "rolled-back"  # this rollout's target failed here and the service was restored
 # This rollout's target failed here, but someone else changed the service while it was gated: it
 # was left as they made it, not rolled back over their change.
@@ -52,13 +59,15 @@ def rollout_id(track_name: str, base_digest: str) -> str:
 
 
 def rolled(rollout: str, base_digest: str, previous: tuple[str, ...], previous_uris: tuple[str, ...] = (), *,
-           previous_traffic: list[dict[str, object]] | None = None, traffic_note: str = "") -> dict[str, str]:
-    """`previous_traffic`: the traffic before the roll, when the roll changes it (a restore needs it)."""
+           previous_traffic: list[dict[str, object]] | None = None, traffic_note: str = "",
+           state: str = ROLLED) -> dict[str, str]:
+    """`previous_traffic`: the traffic before the roll, when the roll changes it (a restore needs it);
+    `state` VERIFYING when the new revision waits at zero traffic for its verification."""
     out = {
         ROLLOUT_ID: rollout,
         BASE_DIGEST: base_digest,
         PREVIOUS_IMAGES: json.dumps(list(previous), separators=(",", ":")),
-        STATE: ROLLED,
+        STATE: state,
         REASON: "",
         TRAFFIC: traffic_note[:MAX_REASON],
         PREVIOUS_TRAFFIC: json.dumps(previous_traffic, separators=(",", ":")) if previous_traffic else "",
@@ -74,8 +83,21 @@ def changed_by_someone_else(rollout: str, base_digest: str, reason: str) -> dict
             REASON: f"{CHANGED_DURING_GATE}: {reason}"[:MAX_REASON]}
 
 
-def rolled_back(rollout: str, base_digest: str, reason: str) -> dict[str, str]:
-    return {ROLLOUT_ID: rollout, BASE_DIGEST: base_digest, STATE: ROLLED_BACK, REASON: reason[:MAX_REASON]}
+def rolled_back(rollout: str, base_digest: str, reason: str, *, verify: str | None = None,
+                pinned_traffic: list[dict[str, object]] | None = None) -> dict[str, str]:
+    """`verify`: the failing request, when verification failed; `pinned_traffic`: the traffic held by
+    name until the restored revision is ready (a redelivered task restores the rest from it)."""
+    out = {ROLLOUT_ID: rollout, BASE_DIGEST: base_digest, STATE: ROLLED_BACK, REASON: reason[:MAX_REASON]}
+    if verify is not None:
+        out[VERIFY] = verify[:MAX_REASON]
+    if pinned_traffic is not None:
+        out[PINNED_TRAFFIC] = json.dumps(pinned_traffic, separators=(",", ":"))
+    return out
+
+
+def verified(finding: str, traffic_note: str) -> dict[str, str]:
+    """Verification passed and the traffic is back as the service had it: the roll is done."""
+    return {STATE: ROLLED, VERIFY: finding[:MAX_REASON], TRAFFIC: traffic_note[:MAX_REASON]}
 
 
 def previous(annotations: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:

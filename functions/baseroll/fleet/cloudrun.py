@@ -4,6 +4,7 @@ The rest of baseroll sees `ServiceView`, plain data; only this module touches ru
 """
 from __future__ import annotations
 
+import threading
 from typing import Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -28,6 +29,9 @@ from baseroll.fleet.view import (
 )
 
 TRANSPORTS = ("grpc", "rest")
+# A channel's states after which `check_reachable` knows the answer.
+_SETTLED = frozenset({grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                      grpc.ChannelConnectivity.SHUTDOWN})
 # As google-cloud-run's own channels: a page of 500 services can exceed gRPC's 4 MB default.
 GRPC_CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1))
 
@@ -92,14 +96,18 @@ def view(svc: run_v2.Service) -> ServiceView:
         # An empty `traffic` is 100 % to the latest ready revision (the field's docstring).
         traffic=tuple(_split(t) for t in pb.traffic) or ALL_TO_LATEST,
         traffic_statuses=tuple(_split(t) for t in pb.traffic_statuses),
+        uri=pb.uri,
+        tag_uris={t.tag: t.uri for t in pb.traffic_statuses if t.tag and t.uri},
     )
 
 
 class CloudRunFleet:
     """Fleet over google-cloud-run's ServicesClient, used unmodified."""
 
-    def __init__(self, client: run_v2.ServicesClient) -> None:
+    def __init__(self, client: run_v2.ServicesClient, endpoint: str = "") -> None:
         self._client = client
+        self._endpoint = endpoint or client.api_endpoint  # as messages name it
+        self._channel: grpc.Channel | None = getattr(client.transport, "grpc_channel", None)  # None over REST
 
     def _for_update(self, current: ServiceView, indexes: set[int]) -> run_v2.Service:
         """The service as it is now, read just before the write; raises StaleService if what the
@@ -122,13 +130,42 @@ class CloudRunFleet:
             return cls(run_v2.ServicesClient(transport=transport))
         if transport == "rest":
             return cls(run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
-                                             client_options=ClientOptions(api_endpoint=endpoint)))
+                                             client_options=ClientOptions(api_endpoint=endpoint)), endpoint)
         url = urlsplit(endpoint)
         if url.scheme != "http":
-            return cls(run_v2.ServicesClient(transport="grpc", client_options=ClientOptions(api_endpoint=url.netloc)))
+            return cls(run_v2.ServicesClient(transport="grpc", client_options=ClientOptions(api_endpoint=url.netloc)),
+                       endpoint)
         # A channel given to the transport is used as is: no TLS, no credentials.
         channel = grpc.insecure_channel(url.netloc, options=GRPC_CHANNEL_OPTIONS)
-        return cls(run_v2.ServicesClient(transport=ServicesGrpcTransport(channel=channel)))
+        return cls(run_v2.ServicesClient(transport=ServicesGrpcTransport(channel=channel)), endpoint)
+
+    def check_reachable(self, timeout_s: float) -> None:
+        """Raise FleetError at once if the endpoint refuses the connection, or after `timeout_s` if it
+        never connects. For interactive callers (the CLI): over gRPC an unreachable endpoint is
+        UNAVAILABLE, which READ_RETRY retries for 120 s, right for a function riding out a blip but not
+        for a person at a terminal (docs/GOOGLE_APIS.md#transports). REST needs no check: a refused
+        connection is not an API error, so it is never retried."""
+        channel = self._channel
+        if channel is None:
+            return
+        settled = threading.Event()
+        seen: list[grpc.ChannelConnectivity] = []
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            seen.append(state)
+            if state in _SETTLED:
+                settled.set()
+
+        channel.subscribe(watch, try_to_connect=True)
+        try:
+            settled.wait(timeout_s)
+        finally:
+            channel.unsubscribe(watch)
+        state = seen[-1] if seen else grpc.ChannelConnectivity.IDLE
+        if state is not grpc.ChannelConnectivity.READY:
+            why = "connection failed" if settled.is_set() else f"not connected within {timeout_s:g} s"
+            raise FleetError(f"cannot reach {self._endpoint} over gRPC ({why}): is cloud_run_endpoint in the "
+                             "config right, and the server running (`make up` starts the local stack)?")
 
     def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
         parent = f"projects/{project}/locations/{region}"

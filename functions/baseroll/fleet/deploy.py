@@ -94,7 +94,7 @@ def apply(fleet: Fleet, planned: ServiceView, target: Target, *, rollout: str, b
     """Move `planned`'s containers to `target`: the update and its gate take at most `timeout_s`,
     a rollback and its gate at most `timeout_s` more (config checks both fit one invocation). With
     a `check`, the new revision is verified at zero traffic before any traffic reaches it
-    (`fleet.verification`); the check and the traffic write after it take `verify_budget_s` more."""
+    (`fleet.verification`); its requests and the traffic write after it take the time config counts."""
     svc = planned
     watched = target.indexes()
     for attempt in range(MAX_STALE_RETRIES + 1):
@@ -262,13 +262,9 @@ def roll_back_own(fleet: Fleet, svc: ServiceView, target: Target, *, rollout: st
 
 # ---------------------------------------------------------------- verify at zero traffic
 
-# The traffic write after a passed check, and its settling (a traffic-only change: no revision).
+# The traffic write after a passed check, and its settling (a traffic-only change: no revision);
+# config counts it in the invocation's budget (`config.rollout.VERIFY_WRITE_S`, the same figure).
 TRAFFIC_WRITE_S = 15.0
-
-
-def verify_budget_s(requests: int, timeout_s: float) -> float:
-    """What a check adds to an invocation: its requests, each within its timeout, and the write after."""
-    return requests * timeout_s + TRAFFIC_WRITE_S
 
 
 def _update_and_verify(fleet: Fleet, svc: ServiceView, target: Target, during: tuple[TrafficSplit, ...],

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
+from baseroll.fleet.verification import Reply
 from baseroll.fleet.view import (
     LATEST,
     FleetError,
@@ -42,6 +43,7 @@ class FakeFleet:
         self.services: dict[str, ServiceView] = {}
         self.calls: Counter[str] = Counter()
         self.updates: list[tuple[str, dict[int, str], dict[str, str]]] = []  # (name, images, annotations)
+        self.traffic_writes: list[tuple[TrafficSplit, ...] | None] = []  # the `traffic` of each landed update
         self.verdicts: dict[str, Verdict] = {}  # image -> how its revisions settle; default ready
         self.stale_updates: Counter[str] = Counter()  # name -> updates to refuse as stale (someone else wrote)
         self.failing_updates: dict[str, str] = {}  # name -> FleetError message for every update
@@ -61,7 +63,9 @@ class FakeFleet:
             svc, generation=gen, observed_generation=svc.observed_generation or gen, etag=svc.etag or f"e{gen}",
             latest_ready_revision=rev, latest_created_revision=svc.latest_created_revision or rev,
             terminal_state=svc.terminal_state or "CONDITION_SUCCEEDED")
-        svc = dataclasses.replace(svc, traffic_statuses=svc.traffic_statuses or _statuses(svc))
+        svc = dataclasses.replace(svc, traffic_statuses=svc.traffic_statuses or _statuses(svc),
+                                  uri=svc.uri or service_uri(svc.name))
+        svc = dataclasses.replace(svc, tag_uris=svc.tag_uris or _tag_uris(svc))
         self.services[svc.name] = svc
         return svc
 
@@ -122,6 +126,7 @@ class FakeFleet:
         uris = list(svc.base_image_uris) + [""] * (len(svc.images) - len(svc.base_image_uris))
         new_uris = tuple(base_uris.get(i, u) for i, u in enumerate(uris))
         self.updates.append((name, dict(images), dict(annotations)))
+        self.traffic_writes.append(traffic)
         if traffic is not None:
             svc = dataclasses.replace(svc, traffic=traffic)
         verdict = self.verdict_for(new_images)
@@ -167,14 +172,42 @@ class FakeFleet:
                                         latest_ready_revision=svc.latest_created_revision)
             self.services[name] = dataclasses.replace(
                 ready, reconciling=False, terminal_state="CONDITION_SUCCEEDED", terminal_reason="",
-                terminal_message="", traffic_statuses=_statuses(ready))
+                terminal_message="", traffic_statuses=_statuses(ready), tag_uris=_tag_uris(ready))
         else:  # observed_generation, latest_ready_revision and traffic_statuses keep the last serving state
             self.services[name] = dataclasses.replace(
                 svc, reconciling=False, terminal_state="CONDITION_FAILED",
                 terminal_reason=verdict.reason, terminal_message=verdict.message)
 
 
+def service_uri(name: str) -> str:
+    """A `*.run.app` URL of the form Cloud Run gives (docs/GOOGLE_APIS.md#verify-at-zero-traffic)."""
+    project, region, sid = name.split("/")[1], name.split("/")[3], name.rsplit("/", 1)[-1]
+    return f"https://{sid}-{project}.{region}.run.app"
+
+
+def _tag_uris(svc: ServiceView) -> dict[str, str]:
+    """Each tag's own URL: the tag, three hyphens, then the service's host."""
+    return {t.tag: svc.uri.replace("https://", f"https://{t.tag}---", 1) for t in svc.traffic if t.tag}
+
+
 def _statuses(svc: ServiceView) -> tuple[TrafficSplit, ...]:
     """`traffic_statuses` once reconciled: each entry of `traffic`, LATEST resolved to the latest ready revision."""
     ready = svc.latest_ready_revision.rsplit("/", 1)[-1]
     return tuple(dataclasses.replace(t, revision=ready) if t.type == LATEST else t for t in svc.traffic)
+
+
+class FakeProber:
+    """The verification port in memory: a scripted reply per URL prefix (longest first), else
+    `default`; every request is kept as (method, url, audience)."""
+
+    def __init__(self, default: Reply | None = None) -> None:
+        self.default = default or Reply(200, b"ok")
+        self.replies: dict[str, Reply] = {}  # URL prefix -> reply
+        self.sent: list[tuple[str, str, str]] = []
+
+    def send(self, method: str, url: str, *, audience: str, timeout_s: float) -> Reply:
+        self.sent.append((method, url, audience))
+        for prefix in sorted(self.replies, key=len, reverse=True):
+            if url.startswith(prefix):
+                return self.replies[prefix]
+        return self.default

@@ -62,15 +62,19 @@ def plan(svc: ServiceView, target_images: tuple[str, ...], policy: PinnedTraffic
     split = describe(svc.traffic)
     if policy == "skip":
         return Plan(skip=TRAFFIC_PINNED.format(split=split))
-    replaced = short(svc.latest_ready_revision)
     new_name = revision_name(svc, target_images)
-    moved = tuple(TrafficSplit(REVISION, t.percent, new_name, t.tag)
-                  if t.type == REVISION and t.revision == replaced else t for t in svc.traffic)
+    moved = follow(svc.traffic, short(svc.latest_ready_revision), new_name)
     if sum(t.percent for t in moved if t.type == LATEST or t.revision == new_name) == 0:
         return Plan(skip=NO_TRAFFIC_WOULD_FOLLOW.format(split=split))
     if moved == svc.traffic:  # nothing pinned to the replaced revision: LATEST entries follow by themselves
         return Plan(note=f"traffic kept: {split}")
     return Plan(moved, new_name, f"traffic followed: {split} -> {describe(moved)}")
+
+
+def follow(split: tuple[TrafficSplit, ...], replaced: str, new_name: str) -> tuple[TrafficSplit, ...]:
+    """`split` with every entry pinned to `replaced` pinned to `new_name` instead, percent and tag alike."""
+    return tuple(TrafficSplit(REVISION, t.percent, new_name, t.tag)
+                 if t.type == REVISION and t.revision == replaced else t for t in split)
 
 
 def revision_name(svc: ServiceView, target_images: tuple[str, ...]) -> str:

@@ -9,6 +9,7 @@ from typing import Callable
 
 from baseroll.clock import SYSTEM, Clock
 from baseroll.config import Config
+from baseroll.fleet.verification import Prober
 from baseroll.fleet.view import Fleet
 from baseroll.images.catalog import Catalog
 from baseroll.images.refs import ImageRef
@@ -30,6 +31,8 @@ class Deps:
     clock: Clock = SYSTEM  # every wait, deadline and lease age of the core is read from it
     # Lists every version of an Artifact Registry base (tags alone miss untagged old versions).
     version_lister: Callable[[ImageRef], list[str]] | None = None
+    # Sends the verification requests at zero traffic (`fleet.verify`); None: readiness only.
+    prober: Prober | None = None
 
     def catalog(self) -> Catalog:
         return Catalog(self.registry, version_lister=self.version_lister, recorded=self.lineage.versions)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from baseroll.config import Labels
+from baseroll.config import Labels, VerifySettings
 from baseroll.contracts import ledger
 from baseroll.contracts.messages import Rollout
 from baseroll.contracts.records import FINISHED, TERMINAL, RolloutRecord
 from baseroll.fleet import deploy, traffic
+from baseroll.fleet.verification import Probe
 from baseroll.fleet.view import ServiceView
 from baseroll.images import refs
 from baseroll.images.refs import ImageRef
@@ -60,6 +61,26 @@ changed_since_planning = deploy.changed_since_planning
 CHANGED_DURING_GATE = deploy.CHANGED_DURING_GATE  # a failed target not rolled back over someone else's change
 TRAFFIC_PINNED = traffic.TRAFFIC_PINNED  # rollout.pinned_traffic: skip (fleet/traffic.py)
 NO_TRAFFIC_WOULD_FOLLOW = traffic.NO_TRAFFIC_WOULD_FOLLOW
+
+
+# ---------------------------------------------------------------- verify at zero traffic
+VERIFY_OFF_VALUES = frozenset({"false", "off", "no"})  # values of labels.verify that turn it off
+
+
+def verification_probe(svc: ServiceView, settings: VerifySettings, labels: Labels) -> Probe | None:
+    """The requests `svc`'s new revision must answer at zero traffic, or None when it is not
+    verified (off in the config, or by the service's `labels.verify` label; a job or worker pool
+    has no URL). `labels.verify_path` replaces the path: a label value has no '/', so each "--" in
+    it stands for one ("api--health" is /api/health)."""
+    if not settings.enabled or svc.kind != "service" \
+            or svc.labels.get(labels.verify, "").lower() in VERIFY_OFF_VALUES:
+        return None
+    path = settings.path
+    label_path = svc.labels.get(labels.verify_path, "")
+    if label_path:
+        path = "/" + label_path.replace("--", "/").lstrip("/")
+    return Probe(path=path, method=settings.method, expect_below=settings.expect_below,
+                 expect_status=settings.expect_status, requests=settings.requests, timeout_s=settings.timeout_s)
 
 
 def everything(name: str, labels: Mapping[str, str]) -> bool:

@@ -10,6 +10,7 @@ from baseroll import log
 from baseroll.contracts import topics
 from baseroll.contracts.messages import Result, Task
 from baseroll.fleet import deploy
+from baseroll.fleet.verification import Check
 from baseroll.rollout import bus as bus_mod
 from baseroll.rollout import policy
 from baseroll.rollout.deps import Deps
@@ -40,7 +41,9 @@ def _apply(deps: Deps, task: Task) -> Result:
     changed = policy.image_changed_since_planning(svc, target.images, task.expected)
     if changed:
         return Result(ro, task.service, task.wave, "skipped", changed, svc.images, svc.images)
+    probe = policy.verification_probe(svc, deps.config.rollout.verify, deps.config.labels)
+    check = Check(probe, deps.prober) if probe is not None and deps.prober is not None else None
     outcome = deploy.apply(deps.fleet, svc, target, rollout=ro.rollout_id, base_digest=ro.base_digest,
                            timeout_s=deps.config.rollout.ready_timeout_s, clock=deps.clock,
-                           pinned_traffic=deps.config.rollout.pinned_traffic)  # type: ignore[arg-type]
+                           pinned_traffic=deps.config.rollout.pinned_traffic, check=check)  # type: ignore[arg-type]
     return Result(ro, task.service, task.wave, outcome.result, outcome.reason, outcome.before, outcome.after)
