@@ -3,9 +3,11 @@
 Deployed with GOOGLE_FUNCTION_SOURCE=functions/main.py; run locally with
 `functions-framework --source functions/main.py --target <name> --signature-type cloudevent`.
 """
+import os
+
 import functions_framework
 from baseroll import runtime
-from baseroll.edge import handlers
+from baseroll.edge import handlers, notify_chat as chat
 from cloudevents.http import CloudEvent
 
 
@@ -37,3 +39,9 @@ def on_roll_request(event: CloudEvent) -> None:
 def on_build_complete(event: CloudEvent) -> None:
     """Topic `cloud-builds`: a successful build rolls the bases it pushed and redeploys the apps it pushed."""
     handlers.on_build_complete(event.data, event["id"], runtime.from_environment)
+
+
+@functions_framework.cloud_event
+def notify_chat(event: CloudEvent) -> None:
+    """Topic `baseroll-events`, optional (Terraform `chat_webhook_secret`): post each rollout event to Google Chat."""
+    chat.notify(event.data, event["id"], os.environ)

@@ -83,6 +83,15 @@ resource "google_pubsub_topic_iam_member" "planner_publisher" {
   member  = "serviceAccount:${google_service_account.baseroll["planner"].email}"
 }
 
+# Rollout events (rollout/events.py): published by the coordinator (on_roll_result), by
+# planner.start and planner.control (on_roll_request, on_artifact_push, on_build_complete).
+resource "google_pubsub_topic_iam_member" "planner_events_publisher" {
+  project = var.project_id
+  topic   = google_pubsub_topic.events.name
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${google_service_account.baseroll["planner"].email}"
+}
+
 # Sign requests for rebased images (signatures.policy = "require"): the signing step's topic,
 # which lives in the host project and is owned by whoever runs the signing step.
 resource "google_pubsub_topic_iam_member" "planner_sign_requests" {

@@ -4,6 +4,7 @@ output "topics" {
     requests = google_pubsub_topic.baseroll["requests"].name
     tasks    = google_pubsub_topic.baseroll["tasks"].name
     results  = google_pubsub_topic.baseroll["results"].name
+    events   = google_pubsub_topic.events.name
   }
 }
 
@@ -40,4 +41,9 @@ output "config_yaml" {
 output "dead_letter_commands" {
   description = "Commands that attach each dead-letter topic to the subscription Eventarc created (run once unless attach_dead_letter_policies = true)."
   value       = local.dead_letter_commands
+}
+
+output "notify_chat_function" {
+  description = "The function posting rollout events to Google Chat (null unless chat_webhook_secret is set)."
+  value       = one(google_cloudfunctions2_function.notify_chat[*].name)
 }

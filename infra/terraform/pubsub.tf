@@ -21,6 +21,20 @@ resource "google_pubsub_topic" "baseroll" {
   depends_on = [google_project_service.apis]
 }
 
+# Rollout events (docs/EVENTS.md): what each rollout did, for people and their tools. No baseroll
+# function is triggered by it, so it has no dead-letter topic; subscribe to it (the optional
+# notify_chat function in notify.tf, a pull subscription, a push endpoint of your own). A message
+# published while it has no subscription is dropped, like on any topic; the same events are in the
+# planner's log (`rollout_event` lines) for a log-based alert.
+resource "google_pubsub_topic" "events" {
+  project                    = var.project_id
+  name                       = "baseroll-events"
+  labels                     = local.labels
+  message_retention_duration = "86400s"
+
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_pubsub_topic" "dead_letter" {
   for_each = local.trigger_topics
 

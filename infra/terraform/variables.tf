@@ -282,3 +282,33 @@ variable "builder_run_builder" {
   type        = bool
   default     = false
 }
+
+# ---------------------------------------------------------------------------------------------
+# Notifications (docs/EVENTS.md)
+# ---------------------------------------------------------------------------------------------
+
+variable "chat_webhook_secret" {
+  description = "Secret Manager secret id (in the host project) whose latest version is a Google Chat incoming-webhook URL. Set it to deploy notify_chat, which posts rollout events from baseroll-events to that space; null (the default) deploys nothing."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.chat_webhook_secret == null || can(regex("^[A-Za-z0-9_-]{1,255}$", var.chat_webhook_secret))
+    error_message = "chat_webhook_secret: a secret id (letters, digits, _ and -), not a path or the URL itself."
+  }
+}
+
+variable "chat_event_kinds" {
+  description = "Event kinds notify_chat posts (docs/EVENTS.md); empty: every kind."
+  type        = list(string)
+  default     = ["started", "halted", "awaiting-approval", "resumed", "aborted", "superseded", "finished"]
+
+  validation {
+    # The kinds of baseroll.dev/rollout-event/v1 (functions/baseroll/contracts/events.py).
+    condition = alltrue([for k in var.chat_event_kinds : contains([
+      "started", "wave-released", "wave-settled", "halted", "awaiting-approval", "resumed", "aborted", "superseded",
+      "finished",
+    ], k)])
+    error_message = "chat_event_kinds: kinds of baseroll.dev/rollout-event/v1 (docs/EVENTS.md)."
+  }
+}

@@ -30,7 +30,8 @@ TFVARS_EXAMPLE = TF_DIR / "terraform.tfvars.example"
 
 # Entry points the deployment is designed around. Terraform may declare these before
 # functions/main.py defines them; any other Terraform-only entry point is an error.
-PLANNED = frozenset({"on_artifact_push", "on_build_complete", "on_roll_request", "roll_service", "on_roll_result"})
+PLANNED = frozenset({"on_artifact_push", "on_build_complete", "on_roll_request", "roll_service", "on_roll_result",
+                     "notify_chat"})
 # The topic that triggers each planned entry point, and the identity it runs as.
 TRIGGER_TOPIC = {
     "on_artifact_push": "gcr",
@@ -38,8 +39,11 @@ TRIGGER_TOPIC = {
     "on_roll_request": "baseroll-requests",
     "roll_service": "baseroll-tasks",
     "on_roll_result": "baseroll-results",
+    "notify_chat": "baseroll-events",
 }
-RUNS_AS = {"roll_service": "worker"}  # every other entry point runs as the planner
+RUNS_AS = {"roll_service": "worker", "notify_chat": "notifier"}  # every other entry point runs as the planner
+CONFIGLESS = {"notify_chat"}  # reads only its own environment (the Chat webhook), not BASEROLL_CONFIG_YAML
+EVENTS_TOPIC = "baseroll-events"  # rollout events: no baseroll function reads it (docs/EVENTS.md)
 PLANNED_TOPICS = frozenset({"baseroll-requests", "baseroll-tasks", "baseroll-results"})
 
 PUBSUB_EVENT = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -78,6 +82,10 @@ ALLOWED_GRANTS = {
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
         ("google_project_iam_member", "roles/datastore.viewer"),  # only reads a rollout's status
     },
+    # The optional notify_chat function (notify.tf): the webhook secret, nothing else.
+    "notifier": {
+        ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
+    },
     "builder": {
         ("google_project_iam_member", "roles/logging.logWriter"),
         ("google_project_iam_member", "roles/storage.objectViewer"),
@@ -96,7 +104,7 @@ ALLOWED_GRANTS = {
 SIGN_TOPIC_VAR = "${var.sign_request_topic}"
 PUBLISH_SCOPE = {
     # Tasks and results only: the planner never publishes a roll request (test below).
-    "planner": {"baseroll-tasks", "baseroll-results", SIGN_TOPIC_VAR},
+    "planner": {"baseroll-tasks", "baseroll-results", EVENTS_TOPIC, SIGN_TOPIC_VAR},
     "worker": {"baseroll-results"},
     PUBSUB_AGENT: {f"{t}-dead-letter" for t in PLANNED_TOPICS | {"gcr", "cloud-builds"}},  # every trigger's
 }
@@ -267,7 +275,7 @@ def identity_of(expr: Any) -> str | None:
     m = re.search(r"google_service_account\.\w+\[\"([\w-]+)\"\]", expr)
     if m:
         return m.group(1)
-    m = re.search(r"google_service_account\.(\w+)\.(?:email|id|name|member)\b", expr)
+    m = re.search(r"google_service_account\.(\w+)(?:\[0\])?\.(?:email|id|name|member)\b", expr)
     if m:
         return m.group(1)
     if "local.pubsub_service_agent" in expr or "@gcp-sa-pubsub.iam.gserviceaccount.com" in expr:
@@ -359,7 +367,7 @@ def code_topics(package_dir: Path) -> set[str] | None:
     module-level `baseroll-*` constants whose name contains TOPIC anywhere in the package.
     None when the code declares no topic names yet."""
     found: set[str] = set()
-    topics_py = package_dir / "topics.py"
+    topics_py = package_dir / "contracts" / "topics.py"
     if topics_py.exists():
         for node in ast.parse(topics_py.read_text()).body:
             if (isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Constant)
@@ -436,7 +444,8 @@ def check_functions(module: Module) -> list[str]:
                             f"(not the default compute account), got {service.get('service_account_email')!r}")
         elif ep in PLANNED and runs_as != RUNS_AS.get(ep, "planner"):
             problems.append(f"{where}: runs as {runs_as}, expected {RUNS_AS.get(ep, 'planner')}")
-        if config_object(module, (service.get("environment_variables") or {}).get("BASEROLL_CONFIG_YAML")) is None:
+        if ep not in CONFIGLESS and config_object(
+                module, (service.get("environment_variables") or {}).get("BASEROLL_CONFIG_YAML")) is None:
             problems.append(f"{where}: BASEROLL_CONFIG_YAML must be yamlencode(local.<object literal>)")
         if not trigger:
             problems.append(f"{where}: no event_trigger")
@@ -458,7 +467,7 @@ def check_functions(module: Module) -> list[str]:
 
 def check_topics(module: Module, from_code: set[str] | None) -> list[str]:
     declared = declared_topics(module)
-    wanted = set(PLANNED_TOPICS) | {f"{t}-dead-letter" for t in PLANNED_TOPICS} | {"gcr", "cloud-builds"}
+    wanted = set(PLANNED_TOPICS) | {f"{t}-dead-letter" for t in PLANNED_TOPICS} | {"gcr", "cloud-builds", EVENTS_TOPIC}
     problems = [f"topic {t} is not declared in terraform" for t in sorted(wanted - declared)]
     for topic in sorted((from_code or set()) - declared):
         problems.append(f"the code publishes to {topic}, which terraform does not declare")
@@ -691,12 +700,15 @@ def test_invoker_is_granted_on_every_function(module):
 
 def test_config_yaml_has_the_code_schema_keys(module):
     for fn in functions(module):
+        if entry_point(fn) in CONFIGLESS:
+            continue
         env = first(fn.body["service_config"]).get("environment_variables") or {}
         assert check_config_keys(config_object(module, env.get("BASEROLL_CONFIG_YAML"))) == []
 
 
 def test_config_rendered_from_example_tfvars_passes_the_code_validator(module, tfvars):
-    env = first(functions(module)[0].body["service_config"])["environment_variables"]
+    fn = next(f for f in functions(module) if entry_point(f) not in CONFIGLESS)
+    env = first(fn.body["service_config"])["environment_variables"]
     doc = render(config_object(module, env["BASEROLL_CONFIG_YAML"]), variable_values(module, tfvars), module.locals)
     cfg = config_mod.load({"BASEROLL_CONFIG_YAML": yaml.safe_dump(doc)})
     assert cfg.projects == tuple(tfvars["fleet_projects"])
@@ -1016,7 +1028,8 @@ def test_code_topics(tmp_path):
     assert code_topics(tmp_path) is None
     (tmp_path / "bus.py").write_text('TASKS_TOPIC = "baseroll-tasks"\nLABEL = "baseroll-opt-out"\n')
     assert code_topics(tmp_path) == {"baseroll-tasks"}
-    (tmp_path / "topics.py").write_text('"""doc"""\nREQUESTS = "baseroll-requests"\nPUSHES = "gcr"\nALL = (REQUESTS,)\n')
+    (tmp_path / "contracts").mkdir()
+    (tmp_path / "contracts" / "topics.py").write_text('"""doc"""\nREQUESTS = "baseroll-requests"\nPUSHES = "gcr"\nALL = (REQUESTS,)\n')
     assert code_topics(tmp_path) == {"baseroll-tasks", "baseroll-requests", "gcr"}
 
 
@@ -1055,3 +1068,59 @@ def test_the_readme_documents_how_to_replay_dead_letters():
     section = text.split("## Dead-letter topics", 1)[1]
     for needle in ("gcloud pubsub subscriptions pull", "gcloud pubsub topics publish", "--attribute", "ack"):
         assert needle in section, needle
+
+
+# ------------------------------------------------------------------------------------ rollout events and notify_chat
+
+
+def test_the_events_topic_exists_and_only_the_planner_publishes_to_it(module):
+    assert EVENTS_TOPIC in declared_topics(module)
+    assert "baseroll-events" in code_topics(PACKAGE_DIR)  # contracts/topics.py names it
+    publishers = {identity_of(i.body["member"]) for i in module.instances("google_pubsub_topic_iam_member")
+                  if resolve_topic(module, i.body.get("topic")) == EVENTS_TOPIC}
+    assert publishers == {"planner"}
+    assert "google_pubsub_topic.events" in json.dumps(module.outputs["topics"])
+
+
+def notify_chat_instances(module: Module) -> list[Instance]:
+    """Every resource of notify.tf: each must exist only when chat_webhook_secret is set."""
+    return [i for i in module.all_instances() if "notif" in i.name or i.name == "secretmanager"]
+
+
+def test_notify_chat_is_deployed_only_when_a_webhook_secret_is_named(module):
+    assert module.variables["chat_webhook_secret"]["default"] is None
+    assert module.locals["notify_chat"] == "${var.chat_webhook_secret != null}"
+    found = {i.address for i in notify_chat_instances(module)}
+    assert {"google_cloudfunctions2_function.notify_chat", "google_service_account.notifier",
+            "google_secret_manager_secret_iam_member.notifier_webhook_reader",
+            "google_cloud_run_service_iam_member.notify_chat_invoker"} <= found
+    for inst in notify_chat_instances(module):
+        assert inst.body.get("count") == "${local.notify_chat ? 1 : 0}", inst.address
+
+
+def test_notify_chat_reads_the_webhook_from_the_secret_and_runs_alone(module):
+    (fn,) = [f for f in functions(module) if entry_point(f) == "notify_chat"]
+    service = first(fn.body["service_config"])
+    secret = first(service["secret_environment_variables"])
+    # The env var edge/notify_chat.py reads, from the secret the variable names: never the URL in plain config.
+    from baseroll.edge import notify_chat as chat
+    assert (secret["key"], secret["secret"], secret["version"]) == (chat.WEBHOOK_ENV, "${var.chat_webhook_secret}",
+                                                                    "latest")
+    assert set(service["environment_variables"]) == {chat.KINDS_ENV}
+    assert service["max_instance_count"] == 1  # a space takes 60 writes a minute (docs/EVENTS.md)
+    assert resolve_topic(module, first(fn.body["event_trigger"])["pubsub_topic"]) == EVENTS_TOPIC
+    (grant,) = grants_of(module, "notifier")
+    assert grant.body["secret_id"] == "${var.chat_webhook_secret}"
+
+
+def grants_of(module: Module, who: str) -> list[Instance]:
+    return [i for i in module.all_instances()
+            if i.type.endswith("_iam_member") and identity_of(i.body.get("member")) == who]
+
+
+def test_chat_event_kinds_default_and_validation_match_the_code(module):
+    from baseroll.contracts import events
+    variable = module.variables["chat_event_kinds"]
+    assert set(variable["default"]) <= set(events.KINDS) and "halted" in variable["default"]
+    listed = re.findall(r'"([a-z-]+)"', json.dumps(variable["validation"]).replace('\\"', '"'))
+    assert set(events.KINDS) <= set(listed)
