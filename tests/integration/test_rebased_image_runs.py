@@ -22,6 +22,7 @@ import pytest
 from baseroll.images.rebaser import rebase_image
 from baseroll.images.refs import ImageRef
 
+from infra.local.cloudrun.bundles import accept_anything_policy, copy_to_layout, unpack
 from tests.integration.conftest import Layer, manifest_json, new_client, push_image
 
 pytestmark = pytest.mark.integration
@@ -122,13 +123,12 @@ def test_rebased_image_unpacks_and_runs_on_the_new_base(registry, tmp_path: Path
     assert cfg["config"]["WorkingDir"] == "/app"
     assert not {l.digest for l in v1_layers + v2_layers + [app_layer]} & set(fetched)
 
-    # Copy it out of the registry with skopeo, unpack with umoci, run the entrypoint in a chroot.
+    # Copy it out of the registry with skopeo, unpack with umoci (as the Cloud Run stand-in's running
+    # mode does), run the entrypoint in a chroot.
     layout, bundle = tmp_path / "layout", tmp_path / "bundle"
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
-    _run(["skopeo", "--policy", str(policy), "copy", "--src-tls-verify=false",
-          f"docker://{host}/apps/x@{result.digest}", f"oci:{layout}:rebased"])
-    _run(["umoci", "unpack", "--image", f"{layout}:rebased", str(bundle)])
+    policy = accept_anything_policy(tmp_path / "policy.json")
+    copy_to_layout(f"{host}/apps/x@{result.digest}", layout, "rebased", policy=policy, creds=None, timeout=TIMEOUT)
+    unpack(layout, "rebased", bundle, timeout=TIMEOUT)
     rootfs = bundle / "rootfs"
 
     # umoci's runtime spec is generated from the image config: the entrypoint and env came through.

@@ -41,10 +41,11 @@ from .common import (
     now,
     page_size,
     parts,
+    tag_uri,
     to_json,
 )
 from .images import DeployFailure, ImageChecker
-from .running import RunningMixin
+from .running import RunningMixin, job_record
 
 log = logging.getLogger("baseroll.standin.cloudrun")
 Operation = operations_pb2.Operation
@@ -68,6 +69,7 @@ class DeploysMixin(RunningMixin):
     _pool: ThreadPoolExecutor | None
     _checker: ImageChecker | None
     deploy_latency_s: float
+    proxy_base: str
 
     # -- revisions --
 
@@ -203,11 +205,8 @@ class DeploysMixin(RunningMixin):
             self._slots.release()
 
     def _check_revision(self, job: DeployJob) -> DeployFailure | None:
-        if job.revision is None:
-            return None
         with self._lock:
-            rec = self._services.get(job.service)
-            record = rec.revisions.get(job.revision) if rec and rec.service.uid == job.service_uid else None
+            record = job_record(self._services, job)
             if record is None:
                 return None
             images = [c.image for c in record.revision.containers]
@@ -303,7 +302,7 @@ class DeploysMixin(RunningMixin):
         svc.traffic_statuses = [
             run_v2.TrafficTargetStatus(
                 type_=t.type_, revision=ready if t.type_ == LATEST else t.revision, percent=t.percent, tag=t.tag,
-                uri=svc.uri.replace("https://", f"https://{t.tag}---") if t.tag else "",
+                uri=tag_uri(self.proxy_base, *parts(svc.name), t.tag) if t.tag else "",
             )
             for t in svc.traffic
         ]

@@ -20,7 +20,8 @@ import re
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import httpx
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -73,7 +74,7 @@ def _text(status: int, body: str) -> Response:
 class RevisionProxy:
     """Serves service and tag URLs on loopback for `standin`; `base` is `http://127.0.0.1:<port>`."""
 
-    def __init__(self, standin: "CloudRunStandin", host: str, port: int = 0, *, timeout_s: float = 30.0,
+    def __init__(self, standin: CloudRunStandin, host: str, port: int = 0, *, timeout_s: float = 30.0,
                  seed: int | None = None) -> None:
         self.standin = standin
         self.host = host

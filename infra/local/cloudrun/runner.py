@@ -49,6 +49,7 @@ class RunningRevision:
     port: int
     digest: str
     proc: subprocess.Popen = field(repr=False)
+    idle_since: float | None = None  # when it stopped being wanted (monotonic), for the drain period
 
     @property
     def pid(self) -> int:
@@ -81,11 +82,12 @@ class RevisionRunner:
     """Starts, probes and stops revision processes; `port(key)` tells the proxy where one listens."""
 
     def __init__(self, bundles: BundleCache, logs: Path, *, max_processes: int = 32,
-                 startup_timeout_s: float = 20.0) -> None:
+                 startup_timeout_s: float = 20.0, drain_s: float = 1.0) -> None:
         self.bundles = bundles
         self.logs = logs
         self.max_processes = max_processes
         self.startup_timeout_s = startup_timeout_s
+        self.drain_s = drain_s  # so a request routed to a revision just before it retired still finishes
         self._running: dict[str, RunningRevision] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -127,13 +129,14 @@ class RevisionRunner:
         rootfs, workdir = str(bundle.rootfs), bundle.workdir
 
         def enter_rootfs() -> None:  # in the child, before exec: argv[0] is then found inside the image
+            # Two system calls and no Python locks, so safe in a child forked from a threaded parent.
             os.chroot(rootfs)
             os.chdir(workdir)
 
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    preexec_fn=enter_rootfs, start_new_session=True, close_fds=True)
+                                    preexec_fn=enter_rootfs, start_new_session=True, close_fds=True)  # noqa: PLW1509
 
     def _probe(self, running: RunningRevision, log_path: Path) -> DeployFailure | None:
         """Cloud Run's default startup probe, TCP on $PORT, polled until the startup timeout."""
@@ -169,9 +172,13 @@ class RevisionRunner:
             return {k: r.pid for k, r in self._running.items()}
 
     def keep_only(self, keys: set[str]) -> list[str]:
-        """Stop every revision not in `keys` (retired, pruned, its service deleted); the keys stopped."""
+        """Stop every revision not in `keys` (retired, pruned, its service deleted) once it has been out
+        of them for `drain_s`, so requests routed to it just before finish; the keys stopped."""
+        now = time.monotonic()
         with self._lock:
-            retired = [k for k in self._running if k not in keys]
+            for key, running in self._running.items():
+                running.idle_since = None if key in keys else (running.idle_since or now)
+            retired = [k for k, r in self._running.items() if r.idle_since is not None and now - r.idle_since >= self.drain_s]
         for key in retired:
             self.stop(key)
         return retired

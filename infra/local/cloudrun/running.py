@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from google.cloud import run_v2
 
-from .common import DeployJob, ServiceRecord, parts, service_uri
+from .common import DeployJob, RevisionRecord, ServiceRecord, parts, service_uri
 from .images import DeployFailure
 from .runner import LaunchSpec, RevisionRunner
 
@@ -53,6 +53,14 @@ def launch_spec(rev: run_v2.Revision) -> LaunchSpec:
     return LaunchSpec(c.image, tuple(c.command), tuple(c.args), tuple(env))
 
 
+def job_record(services: dict[str, ServiceRecord], job: DeployJob) -> RevisionRecord | None:
+    """The revision a deploy job made, unless it or its service (that very one, by uid) is gone."""
+    rec = services.get(job.service)
+    if rec is None or rec.service.uid != job.service_uid or job.revision is None:
+        return None
+    return rec.revisions.get(job.revision)
+
+
 class RunningMixin:
     """The running-mode half of `CloudRunStandin`: `_runner` is None in the simulated mode."""
 
@@ -68,8 +76,7 @@ class RunningMixin:
         if self._runner is None or job.revision is None:
             return None
         with self._lock:
-            rec = self._services.get(job.service)
-            record = rec.revisions.get(job.revision) if rec and rec.service.uid == job.service_uid else None
+            record = job_record(self._services, job)
             if record is None:
                 return None
             uid, spec = record.revision.uid, launch_spec(record.revision)
@@ -85,20 +92,22 @@ class RunningMixin:
         return keep
 
     def _retire_idle_revisions(self) -> None:
+        """Stop the processes of revisions that no longer serve; never raises (a deploy job and the
+        sweeper call it, and neither may stop because of it)."""
         if self._runner is None:
             return
-        with self._lock:
-            keep = self._serving_uids_locked()
-        for uid in self._runner.keep_only(keep):
-            log.info("cloudrun stand-in: stopped retired revision %s", uid)
+        try:
+            with self._lock:
+                keep = self._serving_uids_locked()
+            for uid in self._runner.keep_only(keep):
+                log.info("cloudrun stand-in: stopped retired revision %s", uid)
+        except Exception:  # the next call retries; stop() stops everything anyway
+            log.exception("cloudrun stand-in: retiring revisions failed")
 
     def _sweep_forever(self) -> None:
         """Retire revisions of deleted services and pruned ones too, which no deploy job follows."""
         while not self._stopping.wait(SWEEP_PERIOD_S):
-            try:
-                self._retire_idle_revisions()
-            except Exception:  # keep sweeping: a stand-in bug must not leave processes running
-                log.exception("cloudrun stand-in: sweeping revisions failed")
+            self._retire_idle_revisions()
 
     def routes(self, project: str, region: str, sid: str, tag: str | None) -> Routes:
         """The ready revisions a request may go to: by the traffic split, or the tagged one."""
