@@ -27,6 +27,7 @@ from typing import Iterable
 
 import yaml
 from baseroll.contracts import topics
+from baseroll.config import CLOUD_RUN_TRANSPORTS
 from baseroll.images.registry import RegistryClient, StaticCredentials
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
@@ -45,6 +46,7 @@ from .token_server import TokenServer
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "functions" / "main.py"
 TOPIC_PROJECT = "baseroll-host"  # the project holding the topics, as in a real deployment
+WORKER_SERVICE_ACCOUNT = f"baseroll-worker@{TOPIC_PROJECT}.iam.gserviceaccount.com"
 # Each entry point and the topic whose push subscription delivers to it (infra/terraform mirrors this).
 TRIGGERS = {
     "on_artifact_push": topics.ARTIFACT_PUSHES,
@@ -62,11 +64,17 @@ class LocalStack:
                  pubsub_faults: dict | None = None, projects: tuple[str, ...] = PROJECTS,
                  regions: tuple[str, ...] = REGIONS, cloudrun_workers: int = 8, push_concurrency: int = 24,
                  function_threads: int = 32, extra_tracks: Iterable[dict] = (),
-                 signatures: dict | None = None, pubsub_emulator: bool = False, run_revisions: bool = False) -> None:
+                 signatures: dict | None = None, pubsub_emulator: bool = False, run_revisions: bool = False,
+                 cloud_run_transport: str | None = None) -> None:
         self.signatures = signatures
         # The Cloud Run stand-in's running mode: revisions run as processes behind its loopback proxy
         # (docs/GOOGLE_APIS.md#revisions-that-really-run); the simulated mode otherwise.
         self.run_revisions = run_revisions
+        # The functions' and the CLI's transport to the Cloud Run stand-in: gRPC, production's, unless
+        # given or BASEROLL_CLOUD_RUN_TRANSPORT says `rest` (the stand-in serves both over one state).
+        self.cloud_run_transport = cloud_run_transport or os.environ.get("BASEROLL_CLOUD_RUN_TRANSPORT") or "grpc"
+        if self.cloud_run_transport not in CLOUD_RUN_TRANSPORTS:
+            raise ValueError(f"cloud_run_transport: one of {CLOUD_RUN_TRANSPORTS}, got {self.cloud_run_transport!r}")
         self.projects, self.regions = projects, regions
         # More base tracks after the seeded ones: {"name": ..., "image": "{registry}/repo:tag"}, where
         # `{registry}` stands for the local registry's host:port (not known before the stack exists).
@@ -98,6 +106,9 @@ class LocalStack:
         self._tokens_started = False
         self.registry = RegistryServer(workdir=self.workdir / "registry", token_server=self.tokens)
         self.password_file = self.workdir / "registry-password"  # as a Secret Manager secret is mounted
+        # The worker's service-account key: google-auth trades it at the token server for the ID
+        # tokens of verification requests (docs/GOOGLE_APIS.md#verify-at-zero-traffic).
+        self.worker_key_file = self.workdir / "worker-key.json"
         self.firestore = FirestoreEmulator(workdir=self.workdir / "firestore")
         self.cloudrun: CloudRunStandin | None = None
         self.functions: dict[str, tuple[subprocess.Popen, int]] = {}
@@ -105,9 +116,17 @@ class LocalStack:
 
     # --- clients, as baseroll and the seeder use them
     def run_client(self) -> run_v2.ServicesClient:
+        """The seeder's and the tests' own client (the "people" racing baseroll): REST, so with the
+        functions on gRPC both fronts of the stand-in serve one fleet at once."""
         assert self.cloudrun is not None
         return run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
                                      client_options=ClientOptions(api_endpoint=self.cloudrun.url))
+
+    def cloud_run_endpoint(self) -> str | None:
+        """The stand-in's front for the configured transport (`http://`: plaintext)."""
+        if self.cloudrun is None:
+            return None
+        return self.cloudrun.grpc_url if self.cloud_run_transport == "grpc" else self.cloudrun.url
 
     def registry_client(self) -> RegistryClient:
         """A client that authenticates as the functions do (the seeder's and the tests' own)."""
@@ -163,8 +182,8 @@ class LocalStack:
             "rollout": {"ready_timeout_s": self.ready_timeout_s, "concurrency": self.concurrency,
                         "waves": [0.1, 0.5, 1.0], "failure_budget": 1, "write_quota_per_min": 600,
                         "invocation_budget_s": 60, "poll_interval_s": 0.3, **self.rollout_overrides},
-            "cloud_run_endpoint": self.cloudrun.url if self.cloudrun else None,
-            "cloud_run_transport": "rest",  # its e2e tests hook the stand-in's REST routes
+            "cloud_run_endpoint": self.cloud_run_endpoint(),
+            "cloud_run_transport": self.cloud_run_transport,
             "pubsub_project": TOPIC_PROJECT,
             **({"signatures": self.signatures} if self.signatures else {}),
         }
@@ -175,6 +194,8 @@ class LocalStack:
         self.password_file.touch(mode=0o600)
         self.password_file.write_text(self.tokens.secret)
         self.tokens.start()
+        self.worker_key_file.touch(mode=0o600)
+        self.worker_key_file.write_text(json.dumps(self.tokens.service_account_key(WORKER_SERVICE_ACCOUNT)))
         self._tokens_started = True
         self.registry.start()
         self.cloudrun = CloudRunStandin(registry_host=self.registry.host, deploy_latency_s=self.deploy_latency_s,
@@ -236,8 +257,11 @@ class LocalStack:
     def _spawn_function(self, target: str, port: int, *, timeout: float) -> None:
         """Run one entry point under functions-framework on `port`, in its own process group."""
         env = {**os.environ, "BASEROLL_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1",
+               "GOOGLE_APPLICATION_CREDENTIALS": str(self.worker_key_file),
                "THREADS": str(self.function_threads)}
-        env.pop("BASEROLL_CONFIG_YAML", None)
+        # The configuration names the stand-in's front and its transport, as a pair.
+        for name in ("BASEROLL_CONFIG_YAML", "BASEROLL_CLOUD_RUN_ENDPOINT", "BASEROLL_CLOUD_RUN_TRANSPORT"):
+            env.pop(name, None)
         binary = shutil.which("functions-framework", path=str(Path(sys.executable).parent)) or "functions-framework"
         log = open(self.function_log(target), "ab")
         proc = subprocess.Popen(

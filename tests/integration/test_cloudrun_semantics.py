@@ -96,4 +96,6 @@ def test_pinned_and_tagged_traffic_follows_the_roll(
     assert now.annotations[ledger.TRAFFIC] == (f"traffic followed: 90% {first}, 10% {replaced} tag=canary -> "
                                                f"90% {first}, 10% {new} tag=canary")
     raw = client.get_service(name=created.name)
-    assert raw.traffic_statuses[1].uri.startswith("https://canary---")
+    # The tag's own URL, served by the stand-in's loopback proxy (common.tag_uri)
+    assert raw.traffic_statuses[1].uri.endswith("/t/demo-project/us-central1/semantics-pinned/canary")
+    assert now.tag_uris == {"canary": raw.traffic_statuses[1].uri} and now.uri == raw.uri

@@ -228,7 +228,8 @@ def test_create_in_two_regions_fills_server_fields(client: run_v2.ServicesClient
     for svc, region in ((a, REGION), (b, OTHER_REGION)):
         _assert_ready(svc)
         assert svc.name == f"{_parent(region)}/services/two-regions"
-        assert svc.uid and svc.etag and svc.uri.startswith("https://two-regions-")
+        # The URL the stand-in's loopback proxy serves the service on (common.service_uri), one per region
+        assert svc.uid and svc.etag and svc.uri.endswith(f"/s/{PROJECT}/{region}/two-regions") and svc.urls == [svc.uri]
         assert svc.generation == 1
         assert svc.create_time and svc.update_time
         assert re.fullmatch(rf"{svc.name}/revisions/two-regions-00001-[a-z]{{3}}", svc.latest_created_revision)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-import zlib
 
 from google.cloud import run_v2
 from google.longrunning import operations_pb2
@@ -30,6 +29,7 @@ from .common import (
     now,
     page_size,
     parts,
+    service_uri,
     spec_key,
     template_key,
 )
@@ -43,6 +43,7 @@ class ServicesMixin:
 
     _lock: threading.RLock
     _services: dict[str, ServiceRecord]
+    proxy_base: str  # where the loopback proxy serves service and tag URLs (`standin`)
 
     # -- validation --
 
@@ -126,7 +127,9 @@ class ServicesMixin:
         svc.create_time = created
         svc.update_time = created
         svc.etag = self._etag()
-        svc.uri = f"https://{sid}-{zlib.crc32(project.encode()) % 10**12}.{location}.run.app"
+        # Served by the stand-in's loopback proxy; Cloud Run's is https://<service>-<hash>.<region>.run.app
+        # (docs/GOOGLE_APIS.md#verify-at-zero-traffic).
+        svc.uri = service_uri(self.proxy_base, project, location, sid)
         svc.urls = [svc.uri]
         rec = ServiceRecord(service=svc)
         self._reserve_slot()
