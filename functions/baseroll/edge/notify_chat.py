@@ -14,6 +14,7 @@ times, then raised so Pub/Sub redelivers the event later.
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -32,9 +33,10 @@ ATTEMPTS = 4
 BACKOFF_S = (1.0, 4.0, 16.0)  # between attempts: 21 s at most, well inside the function's timeout
 TIMEOUT_S = 10.0
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
-SEEN_MAX = 2048  # event ids this instance posted: a redelivered duplicate is dropped
+SEEN_MAX = 2048  # event ids this instance posted or is posting: a redelivered duplicate is dropped
 
 _seen: OrderedDict[str, None] = OrderedDict()
+_seen_lock = threading.Lock()
 
 
 class ChatUnavailable(RuntimeError):
@@ -81,16 +83,19 @@ def notify(data: Any, event_id: str, env: Mapping[str, str], *, clock: Clock = S
     except (EventError, ValueError) as exc:
         log.warning("chat.rejected", event_id=event_id, reason=str(exc))
         return {"status": "rejected", "reason": str(exc)}
-    if event.event_id in _seen or not wanted(event, env):
+    if not wanted(event, env) or not _claim(event.event_id):
         log.info("chat.skipped", event_id=event.event_id, kind=event.kind,
-                 reason="duplicate" if event.event_id in _seen else f"kind not in {KINDS_ENV}")
+                 reason="duplicate" if wanted(event, env) else f"kind not in {KINDS_ENV}")
         return {"status": "skipped"}
-    with client() as http:
-        status = _post(http, url, chat_message(event), clock, event.event_id)
+    try:
+        with client() as http:
+            status = _post(http, url, chat_message(event), clock, event.event_id)
+    except Exception:
+        _forget(event.event_id)  # not posted: its redelivery must post it
+        raise
     if status >= 400:
         log.error("chat.refused", event_id=event.event_id, kind=event.kind, http_status=status)
         return {"status": "refused", "http_status": status}
-    _remember(event.event_id)
     log.info("chat.posted", event_id=event.event_id, kind=event.kind, rollout_id=event.rollout_id)
     return {"status": "posted"}
 
@@ -113,7 +118,17 @@ def _post(http: httpx.Client, url: str, body: dict[str, Any], clock: Clock, even
     raise ChatUnavailable(f"Chat webhook failed {ATTEMPTS} times, last: {why}")
 
 
-def _remember(event_id: str) -> None:
-    _seen[event_id] = None
-    while len(_seen) > SEEN_MAX:
-        _seen.popitem(last=False)
+def _claim(event_id: str) -> bool:
+    """True for the first delivery of `event_id` to this instance (concurrent ones included)."""
+    with _seen_lock:
+        if event_id in _seen:
+            return False
+        _seen[event_id] = None
+        while len(_seen) > SEEN_MAX:
+            _seen.popitem(last=False)
+        return True
+
+
+def _forget(event_id: str) -> None:
+    with _seen_lock:
+        _seen.pop(event_id, None)
