@@ -180,6 +180,27 @@ def test_a_worker_pool_deploys_revisions_like_a_service(pools: run_v2.WorkerPool
     assert (failed.generation, failed.observed_generation) == (3, 2)
 
 
+def test_jobs_and_worker_pools_list_by_page_and_delete(jobs: run_v2.JobsClient, pools: run_v2.WorkerPoolsClient,
+                                                       images: Images) -> None:
+    made = [_job(jobs, f"page-{i}", images.good).name for i in range(3)]
+    request = run_v2.ListJobsRequest(parent=PARENT, page_size=2)
+    assert [j.name for j in jobs.list_jobs(request=request) if j.name in made] == made
+    assert all(len(page.jobs) <= 2 for page in jobs.list_jobs(request=request).pages)
+    assert len(list(jobs.list_jobs(request=request).pages)) >= 2
+    with pytest.raises(gexc.InvalidArgument):
+        list(jobs.list_jobs(parent=f"projects/{PROJECT}/locations/-"))
+    gone = jobs.delete_job(name=made[0]).result(timeout=OP_TIMEOUT, polling=FAST_POLL)
+    assert gone.name == made[0] and gone.delete_time
+    with pytest.raises(gexc.NotFound):
+        jobs.get_job(name=made[0])
+    pool = _pool(pools, "doomed", images.good)
+    with pytest.raises(gexc.Aborted):
+        pools.delete_worker_pool(request=run_v2.DeleteWorkerPoolRequest(name=pool.name, etag='"stale"'), retry=None)
+    pools.delete_worker_pool(request=run_v2.DeleteWorkerPoolRequest(name=pool.name, etag=pool.etag)).result(
+        timeout=OP_TIMEOUT, polling=FAST_POLL)
+    assert pool.name not in [p.name for p in pools.list_worker_pools(parent=PARENT)]
+
+
 # --- baseroll's adapters and state machines over the clients ---------------------------------------------
 
 

@@ -9,7 +9,7 @@ before the write, refused as stale only when what the caller watches changed
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import grpc
@@ -116,9 +116,24 @@ class _TemplateFleet:
     """What jobs and worker pools share: get, and update images from a fresh read."""
 
     _view: Callable[[Any], ServiceView]
+    _noun: str  # in errors: "job", "worker pool"
+
+    def _list(self, parent: str) -> Iterable[Any]:
+        """The resources under `parent` (a pager over pages of 500)."""
+        raise NotImplementedError
+
+    def _fetch(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
+        for raw in self._list(f"projects/{project}/locations/{region}"):
+            yield type(self)._view(raw)
 
     def _get(self, name: str) -> Any:
-        raise NotImplementedError
+        try:
+            return self._fetch(name)
+        except gexc.NotFound as exc:
+            raise FleetError(f"{self._noun} {name} not found") from exc
 
     def _containers(self, raw: Any) -> Any:
         raise NotImplementedError
@@ -167,6 +182,7 @@ class CloudRunJobs(_TemplateFleet):
     task template and starts no execution."""
 
     _view = staticmethod(job_view)
+    _noun = "job"
 
     def __init__(self, jobs: run_v2.JobsClient, executions: run_v2.ExecutionsClient) -> None:
         self._jobs = jobs
@@ -177,16 +193,11 @@ class CloudRunJobs(_TemplateFleet):
         return cls(_client(run_v2.JobsClient, JobsGrpcTransport, endpoint, transport),
                    _client(run_v2.ExecutionsClient, ExecutionsGrpcTransport, endpoint, transport))
 
-    def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
-        request = run_v2.ListJobsRequest(parent=f"projects/{project}/locations/{region}", page_size=500)
-        for job in self._jobs.list_jobs(request=request, retry=READ_RETRY):
-            yield job_view(job)
+    def _list(self, parent: str) -> Iterable[run_v2.Job]:
+        return self._jobs.list_jobs(request=run_v2.ListJobsRequest(parent=parent, page_size=500), retry=READ_RETRY)
 
-    def _get(self, name: str) -> run_v2.Job:
-        try:
-            return self._jobs.get_job(name=name, retry=READ_RETRY)
-        except gexc.NotFound as exc:
-            raise FleetError(f"job {name} not found") from exc
+    def _fetch(self, name: str) -> run_v2.Job:
+        return self._jobs.get_job(name=name, retry=READ_RETRY)
 
     def _containers(self, raw: run_v2.Job) -> Any:
         return raw.template.template.containers
@@ -225,6 +236,7 @@ class CloudRunWorkerPools(_TemplateFleet):
     """Fleet over WorkerPoolsClient: `list_services` lists worker pools; traffic is `instance_splits`."""
 
     _view = staticmethod(pool_view)
+    _noun = "worker pool"
 
     def __init__(self, client: run_v2.WorkerPoolsClient) -> None:
         self._client = client
@@ -233,16 +245,12 @@ class CloudRunWorkerPools(_TemplateFleet):
     def connect(cls, endpoint: str | None = None, transport: str = "grpc") -> "CloudRunWorkerPools":
         return cls(_client(run_v2.WorkerPoolsClient, WorkerPoolsGrpcTransport, endpoint, transport))
 
-    def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
-        request = run_v2.ListWorkerPoolsRequest(parent=f"projects/{project}/locations/{region}", page_size=500)
-        for pool in self._client.list_worker_pools(request=request, retry=READ_RETRY):
-            yield pool_view(pool)
+    def _list(self, parent: str) -> Iterable[run_v2.WorkerPool]:
+        request = run_v2.ListWorkerPoolsRequest(parent=parent, page_size=500)
+        return self._client.list_worker_pools(request=request, retry=READ_RETRY)
 
-    def _get(self, name: str) -> run_v2.WorkerPool:
-        try:
-            return self._client.get_worker_pool(name=name, retry=READ_RETRY)
-        except gexc.NotFound as exc:
-            raise FleetError(f"worker pool {name} not found") from exc
+    def _fetch(self, name: str) -> run_v2.WorkerPool:
+        return self._client.get_worker_pool(name=name, retry=READ_RETRY)
 
     def _containers(self, raw: run_v2.WorkerPool) -> Any:
         return raw.template.containers

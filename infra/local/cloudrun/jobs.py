@@ -17,7 +17,7 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from google.cloud import run_v2
 from google.longrunning import operations_pb2
@@ -92,6 +92,45 @@ def merge(cls: type, body: object, into: object, paths: Iterable[str]) -> None:
         cls.pb(body), cls.pb(into), replace_message_field=True, replace_repeated_field=True)  # type: ignore[attr-defined]
 
 
+def names_page(names: Iterable[str], project: str, location: str, collection: str, size: int,
+               token: str) -> tuple[list[str], str]:
+    """One page of the names under `projects/P/locations/L/{collection}/`, sorted; the token is the last
+    name returned. Like ListServices, a listing needs a concrete region."""
+    if location == "-":
+        raise ApiError(400, f"Cloud Run does not support listing {collection} across all regions (location '-').")
+    parent = f"projects/{project}/locations/{location}"
+    size = page_size(size)
+    after = decode_token(parent, token)
+    chosen = sorted(n for n in names if n.startswith(f"{parent}/{collection}/") and (after is None or n > after))
+    return chosen[:size], encode_token(parent, chosen[size - 1]) if len(chosen) > size else ""
+
+
+def check_etag(given: str, current: str, rid: str) -> None:
+    if given and given != current:
+        raise ApiError(409, f"Precondition failed: etag '{given}' does not match the current etag of '{rid}'.")
+
+
+def finished_op(new_op_locked: Callable[[str], Operation], cls: Any, msg: Any, *, remember: bool) -> Operation:
+    """A finished operation (validate-only, delete) whose metadata and result are `msg`."""
+    if remember:
+        op = new_op_locked(msg.name)
+    else:
+        op = Operation(name="/".join(msg.name.split("/")[:4]) + f"/operations/{uuid.uuid4()}")
+    op.done = True
+    op.metadata.Pack(cls.pb(msg))
+    op.response.Pack(cls.pb(msg))
+    return _snapshot(op)
+
+
+def removed(records: dict[str, Any], msg: Any, validate_only: bool) -> Any:
+    """A snapshot of `msg` as DeleteX returns it; the record is gone unless only validating."""
+    snapshot = copy(msg)
+    if not validate_only:
+        del records[snapshot.name]
+        snapshot.delete_time = now()
+    return snapshot
+
+
 @dataclass
 class ExecutionRecord:
     execution: run_v2.Execution
@@ -154,7 +193,7 @@ class JobsMixin:
         self._validate_job(job)
         job.name = name
         if validate_only:
-            return self._job_done_op(job)
+            return finished_op(self._new_op_locked, run_v2.Job, job, remember=False)
         job.uid = str(uuid.uuid4())
         job.generation = 1
         job.create_time = job.update_time = now()
@@ -173,13 +212,12 @@ class JobsMixin:
                 if not allow_missing:
                     raise not_found("JOB", jid, project, location)
                 return self._create_job_locked(name, body, validate_only)
-            if body.etag and body.etag != rec.job.etag:
-                raise ApiError(409, f"Precondition failed: etag '{body.etag}' does not match the current etag of '{jid}'.")
+            check_etag(body.etag, rec.job.etag, jid)
             new = copy(rec.job)
             merge(run_v2.Job, body, new, JOB_MUTABLE)  # UpdateJob has no mask: the whole desired state
             self._validate_job(new)
             if validate_only:
-                return self._job_done_op(new)
+                return finished_op(self._new_op_locked, run_v2.Job, new, remember=False)
             changed = _spec(new) != _spec(rec.job)
             new.generation = rec.job.generation + (1 if changed else 0)
             new.update_time = now()
@@ -245,39 +283,21 @@ class JobsMixin:
                                                      message=failure.message)
         job.conditions = [run_v2.Condition(copy(job.terminal_condition), type_="ConfigurationsReady")]
 
-    def _job_done_op(self, job: run_v2.Job, *, remember: bool = False) -> Operation:
-        op = self._new_op_locked(job.name) if remember else Operation(name=f"{_loc(job.name)}/operations/{uuid.uuid4()}")
-        op.done = True
-        op.metadata.Pack(run_v2.Job.pb(job))
-        op.response.Pack(run_v2.Job.pb(job))
-        return _snapshot(op)
-
     def job_snapshot(self, project: str, location: str, jid: str) -> run_v2.Job:
         with self._lock:
             return copy(self._job_record(project, location, jid).job)
 
     def jobs_page(self, project: str, location: str, size: int, token: str) -> run_v2.ListJobsResponse:
-        if location == "-":
-            raise ApiError(400, "Cloud Run does not support listing jobs across all regions (location '-').")
-        parent = f"projects/{project}/locations/{location}"
-        size = page_size(size)
-        after = decode_token(parent, token)
         with self._lock:
-            names = sorted(n for n in self._jobs if n.startswith(parent + "/jobs/") and (after is None or n > after))
-            page = [copy(self._jobs[n].job) for n in names[:size]]
-            next_token = encode_token(parent, names[size - 1]) if len(names) > size else ""
-        return run_v2.ListJobsResponse(jobs=page, next_page_token=next_token)
+            names, next_token = names_page(self._jobs, project, location, "jobs", size, token)
+            return run_v2.ListJobsResponse(jobs=[copy(self._jobs[n].job) for n in names], next_page_token=next_token)
 
     def delete_job_op(self, project: str, location: str, jid: str, etag: str, validate_only: bool) -> Operation:
         with self._lock:
             rec = self._job_record(project, location, jid)
-            if etag and etag != rec.job.etag:
-                raise ApiError(409, f"Precondition failed: etag '{etag}' does not match the current etag of '{jid}'.")
-            snapshot = copy(rec.job)
-            if not validate_only:
-                del self._jobs[snapshot.name]
-                snapshot.delete_time = now()
-            return self._job_done_op(snapshot, remember=not validate_only)
+            check_etag(etag, rec.job.etag, jid)
+            return finished_op(self._new_op_locked, run_v2.Job, removed(self._jobs, rec.job, validate_only),
+                               remember=not validate_only)
 
     def _job_record(self, project: str, location: str, jid: str) -> JobRecord:
         rec = self._jobs.get(f"projects/{project}/locations/{location}/jobs/{jid}")
@@ -290,8 +310,7 @@ class JobsMixin:
     def run_job_op(self, project: str, location: str, jid: str, etag: str, validate_only: bool) -> Operation:
         with self._lock:
             rec = self._job_record(project, location, jid)
-            if etag and etag != rec.job.etag:
-                raise ApiError(409, f"Precondition failed: etag '{etag}' does not match the current etag of '{jid}'.")
+            check_etag(etag, rec.job.etag, jid)
             execution = self._new_execution_locked(rec)
             if validate_only:
                 return self._execution_op_locked(execution, remember=False)
@@ -409,8 +428,3 @@ def _spec(job: run_v2.Job) -> bytes:
     spec = type(pb)()
     field_mask_pb2.FieldMask(paths=list(JOB_MUTABLE)).MergeMessage(pb, spec)
     return spec.SerializeToString(deterministic=True)
-
-
-def _loc(name: str) -> str:
-    p = name.split("/")
-    return "/".join(p[:4])

@@ -30,18 +30,15 @@ from .common import (
     State,
     config_key,
     copy,
-    decode_token,
-    encode_token,
     not_found,
     not_ready,
     now,
-    page_size,
     template_key,
     to_json,
 )
 from .deploys import _snapshot
 from .images import DeployFailure, ImageChecker
-from .jobs import check_containers, check_keys, first_image_failure, merge
+from .jobs import check_containers, check_etag, check_keys, finished_op, first_image_failure, merge, names_page, removed
 
 log = logging.getLogger("baseroll.standin.cloudrun")
 Operation = operations_pb2.Operation
@@ -121,7 +118,7 @@ class WorkerPoolsMixin:
         self._validate_pool(wp, wid, None, wp.template.revision or None)
         wp.name = name
         if validate_only:
-            return self._pool_done_op(wp)
+            return finished_op(self._new_op_locked, run_v2.WorkerPool, wp, remember=False)
         wp.uid = str(uuid.uuid4())
         wp.generation = 1
         wp.create_time = wp.update_time = now()
@@ -141,8 +138,7 @@ class WorkerPoolsMixin:
                 if not allow_missing:
                     raise not_found("WORKER_POOL", wid, project, location)
                 return self._create_pool_locked(name, body, validate_only)
-            if body.etag and body.etag != rec.pool.etag:
-                raise ApiError(409, f"Precondition failed: etag '{body.etag}' does not match the current etag of '{wid}'.")
+            check_etag(body.etag, rec.pool.etag, wid)
             old = rec.pool
             new = copy(old)
             merge(run_v2.WorkerPool, body, new, mask if mask is not None else POOL_MUTABLE)
@@ -154,7 +150,7 @@ class WorkerPoolsMixin:
                 raise ApiError(409, f"Revision named '{rev_name}' already exists.", "ALREADY_EXISTS")
             self._validate_pool(new, wid, rec, rev_name)
             if validate_only:
-                return self._pool_done_op(new)
+                return finished_op(self._new_op_locked, run_v2.WorkerPool, new, remember=False)
             changed = template_changed or _mutable(new) != _mutable(old)
             new.generation = old.generation + (1 if changed else 0)
             new.update_time = now()
@@ -260,47 +256,22 @@ class WorkerPoolsMixin:
                                        revision=ready if s.type_ == SPLIT_LATEST else s.revision)
             for s in wp.instance_splits]
 
-    def _pool_done_op(self, wp: run_v2.WorkerPool, *, remember: bool = False) -> Operation:
-        loc = "/".join(wp.name.split("/")[:4])
-        op = self._new_op_locked(wp.name) if remember else Operation(name=f"{loc}/operations/{uuid.uuid4()}")
-        op.done = True
-        op.metadata.Pack(run_v2.WorkerPool.pb(wp))
-        op.response.Pack(run_v2.WorkerPool.pb(wp))
-        return _snapshot(op)
-
     def worker_pool_snapshot(self, project: str, location: str, wid: str) -> run_v2.WorkerPool:
         with self._lock:
             return copy(self._pool_record(project, location, wid).pool)
 
     def worker_pools_page(self, project: str, location: str, size: int, token: str) -> run_v2.ListWorkerPoolsResponse:
-        if location == "-":
-            raise ApiError(400, "Cloud Run does not support listing worker pools across all regions (location '-').")
-        parent = f"projects/{project}/locations/{location}"
-        size = page_size(size)
-        after = decode_token(parent, token)
         with self._lock:
-            names = sorted(n for n in self._worker_pools
-                           if n.startswith(parent + "/workerPools/") and (after is None or n > after))
-            page = [copy(self._worker_pools[n].pool) for n in names[:size]]
-            next_token = encode_token(parent, names[size - 1]) if len(names) > size else ""
-        return run_v2.ListWorkerPoolsResponse(worker_pools=page, next_page_token=next_token)
+            names, next_token = names_page(self._worker_pools, project, location, "workerPools", size, token)
+            return run_v2.ListWorkerPoolsResponse(worker_pools=[copy(self._worker_pools[n].pool) for n in names],
+                                                  next_page_token=next_token)
 
     def delete_worker_pool_op(self, project: str, location: str, wid: str, etag: str, validate_only: bool) -> Operation:
         with self._lock:
             rec = self._pool_record(project, location, wid)
-            if etag and etag != rec.pool.etag:
-                raise ApiError(409, f"Precondition failed: etag '{etag}' does not match the current etag of '{wid}'.")
-            snapshot = copy(rec.pool)
-            if not validate_only:
-                del self._worker_pools[snapshot.name]
-                snapshot.delete_time = now()
-            return self._pool_done_op(snapshot, remember=not validate_only)
-
-    def worker_pool_revisions(self, project: str, location: str, wid: str) -> list[run_v2.Revision]:
-        """The pool's revisions, newest first, with their state (for tests; not served over the API)."""
-        with self._lock:
-            recs = sorted(self._pool_record(project, location, wid).revisions.values(), key=lambda r: -r.seq)
-            return [copy(r.revision) for r in recs]
+            check_etag(etag, rec.pool.etag, wid)
+            return finished_op(self._new_op_locked, run_v2.WorkerPool, removed(self._worker_pools, rec.pool, validate_only),
+                               remember=not validate_only)
 
     def _pool_record(self, project: str, location: str, wid: str) -> PoolRecord:
         rec = self._worker_pools.get(f"projects/{project}/locations/{location}/workerPools/{wid}")

@@ -35,7 +35,11 @@ def job_handlers(front: GrpcFront) -> tuple[grpc.GenericRpcHandler, ...]:
     s = front.s
 
     def by(pattern: re.Pattern[str], field: str, typed: Callable[..., Any]) -> Call:
-        return lambda r: (lambda ids: (ids, lambda: typed(r, ids)))(_ids(pattern, _field(r, field), field))
+        """The call for a request: ids from its resource name in `field`, then `typed(request, ids)`."""
+        def call(r: Any) -> tuple[tuple[str, ...], Callable[[], Any]]:
+            ids = _ids(pattern, _field(r, field), field)
+            return ids, lambda: typed(r, ids)
+        return call
 
     jobs = {
         "CreateJob": front._unary("POST", "create_job", True, run_v2.CreateJobRequest, by(
