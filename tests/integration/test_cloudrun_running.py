@@ -25,8 +25,10 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
 from infra.local.bearer_auth import BearerAuth
+from infra.local.cloudrun.bundles import Bundle
 from infra.local.cloudrun.common import service_uri, tag_uri
-from infra.local.cloudrun.proxy import REVISION_HEADER
+from infra.local.cloudrun.proxy import REVISION_HEADER, invoker_check
+from infra.local.cloudrun.runner import LaunchSpec, argv_of, env_of
 from infra.local.cloudrun_standin import CloudRunStandin
 from infra.local.images import ImageSpec, layer, push
 from infra.local.registry_server import RegistryServer
@@ -237,6 +239,19 @@ def test_processes_stop_when_retired_deleted_and_on_stop(images: dict, tmp_path:
     assert cr.running_revisions == {}
 
 
+@needs_root
+def test_at_most_max_revision_processes_run(images: dict, tmp_path: Path) -> None:
+    cr = CloudRunStandin(registry_host=images["host"], deploy_latency_s=0.0, registry_auth=BearerAuth(*images["creds"]),
+                         registry_credentials=images["creds"], run_revisions=True, startup_timeout_s=5.0,
+                         max_revision_processes=1, workdir=tmp_path / "cloudrun")
+    with cr:
+        client = _client(cr)
+        _deploy(client, "one", images["v1"], create=True)
+        with pytest.raises(gexc.FailedPrecondition, match="at most 1 revisions"):
+            _deploy(client, "two", images["v2"], create=True)
+        assert len(cr.running_revisions) == 1 and _get(cr, "one").text == "app v1\n"
+
+
 def test_simulated_mode_proxy_answers_for_the_ready_revision(tmp_path: Path) -> None:
     """No processes: a ready revision answers 200 naming itself, so URL checks work on every stand-in."""
     reg = RegistryServer(workdir=tmp_path / "registry")
@@ -249,3 +264,27 @@ def test_simulated_mode_proxy_answers_for_the_ready_revision(tmp_path: Path) -> 
         short = svc.latest_ready_revision.rsplit("/", 1)[1]
         assert (r.status_code, r.headers[REVISION_HEADER]) == (200, short) and short in r.text
         assert cr.running_revisions == {}
+
+
+def test_command_and_args_override_entrypoint_and_cmd_as_in_kubernetes() -> None:
+    image = Bundle("sha256:" + "0" * 64, Path("/nonexistent"), ("/bin/server",), ("--port", "8080"),
+                   ("PATH=/bin", "MODE=image", "EMPTY"), "/app")
+    assert argv_of(image, (), ()) == ["/bin/server", "--port", "8080"]
+    assert argv_of(image, (), ("--debug",)) == ["/bin/server", "--debug"]
+    assert argv_of(image, ("/bin/other",), ()) == ["/bin/other"]  # the image's Cmd goes with its Entrypoint
+    assert argv_of(image, ("/bin/other",), ("-v",)) == ["/bin/other", "-v"]
+    env = env_of(image, LaunchSpec("img", env=(("MODE", "container"), ("K_REVISION", "web-00001-abc"))))
+    assert env == {"PATH": "/bin", "MODE": "container", "EMPTY": "", "K_REVISION": "web-00001-abc"}
+
+
+def test_invoker_check_statuses() -> None:
+    aud = "http://127.0.0.1:1/s/p/r/web"
+    now = time.time()
+    assert invoker_check(None, {aud}, "/", now)[0] == 403  # type: ignore[index]
+    assert invoker_check(f"Basic {_token(aud)}", {aud}, "/", now)[0] == 401  # type: ignore[index]
+    assert invoker_check(f"Bearer {_token(aud + '/x')}", {aud}, "/", now)[0] == 401  # type: ignore[index]
+    assert invoker_check(f"Bearer {_token(aud, exp_in=-1)}", {aud}, "/", now)[0] == 401  # type: ignore[index]
+    assert invoker_check(f"Bearer {_token(aud)}", {aud}, "/", now) is None
+    listed = _token(aud).split(".")
+    claims = base64.urlsafe_b64encode(json.dumps({"aud": ["other", aud]}).encode()).rstrip(b"=").decode()
+    assert invoker_check(f"bearer {listed[0]}.{claims}.{listed[2]}", {aud}, "/", now) is None

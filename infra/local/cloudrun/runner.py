@@ -7,6 +7,7 @@ started. At most `max_processes` run at once; `stop_all()` leaves none behind.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -91,18 +92,25 @@ class RevisionRunner:
         self._running: dict[str, RunningRevision] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self.stopped_pids: list[int] = []  # every process stopped, for tests and the demo's summary
+        self._starting = 0  # starts under way (pulling, unpacking)
 
     def start(self, key: str, spec: LaunchSpec) -> DeployFailure | None:
         """Pull, unpack and run the revision `key`; None once it listens, else why it failed (stopped)."""
         if os.geteuid() != 0:
             return DeployFailure("REVISION_FAILED", "the stand-in runs revisions chrooted, which needs root")
         with self._lock:
+            if len(self._running) + self._starting >= self.max_processes:
+                return DeployFailure("ACTIVE_REVISION_LIMIT_REACHED",
+                                     f"The stand-in runs at most {self.max_processes} revisions at once.")
+            self._starting += 1  # holds a place for it while it is pulled, so the cap holds
             busy = frozenset(r.digest for r in self._running.values())
-            full = len(self._running) >= self.max_processes
-        if full:
-            return DeployFailure("ACTIVE_REVISION_LIMIT_REACHED",
-                                 f"The stand-in runs at most {self.max_processes} revisions at once.")
+        try:
+            return self._start(key, spec, busy)
+        finally:
+            with self._lock:
+                self._starting -= 1
+
+    def _start(self, key: str, spec: LaunchSpec, busy: frozenset[str]) -> DeployFailure | None:
         try:
             bundle = self.bundles.get(spec.image, busy=busy)
         except BundleError as e:
@@ -192,16 +200,11 @@ class RevisionRunner:
     def _stop(self, running: RunningRevision) -> None:
         """SIGTERM the process group (Cloud Run's shutdown signal), then SIGKILL whatever is left of it."""
         proc = running.proc
-        for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
-            try:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)  # its own session: the group id is its PID
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-        self.stopped_pids.append(proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=STOP_GRACE_S)
 
     def close(self) -> None:
         """Start no more processes and end probes in progress; `stop_all` then stops what runs."""
