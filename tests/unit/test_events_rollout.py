@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from baseroll.contracts import events as E
@@ -122,3 +124,15 @@ def test_a_failed_publish_is_logged_and_never_raised(exc, capsys):
     unpublished = [line for line in lines if line.get("message") == "rollout_event.unpublished"]
     assert unpublished and unpublished[0]["event_ids"] == ["python-0123456789ab:halted:1:7"]
     assert any(line.get("message") == "rollout_event" and line.get("kind") == "halted" for line in lines)
+
+
+def test_docs_events_md_shows_each_kind_as_the_code_builds_it():
+    """docs/EVENTS.md: the whole `started` example decodes, and each kind's detail example is the builder's."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "EVENTS.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S)]
+    started = E.decode(message(json.dumps(blocks[0]).encode()))
+    assert started == ONE_OF_EACH[E.STARTED]
+    details = [b["detail"] for b in blocks[1:]]
+    assert details == [dict(e.detail) for kind, e in ONE_OF_EACH.items() if kind != E.STARTED]
+    for kind in E.KINDS:
+        assert f"| `{kind}` |" in text, kind
