@@ -9,8 +9,6 @@ keep the last serving state and `terminal_condition` says why. Same lock, operat
 from __future__ import annotations
 
 import logging
-import random
-import string
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +63,6 @@ class WorkerPoolsMixin:
     """The worker-pools part of `CloudRunStandin`'s state."""
 
     _lock: threading.RLock
-    _rng: random.Random
     _worker_pools: dict[str, PoolRecord]
     _slots: threading.BoundedSemaphore
     _stopping: threading.Event
@@ -76,6 +73,7 @@ class WorkerPoolsMixin:
     _etag: Callable[[], str]
     _new_op_locked: Callable[[str], Operation]
     _reserve_slot: Callable[[], None]
+    _revision_name: Callable[[PoolRecord, str, int], str]  # DeploysMixin's: `S-00001-abc`, as Cloud Run names them
     _draw_fault_locked: Callable[[str], DeployFailure | None]
 
     def _init_worker_pools(self) -> None:
@@ -126,7 +124,7 @@ class WorkerPoolsMixin:
         rec = PoolRecord(wp)
         self._reserve_slot()
         self._worker_pools[name] = rec
-        return self._deploy_pool_locked(rec, wp.template.revision or self._pool_revision_name(rec, wid, 1))
+        return self._deploy_pool_locked(rec, wp.template.revision or self._revision_name(rec, wid, 1))
 
     def update_worker_pool_op(self, project: str, location: str, wid: str, body: run_v2.WorkerPool,
                               mask: list[str] | None, *, validate_only: bool, allow_missing: bool,
@@ -159,14 +157,7 @@ class WorkerPoolsMixin:
             rec.pool = new
             if not template_changed:
                 return self._deploy_pool_locked(rec, None)
-            return self._deploy_pool_locked(rec, rev_name or self._pool_revision_name(rec, wid, new.generation))
-
-    def _pool_revision_name(self, rec: PoolRecord, wid: str, generation: int) -> str:
-        for _ in range(64):
-            name = f"{wid}-{generation:05d}-" + "".join(self._rng.choices(string.ascii_lowercase, k=3))
-            if name not in rec.revisions:
-                return name
-        raise ApiError(500, "could not pick a free revision name")
+            return self._deploy_pool_locked(rec, rev_name or self._revision_name(rec, wid, new.generation))
 
     def _deploy_pool_locked(self, rec: PoolRecord, short: str | None) -> Operation:
         wp = rec.pool
