@@ -133,6 +133,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _rooted_under(path: Path) -> list[int]:
+    """PIDs of every process whose root directory is under `path` (a revision and all it started)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "root")).is_relative_to(path):
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
 def _eventually(check: object, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -234,8 +246,9 @@ def test_processes_stop_when_retired_deleted_and_on_stop(images: dict, tmp_path:
         client.delete_service(name=f"projects/{PROJECT}/locations/{REGION}/services/other").result(timeout=OP_TIMEOUT)
         assert _eventually(lambda: not _alive(other_pid)), "a deleted service's revision kept running"
         pids = list(cr.running_revisions.values())
-        assert pids and all(_alive(p) for p in pids)
+        assert pids and all(_alive(p) for p in pids) and set(pids) <= set(_rooted_under(tmp_path))
     assert not any(_alive(p) for p in pids), "stop() left revision processes behind"
+    assert _rooted_under(tmp_path) == [], "a process a revision started outlived stop()"
     assert cr.running_revisions == {}
 
 

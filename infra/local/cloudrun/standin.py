@@ -30,19 +30,19 @@ import tempfile
 import threading
 from collections import OrderedDict
 from concurrent import futures
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import httpx
 from google.longrunning import operations_pb2
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from .bundles import BundleCache
 from .common import LOOPBACK, ServiceRecord
 from .deploys import DeploysMixin
 from .faults import FaultsMixin
 from .grpc_front import GrpcFront
-from .bundles import BundleCache
 from .images import ImageChecker
 from .jobs import JobsMixin
 from .proxy import RevisionProxy
