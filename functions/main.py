@@ -7,7 +7,8 @@ import os
 
 import functions_framework
 from baseroll import runtime
-from baseroll.edge import handlers, notify_chat as chat
+from baseroll.edge import handlers
+from baseroll.edge import notify_chat as chat
 from cloudevents.http import CloudEvent
 
 

@@ -129,7 +129,7 @@ def test_a_failed_publish_is_logged_and_never_raised(exc, capsys):
 def test_docs_events_md_shows_each_kind_as_the_code_builds_it():
     """docs/EVENTS.md: the whole `started` example decodes, and each kind's detail example is the builder's."""
     text = (Path(__file__).resolve().parents[2] / "docs" / "EVENTS.md").read_text()
-    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S)]
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.DOTALL)]
     started = E.decode(message(json.dumps(blocks[0]).encode()))
     assert started == ONE_OF_EACH[E.STARTED]
     details = [b["detail"] for b in blocks[1:]]

@@ -1,7 +1,7 @@
 """Maintenance windows: the `rollout.windows` configuration and its pure evaluation (rollout/windows.py)."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 import pytest
 from baseroll import config
@@ -16,7 +16,7 @@ BERLIN = "Europe/Berlin"
 
 
 def utc(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def rules(*items: dict) -> tuple:

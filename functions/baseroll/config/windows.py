@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from baseroll.config.fields import _known
 from baseroll.config.model import ConfigError

@@ -11,9 +11,10 @@ when it was built, so a subscriber drops a duplicate by id.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from baseroll.contracts import ids
 from baseroll.contracts.messages import Rollout
@@ -51,7 +52,7 @@ class RolloutEvent:
 def _event(kind: str, ro: Rollout, seq: int, at: float, wave: int | None = None, **detail: Any) -> RolloutEvent:
     rollout = {"rollout_id": ro.rollout_id, "track": ro.track, "track_image": ro.track_image,
                "base_digest": ro.base_digest, "kind": ro.kind, "scope": dict(ro.scope)}
-    stamp = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return RolloutEvent(kind, rollout, seq, stamp, wave, detail)
 
 

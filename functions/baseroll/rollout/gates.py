@@ -13,8 +13,9 @@ approved wave that is redelivered, continued or restarted by the sweep does not 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from baseroll.contracts.records import AWAITING_APPROVAL, RUNNING, RolloutRecord
 

@@ -15,8 +15,9 @@ datetime the caller reads from its clock. The rules (README.md#maintenance-windo
 """
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
-from typing import Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol, TypeVar
 
 from baseroll.config.windows import DAYS, WindowRule
 
@@ -48,14 +49,14 @@ def rules_for(windows: Sequence[WindowRule], service: Located) -> list[WindowRul
 def _utc(now_utc: datetime) -> datetime:
     if now_utc.tzinfo is None:
         raise ValueError("rollout.windows: the instant must be timezone-aware (UTC)")
-    return now_utc.astimezone(timezone.utc)
+    return now_utc.astimezone(UTC)
 
 
 def _at(rule: WindowRule, day: date, minutes: int) -> datetime:
     """The instant of local `day` + `minutes` in the rule's zone (24:00 is the next day's 00:00)."""
     if minutes == 24 * 60:
         day, minutes = day + timedelta(days=1), 0
-    return datetime.combine(day, time(minutes // 60, minutes % 60), tzinfo=rule.zone).astimezone(timezone.utc)
+    return datetime.combine(day, time(minutes // 60, minutes % 60), tzinfo=rule.zone).astimezone(UTC)
 
 
 def _intervals(rule: WindowRule, now: datetime, first: int, last: int) -> Iterator[tuple[datetime, datetime]]:
@@ -82,7 +83,7 @@ def open_until(windows: Sequence[WindowRule], service: Located, now_utc: datetim
     now = _utc(now_utc)
     rules = rules_for(windows, service)
     if not rules:
-        return datetime.max.replace(tzinfo=timezone.utc)
+        return datetime.max.replace(tzinfo=UTC)
     until = None
     for start, end in sorted(span for rule in rules for span in _intervals(rule, now, -1, SEARCH_DAYS)):
         reached = until or now
