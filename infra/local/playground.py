@@ -63,7 +63,7 @@ def instructions(stack: LocalStack, fleet: SeededFleet) -> str:
     lines = [
         f"Seeded {len(fleet.services)} services over {len(stack.projects)} projects x {len(stack.regions)} regions, "
         f"{len(fleet.apps)} app images on {len(fleet.base_versions)} bases.",
-        f"registry {stack.registry.url}   cloud run {stack.cloudrun.url if stack.cloudrun else '-'}   "
+        f"registry {stack.registry.url}   cloud run {stack.cloud_run_endpoint()} ({stack.cloud_run_transport})   "
         f"pubsub {stack.pubsub.host}   function logs {stack.workdir}/*.log",
         "",
         f"# In another shell, from this checkout ({ROOT}):",

@@ -175,8 +175,12 @@ def test_expected_errors_are_one_line(stack, fleet, tmp_path):
     one_line_error(run_fresh(stack.config_path, "roll", "--base", str(fleet.base_track("node"))), 1,
                    "no Google credentials", "make up")
 
-    down = write_config(stack, tmp_path, cloud_run_endpoint=f"http://{LOOPBACK}:{free_port()}")
-    one_line_error(run_fresh(down, "status"), 1, "cannot reach http://127.0.0.1:")
+    # Nothing listens there. Over gRPC the reads would retry UNAVAILABLE for 120 s (longer than
+    # run_fresh waits); the CLI checks the connection first (docs/GOOGLE_APIS.md#transports).
+    for transport in ("grpc", "rest"):
+        down = write_config(stack, tmp_path, cloud_run_endpoint=f"http://{LOOPBACK}:{free_port()}",
+                            cloud_run_transport=transport)
+        one_line_error(run_fresh(down, "status"), 1, "cannot reach http://127.0.0.1:")
 
     app = fleet.apps["py-api"]
     missing = f"{host}/apps/nope:v1"

@@ -14,6 +14,7 @@ import grpc
 import httpx
 import pytest
 from baseroll.fleet.cloudrun import CloudRunFleet
+from baseroll.fleet.view import FleetError
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
@@ -96,6 +97,14 @@ def test_the_fleet_adapter_talks_grpc_by_default(standin: CloudRunStandin, image
     assert stats["requests"] == {"GET": 2}  # counted as the REST mapping's verbs
     with pytest.raises(ValueError):
         CloudRunFleet.connect(standin.grpc_url, "soap")
+
+
+def test_an_unreachable_endpoint_is_reported_at_once(standin: CloudRunStandin) -> None:  # noqa: F811
+    CloudRunFleet.connect(standin.grpc_url).check_reachable(5.0)
+    CloudRunFleet.connect(standin.url, "rest").check_reachable(5.0)  # REST: nothing to check, refusals are not retried
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(FleetError, match=f"cannot reach {down} over gRPC \\(connection failed\\)"):
+        CloudRunFleet.connect(down).check_reachable(30.0)
 
 
 def test_rest_stays_selectable_and_both_fronts_share_one_state(

@@ -20,6 +20,10 @@ EXIT_INVALID = 2  # bad option, request or configuration; a refused rebase (also
 EXIT_PUBLISH_FAILED = 3  # Pub/Sub did not accept the message
 EXIT_HALTED = 4  # roll: the rollout halted, was aborted or superseded
 
+# How long a command waits for Cloud Run's endpoint to accept a connection before it says it cannot reach
+# it; the functions keep their retries (docs/GOOGLE_APIS.md#transports). A refusal is reported at once.
+CONNECT_TIMEOUT_S = 10.0
+
 
 @dataclass
 class CliState:

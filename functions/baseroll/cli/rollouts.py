@@ -12,6 +12,7 @@ import click
 
 from baseroll import config as configuration
 from baseroll.cli.common import (
+    CONNECT_TIMEOUT_S,
     EXIT_FAILED,
     EXIT_HALTED,
     EXIT_INVALID,
@@ -40,7 +41,9 @@ def _deps(state: CliState, projects: tuple[str, ...], regions: tuple[str, ...], 
         cfg = dataclasses.replace(cfg, projects=projects)
     if regions:
         cfg = dataclasses.replace(cfg, regions=regions)
-    return runtime.build(cfg) if publishes else runtime.build(cfg, bus=NoBus())
+    deps = runtime.build(cfg) if publishes else runtime.build(cfg, bus=NoBus())
+    deps.fleet.check_reachable(CONNECT_TIMEOUT_S)  # a person waits: fail now, not after the reads' retries
+    return deps
 
 
 def _roll_request(cfg: configuration.Config, base: str | None, app: str | None, digest: str | None,
