@@ -223,13 +223,16 @@ class CloudRunJobs(_TemplateFleet):
     def get_execution(self, name: str) -> ExecutionView:
         try:
             return execution_view(self._executions.get_execution(name=name, retry=READ_RETRY))
-        except gexc.NotFound as exc:
-            raise FleetError(f"execution {name} not found") from exc
+        except gexc.GoogleAPICallError as exc:  # retries exhausted, or not found
+            raise FleetError(f"execution {name}: {exc}") from exc
 
     def executions(self, job: str, limit: int = 50) -> list[ExecutionView]:
         request = run_v2.ListExecutionsRequest(parent=job, page_size=limit)
-        pager = self._executions.list_executions(request=request, retry=READ_RETRY)
-        return [execution_view(ex) for ex, _ in zip(pager, range(limit))]
+        try:
+            pager = self._executions.list_executions(request=request, retry=READ_RETRY)
+            return [execution_view(ex) for ex, _ in zip(pager, range(limit))]
+        except gexc.GoogleAPICallError as exc:
+            raise FleetError(f"executions of {job}: {exc}") from exc
 
 
 class CloudRunWorkerPools(_TemplateFleet):
