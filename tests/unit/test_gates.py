@@ -62,4 +62,5 @@ def test_approve_refuses_what_is_not_waiting(status, approved, reason, already):
 def test_awaiting_approval_is_a_status_but_not_terminal():
     assert AWAITING_APPROVAL in STATUSES and AWAITING_APPROVAL not in TERMINAL
     assert set(TERMINAL) < set(STATUSES)
-    assert RolloutRecord("r", "t", "d").approved_waves == []
+    fresh = RolloutRecord("r", "t", "d")
+    assert (fresh.approved_waves, fresh.resume_at) == ([], 0.0)

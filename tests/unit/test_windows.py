@@ -168,3 +168,8 @@ def test_describe_shows_the_rules_wall_clock_and_utc():
         "closed; opens Fri 2026-12-04 22:00 Europe/Berlin (2026-12-04T21:00Z)"
     assert W.describe(fri_night, EAST, utc("2026-12-04T22:00")) == \
         "open until Sat 2026-12-05 02:00 Europe/Berlin (2026-12-05T01:00Z)"
+
+
+def test_at_reads_a_clock_as_an_aware_utc_instant():
+    assert W.at(1_764_892_800.0) == utc("2025-12-05T00:00")
+    assert W.is_open(rules({"start": "00:00", "end": "01:00"}), WEST, W.at(1_764_892_800.0))

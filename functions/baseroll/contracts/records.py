@@ -37,4 +37,7 @@ class RolloutRecord:
     reason: str = ""
     waves: list[dict[str, Any]] = field(default_factory=list)  # per wave: size, done, failed, skipped
     approved_waves: list[int] = field(default_factory=list)  # waves an operator approved (rollout.gates)
+    # A running rollout whose wave waits for a maintenance window (rollout.windows) is parked with no step
+    # in flight: the epoch second its next window opens, when the sweep runs it on; 0 when not parked.
+    resume_at: float = 0.0
     updated: float = field(default_factory=time.time)

@@ -42,6 +42,11 @@ class Located(Protocol):
 V = TypeVar("V", bound=Located)
 
 
+def at(epoch_s: float) -> datetime:
+    """The instant of a clock reading (`Clock.now()`, epoch seconds), as the functions here take it."""
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
 def rules_for(windows: Sequence[WindowRule], service: Located) -> list[WindowRule]:
     return [w for w in windows if w.matches(service.project, service.region, service.labels)]
 
