@@ -67,6 +67,7 @@ def test_hostile_values_are_text_not_markup():
 
 
 def test_self_contained_no_external_url():
+    assert """http-equiv="Content-Security-Policy" content="default-src 'none';""" in render([], "")
     assert not [a for _, a in parsed(render([fleet()], "now")).tags for k in ("src", "href") if a.get(k)]
     # Nothing in the page's own markup, style or script that a browser would fetch.
     assert not re.search(r"src\s*=|href\s*=|url\(|@import|https?:|//[a-z]", render([fleet("OOMKilled")], "now"))

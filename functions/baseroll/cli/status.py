@@ -149,6 +149,8 @@ def _watch(deps: Any, track_names: tuple[str, ...], interval: float, timeout: fl
     from rich.live import Live
 
     console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)  # a pipe or a log: whole project and region names, not 80 columns' worth
     try:
         if console.is_terminal:
             with Live(console=console, auto_refresh=False, transient=False) as live:

@@ -1,6 +1,7 @@
 """Pure: `baseroll status --html FILE`, the fleet by base digest as one self-contained HTML page.
 
-Inline CSS and script, no external URL (it opens from a file, offline, and fetches nothing).
+Inline CSS and script, no external URL (it opens from a file, offline, and fetches nothing; its
+Content-Security-Policy forbids any fetch as well).
 Every value from the fleet (names, reasons, rollout ids) is escaped: a reason is whatever text
 Cloud Run or a ledger annotation holds. The script only filters and sorts rows already in the
 page; the page's fragment (`page.html#failed`) fills the filter, so a link can share a view.
@@ -11,6 +12,9 @@ from html import escape
 from typing import Iterable, Sequence
 
 from baseroll.rollout.status import TrackStatus
+
+# Even a value that escaped escaping could load nothing: only the page's own inline style and script run.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 COLUMNS = ("workload", "kind", "project", "region", "state", "rollout", "reason")
 
@@ -69,6 +73,7 @@ def render(tracks: Sequence[TrackStatus], generated_at: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
         f"<title>baseroll: fleet by base digest</title><style>{_CSS}</style></head>"
         f'<body data-ready="0"><header><h1>Fleet by base digest</h1><p class="counts">read {_e(generated_at)}</p>'
         '<label>Filter <input id="filter" type="search" placeholder="name, project, region, state, rollout">'
