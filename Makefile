@@ -3,23 +3,24 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_TOOLS := docker-registry skopeo umoci busybox
+SYSTEM_TOOLS := docker-registry skopeo umoci busybox chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps system-deps test unit fuzz demo up bench clean
 
 deps: system-deps $(STAMP)
 
-# Debian packages: the real OCI registry server, skopeo/umoci/busybox for the run-the-image test, and a
+# Debian packages: the real OCI registry server, skopeo/umoci/busybox for the run-the-image test, a
 # Java runtime for gcloud's Firestore and Pub/Sub emulators (this machine kind ships the emulators
-# themselves under the gcloud SDK; infra/local/firestore_emulator.py says what is missing if not).
+# themselves under the gcloud SDK; infra/local/firestore_emulator.py says what is missing if not), and
+# Chromium, whose headless mode renders `baseroll status --html` for tests/e2e/test_status_views.py.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS) java; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker-registry skopeo umoci busybox-static \
-	    default-jre-headless >/dev/null; \
+	    default-jre-headless chromium >/dev/null; \
 	fi
 	@sdk="$$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null)"; \
 	jar="$${BASEROLL_FIRESTORE_EMULATOR_JAR:-$$sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar}"; \
