@@ -115,9 +115,10 @@ OUTCOMES = [
          next_step=(1, 0, 2, 0), wave=1),
     Case("no-wave-left", step=lambda s: dataclasses.replace(s, wave=2), status="finished", wave=2, tasks=0),
     Case("superseded", setup=_tag_moved, status="superseded", reason=f"{APP} moved to sha256:", tasks=0),
-    # Quota 60/min with a burst of 1 releases one task a second; a 4 s budget stops releasing 2 s
+    # Quota 120 writes/min, two per task (the deploy at zero traffic and the traffic write after
+    # verification), with a burst of 1 releases one task a second; a 4 s budget stops releasing 2 s
     # (one poll interval) before its end: services 0, 1 and 2 go, the continuation starts at 3.
-    Case("out-of-time-releasing", rollout={"waves": (1.0,), "concurrency": 1, "write_quota_per_min": 60,
+    Case("out-of-time-releasing", rollout={"waves": (1.0,), "concurrency": 1, "write_quota_per_min": 120,
                                            "invocation_budget_s": 4.0, "poll_interval_s": 2.0},
          next_step=(0, 3, 2, 0), tasks=3),
     Case("out-of-time-waiting", rollout={"invocation_budget_s": 30.0}, workers=False, next_step=(0, 2, 2, 0)),

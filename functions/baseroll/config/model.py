@@ -93,7 +93,10 @@ class RolloutSettings:
     windows: tuple["WindowRule", ...] = ()  # when services may be written (rollout.windows); none = always
 
     def quota_for(self, region: str) -> int:
-        return int(self.region_quota.get(region, self.write_quota_per_min))
+        """Tasks to release per minute in `region`: its write quota over the writes one task makes
+        (with verification, the deploy at zero traffic and the traffic write after it)."""
+        writes = int(self.region_quota.get(region, self.write_quota_per_min))
+        return max(1, writes // 2) if self.verify.enabled else writes
 
 
 @dataclass(frozen=True)
