@@ -173,3 +173,16 @@ def test_describe_shows_the_rules_wall_clock_and_utc():
 def test_at_reads_a_clock_as_an_aware_utc_instant():
     assert W.at(1_764_892_800.0) == utc("2025-12-05T00:00")
     assert W.is_open(rules({"start": "00:00", "end": "01:00"}), WEST, W.at(1_764_892_800.0))
+
+
+def test_a_place_from_a_name_is_matched_like_its_view():
+    by_label = rules({"match": {"region": "us-east1", "label": "team=shop"}, "start": "01:00", "end": "02:00"})
+    noon = utc("2026-12-04T12:00")
+    assert W.label_keys(by_label) == {"team"} and W.label_keys(rules({"start": "01:00", "end": "02:00"})) == set()
+    held = W.place(EAST.name, {"team": "shop"})
+    assert (held.project, held.region) == ("shop-prod", "us-east1")
+    assert not W.is_open(by_label, held, noon)
+    assert W.is_open(by_label, W.place(EAST.name), noon)  # without the label no rule matches it
+    assert W.place("projects/p/locations/europe-west1/jobs/nightly").region == "europe-west1"
+    with pytest.raises(ValueError, match="not a full resource name"):
+        W.place("cart")

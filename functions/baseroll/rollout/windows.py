@@ -16,6 +16,7 @@ datetime the caller reads from its clock. The rules (README.md#maintenance-windo
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol, TypeVar
 
@@ -40,6 +41,29 @@ class Located(Protocol):
 
 
 V = TypeVar("V", bound=Located)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a service lives and the labels rules may match: for callers that hold a name, not a view
+    (a stored wave plan keeps only the labels `label_keys` names)."""
+
+    project: str
+    region: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def place(service_name: str, labels: Mapping[str, str] | None = None) -> Place:
+    """The Place of `projects/P/locations/R/<kind>/NAME`."""
+    parts = service_name.split("/")
+    if len(parts) < 4 or parts[0] != "projects" or parts[2] != "locations":
+        raise ValueError(f"{service_name!r} is not a full resource name (projects/P/locations/R/...)")
+    return Place(parts[1], parts[3], dict(labels or {}))
+
+
+def label_keys(windows: Sequence[WindowRule]) -> set[str]:
+    """The label keys any rule matches on: all a stored plan needs to keep of a member's labels."""
+    return {w.label[0] for w in windows if w.label is not None}
 
 
 def at(epoch_s: float) -> datetime:
