@@ -24,11 +24,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import httpx
-from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
-from .rest import QuietHandler
 from .running import RouteError, Routes
+from .serving import ThreadedWsgi
 
 if TYPE_CHECKING:
     from .standin import CloudRunStandin
@@ -85,8 +84,7 @@ class RevisionProxy:
         self.served: Counter[str] = Counter()  # revision short name -> requests it answered
         self._served_lock = threading.Lock()
         self._http: httpx.Client | None = None
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._served = ThreadedWsgi(self._wsgi, host, port, "cloudrun-proxy")
 
     @property
     def base(self) -> str:
@@ -95,19 +93,10 @@ class RevisionProxy:
     def start(self) -> None:
         # trust_env=False: a proxy from the environment must not sit between this proxy and a revision.
         self._http = httpx.Client(timeout=self.timeout_s, trust_env=False, follow_redirects=False)
-        self._server = make_server(self.host, self.port, self._wsgi, threaded=True, request_handler=QuietHandler)
-        self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="cloudrun-proxy", daemon=True)
-        self._thread.start()
+        self.port = self._served.start()
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._served.stop()
         if self._http is not None:
             self._http.close()
             self._http = None

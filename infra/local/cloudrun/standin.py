@@ -36,7 +36,6 @@ from pathlib import Path
 import grpc
 import httpx
 from google.longrunning import operations_pb2
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from .bundles import BundleCache
 from .common import LOOPBACK, ServiceRecord
@@ -46,9 +45,10 @@ from .grpc_front import GrpcFront
 from .images import ImageChecker
 from .jobs import JobsMixin
 from .proxy import RevisionProxy
-from .rest import QuietHandler, RestFront
+from .rest import RestFront
 from .runner import RevisionRunner
 from .services import ServicesMixin
+from .serving import ThreadedWsgi
 from .workerpools import WorkerPoolsMixin
 from .workloads_grpc import job_handlers
 
@@ -100,11 +100,9 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsM
         self._slots = threading.BoundedSemaphore(max_pending_deploys)  # bounds queued + running deploys
         self._stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
-        self._http: httpx.Client | None = None
         self._checker: ImageChecker | None = None
-        self._server: BaseWSGIServer | None = None
+        self._rest = ThreadedWsgi(self._wsgi, host, port, "cloudrun-standin")
         self._grpc: grpc.Server | None = None
-        self._thread: threading.Thread | None = None
         self._routes = self._build_routes()
         # The running mode: revisions as processes (registry_credentials: skopeo's, as registry_auth's).
         self.run_revisions = run_revisions
@@ -141,20 +139,19 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsM
     def start(self) -> "CloudRunStandin":
         self._stopping.clear()
         self._slots = threading.BoundedSemaphore(self._max_pending)
-        # trust_env=False: a proxy from the environment must not sit between the stand-in and the registry.
-        self._http = httpx.Client(timeout=5.0, trust_env=False, follow_redirects=False, auth=self.registry_auth)
-        self._checker = ImageChecker(self.registry_host, self._http)
+        self._checker = ImageChecker(self.registry_host, self._registry_client)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="cloudrun-deploy")
         self.proxy.start()
         if self.run_revisions:
             self._start_runner()
-        self._server = make_server(self.host, self.port, self._wsgi, threaded=True, request_handler=QuietHandler)
-        self.port = self._server.server_port
         # gRPC first: once REST answers (what callers wait for), both fronts serve.
         self._start_grpc()
-        self._thread = threading.Thread(target=self._server.serve_forever, name="cloudrun-standin", daemon=True)
-        self._thread.start()
+        self.port = self._rest.start()
         return self
+
+    def _registry_client(self) -> httpx.Client:
+        # trust_env=False: a proxy from the environment must not sit between the stand-in and the registry.
+        return httpx.Client(timeout=5.0, trust_env=False, follow_redirects=False, auth=self.registry_auth)
 
     def _start_grpc(self) -> None:
         server = grpc.server(
@@ -204,21 +201,15 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsM
         if self._grpc is not None:
             self._grpc.stop(grace=1.0).wait(2.0)
             self._grpc = None
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._rest.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self.proxy.stop()
         self._stop_runner()
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        if self._checker is not None:
+            self._checker.close()
+            self._checker = None
 
     def __enter__(self) -> "CloudRunStandin":
         return self.start()
