@@ -15,6 +15,7 @@ import pytest
 from baseroll.fleet import verification
 from baseroll.fleet.verification import Probe
 from baseroll.fleet.verify import GoogleIdTokens, HttpProber
+
 from infra.local.token_server import TokenServer
 
 SA = "baseroll-worker@baseroll-host.iam.gserviceaccount.com"
@@ -26,10 +27,10 @@ class _Service(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         server: Any = self.server
         server.seen.append(self.path)
         auth = self.headers.get("authorization", "")

@@ -13,7 +13,13 @@ from baseroll.contracts import ledger
 from baseroll.fleet import deploy, traffic
 from baseroll.fleet.fake import FakeFleet, FakeProber, Verdict
 from baseroll.fleet.verification import VERIFY_TAG, Check, Probe, Reply
-from baseroll.fleet.view import ALL_TO_LATEST, LATEST, REVISION, ServiceView, TrafficSplit
+from baseroll.fleet.view import (
+    ALL_TO_LATEST,
+    LATEST,
+    REVISION,
+    ServiceView,
+    TrafficSplit,
+)
 
 NAME = "projects/tenants-a/locations/us-central1/services/shop"
 OLD = "reg.example.com/apps/shop@sha256:" + "1" * 64
@@ -37,7 +43,10 @@ def world(*splits: TrafficSplit) -> tuple[FakeFleet, FakeProber]:
     return FakeFleet([ServiceView(NAME, (OLD,), traffic=splits or ALL_TO_LATEST)]), FakeProber()
 
 
-def roll(fleet: FakeFleet, prober: FakeProber, probe: Probe = Probe()) -> deploy.Outcome:
+DEFAULT_PROBE = Probe()
+
+
+def roll(fleet: FakeFleet, prober: FakeProber, probe: Probe = DEFAULT_PROBE) -> deploy.Outcome:
     return deploy.apply(fleet, fleet.services[NAME], deploy.Target({0: NEW}), rollout=RID, base_digest=BASE,
                         timeout_s=60.0, clock=FakeClock(), check=Check(probe, prober))
 
@@ -221,7 +230,7 @@ def test_a_rollback_that_died_before_restoring_the_traffic_is_finished_by_the_re
 
 
 def test_traffic_changed_by_someone_else_during_the_check_is_kept() -> None:
-    fleet, prober = world()
+    fleet, _ = world()
     theirs = (TrafficSplit(REVISION, 100, REV1, "frozen"),)
 
     class Meddling(FakeProber):
