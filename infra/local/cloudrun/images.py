@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import httpx
 
@@ -64,18 +66,58 @@ class _ImageUnsupported(Exception):
 
 
 class ImageChecker:
-    """Checks what Cloud Run's image resolution checks, against the one registry it is allowed to reach."""
+    """Checks what Cloud Run's image resolution checks, against the one registry it is allowed to reach.
 
-    def __init__(self, registry_host: str, http: httpx.Client) -> None:
+    Checks run on many threads at once (deploy workers, executions), and each check has an httpx client
+    of its own while it runs, taken from the idle ones or made by `new_client`: one client shared by
+    threads shares httpcore's connection pool, which (as of httpcore 1.0.9) can close a keep-alive
+    connection it has just handed to another thread, while it still looks idle; that thread's read then
+    fails with "[Errno 9] Bad file descriptor", and a good image looked missing (CONTAINER_MISSING).
+    """
+
+    def __init__(self, registry_host: str, new_client: Callable[[], httpx.Client]) -> None:
         self.registry_host = registry_host.lower()
-        self._http = http
+        self._new_client = new_client
+        self._lock = threading.Lock()
+        self._idle: list[httpx.Client] = []
+        self._closed = False
+
+    def close(self) -> None:
+        """Close the idle clients now, and each client still in a check when that check ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for client in idle:
+            client.close()
+
+    def _checkout(self) -> httpx.Client:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the image checker is closed (the stand-in stopped)")
+            if self._idle:
+                return self._idle.pop()
+        return self._new_client()
+
+    def _checkin(self, client: httpx.Client) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(client)
+                return
+        client.close()
 
     def check(self, image: str) -> DeployFailure | None:
+        http = self._checkout()
+        try:
+            return self._check_image(http, image)
+        finally:
+            self._checkin(http)
+
+    def _check_image(self, http: httpx.Client, image: str) -> DeployFailure | None:
         try:
             ref = parse_image(image)
             if ref.host != self.registry_host:
                 raise _ImageMissing(f"registry '{ref.host}' is not reachable from this stand-in")
-            self._check(ref)
+            self._check(http, ref)
             return None
         except _ImageMissing as e:
             return DeployFailure("CONTAINER_MISSING", f"Image '{image}' not found. {e}")
@@ -85,15 +127,15 @@ class ImageChecker:
         except httpx.HTTPError as e:
             return DeployFailure("CONTAINER_MISSING", f"Image '{image}' not found. registry error: {e}")
 
-    def _check(self, ref: ImageRef) -> None:
-        media_type, manifest, _ = self._manifest(ref.repo, ref.reference)
+    def _check(self, http: httpx.Client, ref: ImageRef) -> None:
+        media_type, manifest, _ = self._manifest(http, ref.repo, ref.reference)
         if media_type in (OCI_INDEX, DOCKER_LIST):
             child = self._amd64_child(media_type, manifest)
-            media_type, manifest, _ = self._manifest(ref.repo, child)
+            media_type, manifest, _ = self._manifest(http, ref.repo, child)
         if media_type not in (OCI_MANIFEST, DOCKER_MANIFEST):
             raise _ImageUnsupported(f"Container manifest type '{media_type}' is not supported.")
         layers = self._layers(manifest)
-        config = self._config(ref.repo, manifest)
+        config = self._config(http, ref.repo, manifest)
         if config.get("os") != "linux" or config.get("architecture") != "amd64":
             raise _ImageUnsupported(
                 f"Container image platform '{config.get('os')}/{config.get('architecture')}' must be linux/amd64."
@@ -102,10 +144,11 @@ class ImageChecker:
         if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
             raise _ImageUnsupported("image config rootfs.diff_ids does not match the manifest's layers.")
         for digest in layers:
-            self._require_blob(ref.repo, digest)
+            self._require_blob(http, ref.repo, digest)
 
-    def _manifest(self, repo: str, reference: str) -> tuple[str, dict, str]:
-        status, headers, body = self._get(f"/v2/{repo}/manifests/{reference}", {"Accept": MANIFEST_ACCEPT}, MAX_MANIFEST_BYTES)
+    def _manifest(self, http: httpx.Client, repo: str, reference: str) -> tuple[str, dict, str]:
+        status, headers, body = self._get(http, f"/v2/{repo}/manifests/{reference}", {"Accept": MANIFEST_ACCEPT},
+                                          MAX_MANIFEST_BYTES)
         if status == 404:
             raise _ImageMissing("manifest unknown")
         if status != 200:
@@ -138,26 +181,27 @@ class ImageChecker:
             raise _ImageUnsupported("manifest names an invalid layer digest.")
         return digests
 
-    def _config(self, repo: str, manifest: dict) -> dict:
+    def _config(self, http: httpx.Client, repo: str, manifest: dict) -> dict:
         desc = manifest.get("config") or {}
         if desc.get("mediaType") not in IMAGE_CONFIGS:
             raise _ImageUnsupported(f"config media type '{desc.get('mediaType')}' is not an image config.")
         digest = desc.get("digest", "")
-        status, _, body = self._get(f"/v2/{repo}/blobs/{digest}", {}, MAX_CONFIG_BYTES)
+        status, _, body = self._get(http, f"/v2/{repo}/blobs/{digest}", {}, MAX_CONFIG_BYTES)
         if status != 200:
             raise _ImageMissing(f"config blob {digest} not found ({status})")
         if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
             raise _ImageUnsupported(f"config blob does not match its digest {digest}.")
         return _json_object(body, "image config")
 
-    def _require_blob(self, repo: str, digest: str) -> None:
-        r = self._http.head(f"http://{self.registry_host}/v2/{repo}/blobs/{digest}")
+    def _require_blob(self, http: httpx.Client, repo: str, digest: str) -> None:
+        r = http.head(f"http://{self.registry_host}/v2/{repo}/blobs/{digest}")
         if r.status_code != 200:
             raise _ImageMissing(f"layer {digest} not found ({r.status_code})")
 
-    def _get(self, path: str, headers: dict[str, str], cap: int) -> tuple[int, httpx.Headers, bytes]:
+    def _get(self, http: httpx.Client, path: str, headers: dict[str, str],
+             cap: int) -> tuple[int, httpx.Headers, bytes]:
         """GET reading at most `cap` bytes, so a hostile or broken registry cannot exhaust memory."""
-        with self._http.stream("GET", f"http://{self.registry_host}{path}", headers=headers) as r:
+        with http.stream("GET", f"http://{self.registry_host}{path}", headers=headers) as r:
             if r.status_code != 200:
                 return r.status_code, r.headers, b""
             buf = bytearray()
