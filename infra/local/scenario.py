@@ -11,9 +11,15 @@ from baseroll.contracts import ledger
 from baseroll.contracts.records import TERMINAL
 from baseroll.images.refs import ImageRef, parse
 from baseroll.rollout.firestore_store import FirestoreStore
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import run_v2
 
-from . import eventarc, seed
+from . import eventarc, seed, server_apps
+from .cloudrun.common import parts, service_uri
+from .cloudrun.proxy import REVISION_HEADER
 from .seed import SeededFleet, SeededService
+from .users import SimulatedUsers, id_token_minter
 from .stack import LocalStack
 
 GCR_PROJECT = "baseroll-registry"
@@ -24,6 +30,65 @@ def seed_fleet(stack: LocalStack, services: int = 40, canaries: int = 4) -> Seed
     seed.seed_services(fleet, stack.run_client(), count=services, projects=stack.projects, regions=stack.regions,
                        canaries=canaries)
     return fleet
+
+
+def seed_server_fleet(stack: LocalStack, services: int = 8, *, opted_out: int = 0, canaries: int = 0) -> SeededFleet:
+    """The real-server apps (infra/local/server_apps.py) on patch 1 of their base, and `services` services
+    running them, the first `canaries` in the canary cohort, the last `opted_out` labelled out of
+    baseroll; the stack must follow `server_apps.TRACK` (`extra_tracks`)."""
+    fleet = SeededFleet(stack.registry.host)
+    server_apps.seed_images(stack.registry_client(), fleet)
+    server_apps.seed_services(fleet, stack.run_client(), count=services, projects=stack.projects,
+                              regions=stack.regions, opted_out=opted_out, canaries=canaries)
+    return fleet
+
+
+def push_server_base(stack: LocalStack, fleet: SeededFleet, flavour: str) -> ImageRef:
+    """The next patch of the real-server base in `flavour` (server_apps.FLAVOURS), moving its track tag."""
+    return server_apps.push_next_base(stack.registry_client(), fleet, flavour)
+
+
+def service_url(stack: LocalStack, service: str) -> str:
+    """Where the stand-in's proxy serves `service` (projects/P/locations/R/services/S) to its users."""
+    assert stack.cloudrun is not None
+    return service_uri(stack.cloudrun.proxy_base, *parts(service))
+
+
+def simulated_users(stack: LocalStack, services: list[SeededService], **bounds: float) -> SimulatedUsers:
+    """Users of every service in `services`, each request with an ID token for its URL (infra/local/users.py);
+    `bounds`: SimulatedUsers' threads, max_requests, max_seconds, pause_s."""
+    return SimulatedUsers({s.name: service_url(stack, s.name) for s in services}, id_token_minter(), REVISION_HEADER,
+                          **bounds)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one user request to a service's URL got."""
+
+    status: int
+    revision: str  # the revision that answered (the proxy's header), "" if none did
+    body: str
+
+
+def ask(stack: LocalStack, service: str) -> Answer:
+    """One user request (`GET /` with an ID token for the service URL) to `service`."""
+    url = service_url(stack, service)
+    r = httpx.get(url, headers={"Authorization": f"Bearer {id_token_minter()(url)}"}, timeout=10)
+    return Answer(r.status_code, r.headers.get(REVISION_HEADER, ""), r.text)
+
+
+def revision_images(stack: LocalStack, service: str) -> dict[str, str]:
+    """Every revision of `service` the stand-in lists (short name → its first container's image)."""
+    assert stack.cloudrun is not None
+    client = run_v2.RevisionsClient(credentials=AnonymousCredentials(), transport="rest",
+                                    client_options=ClientOptions(api_endpoint=stack.cloudrun.url))
+    return {r.name.rsplit("/", 1)[1]: r.containers[0].image for r in client.list_revisions(parent=service)}
+
+
+def revisions_on(stack: LocalStack, services: list[SeededService], base: ImageRef) -> set[str]:
+    """The revisions of `services` whose image really starts with `base`'s layers (read from the registry)."""
+    return {short for s in services for short, image in revision_images(stack, s.name).items()
+            if on_base(stack, image, base)}
 
 
 def push_new_base(stack: LocalStack, fleet: SeededFleet, base: str) -> ImageRef:

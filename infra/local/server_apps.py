@@ -25,7 +25,7 @@ from google.cloud import run_v2
 
 from . import images
 from .images import ImageSpec, Layer
-from .seed import APP_TAG_LABEL, OPT_OUT_LABEL, PROJECTS, REGIONS, SeededFleet, SeededService
+from .seed import APP_TAG_LABEL, COHORT_LABEL, OPT_OUT_LABEL, PROJECTS, REGIONS, SeededFleet, SeededService
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static (`make deps` installs it)
 BASE = "busybox"
@@ -35,7 +35,7 @@ TRACK = {"name": BASE, "image": "{registry}/" + f"{REPOSITORY}:{TAG}", "version_
 GREETING = "etc/baseroll/greeting"
 MOVED_GREETING = "usr/share/baseroll/greeting"
 GOOD, STARTUP_BROKEN, ANSWERS_500 = "good", "startup-broken", "answers-500"
-FLAVOURS = (GOOD, STARTUP_BROKEN, ANSWERS_500)
+FLAVOURS = (GOOD, ANSWERS_500, STARTUP_BROKEN)  # the demo pushes them in this order
 APPLETS = ("sh", "httpd", "cat", "echo", "env", "ls")
 # app → manifest kind: OCI with base annotations (buildx with annotations), OCI without, Docker schema 2
 # (`docker build` + `docker push`); baseroll must find the base of each.
@@ -129,9 +129,9 @@ def push_next_base(client: RegistryClient, fleet: SeededFleet, flavour: str) -> 
 
 def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int = 8, timeout: float = 120,
                   projects: tuple[str, ...] = PROJECTS, regions: tuple[str, ...] = REGIONS,
-                  opted_out: int = 0) -> list[SeededService]:
-    """Create `count` services `www-NNN` round-robin over APPS and locations, deployed by digest, the last
-    `opted_out` labelled out of baseroll, and wait until each is ready (its revision really serving,
+                  opted_out: int = 0, canaries: int = 0) -> list[SeededService]:
+    """Create `count` services `www-NNN` round-robin over APPS and locations, deployed by digest, the first
+    `canaries` in the canary cohort, the last `opted_out` labelled out of baseroll, and wait until each is ready (its revision really serving,
     where the stand-in runs revisions)."""
     locations = [(p, r) for p in projects for r in regions]
     operations, seeded = [], []
@@ -142,6 +142,8 @@ def seed_services(fleet: SeededFleet, run: run_v2.ServicesClient, *, count: int 
         labels = {"tenant": f"w{i:03d}", APP_TAG_LABEL: "v1"}
         if i >= count - opted_out:
             labels[OPT_OUT_LABEL] = "true"
+        elif i < canaries:
+            labels[COHORT_LABEL] = "canary"
         service = run_v2.Service(labels=labels,
                                  template=run_v2.RevisionTemplate(containers=[run_v2.Container(image=image)]))
         operations.append(run.create_service(parent=f"projects/{project}/locations/{region}", service=service,
