@@ -25,7 +25,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
 from infra.local.bearer_auth import BearerAuth
-from infra.local.cloudrun.bundles import Bundle
+from infra.local.cloudrun.bundles import Bundle, BundleCache
 from infra.local.cloudrun.common import service_uri, tag_uri
 from infra.local.cloudrun.proxy import REVISION_HEADER, invoker_check
 from infra.local.cloudrun.runner import LaunchSpec, argv_of, env_of
@@ -277,6 +277,21 @@ def test_simulated_mode_proxy_answers_for_the_ready_revision(tmp_path: Path) -> 
         short = svc.latest_ready_revision.rsplit("/", 1)[1]
         assert (r.status_code, r.headers[REVISION_HEADER]) == (200, short) and short in r.text
         assert cr.running_revisions == {}
+
+
+def test_bundle_cache_shares_pulls_and_evicts_idle_bundles_beyond_its_cap(images: dict, tmp_path: Path) -> None:
+    cache = BundleCache(tmp_path / "images", credentials=images["creds"], max_bundles=2)
+    v1 = cache.get(images["v1"])
+    assert (v1.rootfs / "etc/app-version").read_text() == "v1" and v1.cmd[0].startswith("exec /bin/busybox httpd")
+    assert cache.get(images["v1"]) == v1 and cache.pulls == 1  # pinned by digest: no second pull
+    cache.get(images["v2"])
+    cache.get(images["exits"], busy=frozenset({v1.digest}))  # v1 runs somewhere: v2 goes instead
+    assert v1.digest in cache.cached() and len(cache.cached()) == 2 and v1.rootfs.is_dir()
+    cache.get(images["no-entrypoint"])  # now v1 is idle and the least recently used
+    assert v1.digest not in cache.cached() and not v1.rootfs.exists()
+    layers = {p.name for p in (tmp_path / "images/layout/blobs/sha256").iterdir()}
+    print(f"4 images, 2 cached: {len(layers)} blobs kept in the shared layout")
+    assert v1.digest.split(":")[1] not in layers  # garbage-collected with its tag
 
 
 def test_command_and_args_override_entrypoint_and_cmd_as_in_kubernetes() -> None:

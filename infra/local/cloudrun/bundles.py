@@ -125,7 +125,9 @@ class BundleCache:
                 self._by_ref[image] = digest
             if digest not in self._bundles:
                 self._bundles[digest] = self._unpack(digest)
-                self._evict(busy | {digest})
+            # Untagged now: skopeo would keep the next pull's predecessor as an untagged entry, out of gc's reach.
+            run_tool(["umoci", "rm", "--image", f"{self.layout}:{PULL_TAG}"], timeout=self.pull_timeout_s)
+            self._evict(busy | {digest})
             self._bundles.move_to_end(digest)
             return self._bundles[digest]
 
