@@ -126,6 +126,20 @@ resource "google_project_iam_member" "worker_deployer" {
   member  = "serviceAccount:${google_service_account.baseroll["worker"].email}"
 }
 
+# Verify at zero traffic (rollout.verify, on by default; docs/GOOGLE_APIS.md#verify-at-zero-traffic):
+# the worker sends each new revision's verification requests to its tag URL with its own ID token,
+# which Cloud Run lets through only for an identity allowed to invoke the service (roles/run.invoker,
+# "Can invoke a Cloud Run service"). Granted on each fleet project, it lets the worker call any
+# path of every service in it, not only the ones it rolls: the cost of the check. Off with
+# verify_at_zero_traffic = false, which also turns the check off in the config (readiness alone).
+resource "google_project_iam_member" "worker_invoker" {
+  for_each = var.verify_at_zero_traffic ? toset(var.fleet_projects) : toset([])
+
+  project = each.value
+  role    = "roles/run.invoker"
+  member  = "serviceAccount:${google_service_account.baseroll["worker"].email}"
+}
+
 # Updating a service that runs as service account X (a new revision) requires
 # iam.serviceAccounts.actAs on X (Cloud Run, "Configure service identity for services").
 resource "google_service_account_iam_member" "worker_act_as" {

@@ -77,6 +77,12 @@ locals {
       failure_budget      = var.failure_budget
       write_quota_per_min = var.write_quota_per_minute
       region_quota        = var.region_write_quota
+      approval            = var.rollout_approval
+      windows             = var.maintenance_windows
+      verify = {
+        enabled = var.verify_at_zero_traffic
+        path    = var.verify_path
+      }
     }
     signatures = {
       policy        = var.signature_policy

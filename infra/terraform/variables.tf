@@ -175,13 +175,30 @@ variable "region_write_quota" {
 }
 
 variable "ready_timeout_seconds" {
-  description = "How long the worker waits for a new revision to become ready before rolling back; an update, a rollback and both waits must fit one 540 s invocation."
+  description = "How long the worker waits for a new revision to become ready before rolling back; an update, a rollback, both waits and the verification at zero traffic must fit one 540 s invocation."
   type        = number
   default     = 240
 
   validation {
     condition     = var.ready_timeout_seconds >= 1 && var.ready_timeout_seconds <= 255
-    error_message = "ready_timeout_seconds: between 1 and 255 (2 x 255 s of gates + 30 s of the worker's own work = 540 s, the function's limit)."
+    error_message = "ready_timeout_seconds: between 1 and 255 (2 x 255 s of gates + 30 s of the worker's own work = 540 s, the function's limit); at most 240 with verify_at_zero_traffic (its 3 x 5 s requests and 15 s traffic write), which the functions' config check enforces."
+  }
+}
+
+variable "verify_at_zero_traffic" {
+  description = "Verify each new revision at zero traffic (its tag URL answers verify_path) before it gets any traffic (rollout.verify). Grants the worker roles/run.invoker in every fleet project: it can then invoke any service there."
+  type        = bool
+  default     = true
+}
+
+variable "verify_path" {
+  description = "The path the verification requests GET on each new revision (a service's baseroll-verify-path label overrides it)."
+  type        = string
+  default     = "/"
+
+  validation {
+    condition     = can(regex("^/[!$&-;=?-~]{0,2047}$", var.verify_path))
+    error_message = "verify_path: an absolute path such as /healthz (no spaces or '#')."
   }
 }
 
@@ -281,6 +298,37 @@ variable "builder_run_builder" {
   description = "Also grant the functions' build account roles/run.builder on the host project, as Google documents for a build service account, when the narrower grants (logs, source objects, the baseroll-functions repository) are not enough for a build."
   type        = bool
   default     = false
+}
+
+# ---------------------------------------------------------------------------------------------
+# Operators in the loop: approvals and maintenance windows (README.md#approvals, #maintenance-windows)
+# ---------------------------------------------------------------------------------------------
+
+variable "rollout_approval" {
+  description = "Where a rollout waits for `baseroll approve`: none, after-canary (before wave 1) or every-wave."
+  type        = string
+  default     = "none"
+
+  validation {
+    condition     = contains(["none", "after-canary", "every-wave"], var.rollout_approval)
+    error_message = "rollout_approval: none, after-canary or every-wave."
+  }
+}
+
+variable "maintenance_windows" {
+  description = "rollout.windows: when services may be written. Each rule: match (project, region, label \"k=v\"; all optional), days (mon..sun), start and end (HH:MM local; an end not after the start is the next day), time_zone (IANA). The functions' config check validates them."
+  type = list(object({
+    match = optional(object({
+      project = optional(string)
+      region  = optional(string)
+      label   = optional(string)
+    }))
+    days      = list(string)
+    start     = string
+    end       = string
+    time_zone = string
+  }))
+  default = []
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ ALLOWED_GRANTS = {
         ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
         ("google_project_iam_member", "roles/datastore.viewer"),  # only reads a rollout's status
+        ("google_project_iam_member", "roles/run.invoker"),  # verify at zero traffic (var.verify_at_zero_traffic)
     },
     # The optional notify_chat function (notify.tf): the webhook secret, nothing else.
     "notifier": {
@@ -109,7 +110,9 @@ PUBLISH_SCOPE = {
     PUBSUB_AGENT: {f"{t}-dead-letter" for t in PLANNED_TOPICS | {"gcr", "cloud-builds"}},  # every trigger's
 }
 # Project-level roles that belong in the fleet projects (everything else stays in the host project).
-FLEET_ROLES = {"roles/run.viewer", CUSTOM_ROLE}
+FLEET_ROLES = {"roles/run.viewer", CUSTOM_ROLE, "roles/run.invoker"}
+# Fleet-project roles granted only when a variable turns their feature on: role -> the for_each.
+OPTIONAL_FLEET_GRANTS = {"roles/run.invoker": "${var.verify_at_zero_traffic ? toset(var.fleet_projects) : toset([])}"}
 # Firestore roles can only be granted on the project: each must be conditioned on baseroll's database.
 STORE_ROLES = {"roles/datastore.user", "roles/datastore.viewer"}
 STORE_CONDITION = 'resource.name == "projects/${var.project_id}/databases/${local.firestore_database}"'
@@ -512,7 +515,9 @@ def check_iam(module: Module) -> list[str]:
         if inst.type == "google_project_iam_member":
             project, for_each = inst.body.get("project"), inst.body.get("for_each")
             if role in FLEET_ROLES:
-                if for_each != "${toset(var.fleet_projects)}" or project != "${each.value}":
+                # Each fleet project, or (an optional grant) each of them when its switch is on.
+                fleet_sets = {"${toset(var.fleet_projects)}", OPTIONAL_FLEET_GRANTS.get(role)}
+                if for_each not in fleet_sets or project != "${each.value}":
                     problems.append(f"{where}: {role} belongs in each fleet project (for_each over var.fleet_projects)")
             elif project != "${var.project_id}":
                 problems.append(f"{where}: {role} must stay in the host project (var.project_id), got {project!r}")
@@ -1124,3 +1129,20 @@ def test_chat_event_kinds_default_and_validation_match_the_code(module):
     assert set(variable["default"]) <= set(events.KINDS) and "halted" in variable["default"]
     listed = re.findall(r'"([a-z-]+)"', json.dumps(variable["validation"]).replace('\\"', '"'))
     assert set(events.KINDS) <= set(listed)
+
+
+def test_approval_and_windows_variables_reach_the_config_as_terraform_renders_them(module, tfvars):
+    """Optional object attributes left out are rendered as nulls by yamlencode; the code reads them as absent."""
+    fn = next(f for f in functions(module) if entry_point(f) not in CONFIGLESS)
+    expr = first(fn.body["service_config"])["environment_variables"]["BASEROLL_CONFIG_YAML"]
+    windows = [{"match": {"project": None, "region": "europe-west1", "label": None}, "days": ["sat", "sun"],
+                "start": "00:00", "end": "24:00", "time_zone": "Europe/Berlin"},
+               {"match": None, "days": ["mon"], "start": "22:00", "end": "02:00", "time_zone": "UTC"}]
+    values = variable_values(module, {**tfvars, "rollout_approval": "after-canary", "maintenance_windows": windows})
+    doc = render(config_object(module, expr), values, module.locals)
+    cfg = config_mod.load({"BASEROLL_CONFIG_YAML": yaml.safe_dump(doc)})
+    assert cfg.rollout.approval == "after-canary"
+    assert [(w.region, w.days, w.end) for w in cfg.rollout.windows] == [("europe-west1", frozenset({5, 6}), 1440),
+                                                                       (None, frozenset({0}), 120)]
+    defaults = render(config_object(module, expr), variable_values(module, tfvars), module.locals)
+    assert (defaults["rollout"]["approval"], defaults["rollout"]["windows"]) == ("none", [])

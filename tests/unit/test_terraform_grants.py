@@ -164,3 +164,33 @@ def test_the_readme_cites_a_source_for_every_grant_decision():
                    "run/docs/configuring/services/build-service-account", "April 2021",
                    "baserollWorkerDeployer", "run.builder", "builder_run_builder"):
         assert needle in section, needle
+
+
+# ------------------------------------------------------------------------------------ verify at zero traffic
+
+
+def test_the_worker_may_invoke_fleet_services_only_when_verification_is_on(module):
+    """roles/run.invoker in each fleet project, for the verification requests (fleet/verify.py), exactly
+    when the config's rollout.verify.enabled is on: both follow var.verify_at_zero_traffic."""
+    (grant,) = [g for g in grants(module, "worker") if g.body["role"] == "roles/run.invoker"]
+    assert grant.type == "google_project_iam_member"
+    assert grant.body["for_each"] == "${var.verify_at_zero_traffic ? toset(var.fleet_projects) : toset([])}"
+    assert grant.body["project"] == "${each.value}"
+    assert module.variables["verify_at_zero_traffic"]["default"] is True
+    verify = module.locals["baseroll_config"]["rollout"]["verify"]
+    assert verify == {"enabled": "${var.verify_at_zero_traffic}", "path": "${var.verify_path}"}
+    # The code sends requests with an ID token (google-auth), which the invoker grant is for.
+    assert "fetch_id_token_credentials" in (PACKAGE / "fleet" / "verify.py").read_text()
+    assert not [g for g in grants(module, "planner") if g.body["role"] == "roles/run.invoker"]
+
+
+@pytest.mark.parametrize("path, ok", [("/", True), ("/healthz?deep=1", True), ("healthz", False), ("/a b", False),
+                                      ("/a#b", False)])
+def test_verify_path_is_validated_as_the_config_does(module, path, ok):
+    from baseroll.config.rollout import VERIFY_PATH
+
+    condition = module.variables["verify_path"]["validation"]
+    condition = (condition[0] if isinstance(condition, list) else condition)["condition"]
+    pattern = re.search(r'regex\("(.+?)", var\.verify_path\)', condition).group(1)
+    assert pattern == VERIFY_PATH.pattern
+    assert bool(re.fullmatch(pattern, path)) is ok is bool(VERIFY_PATH.fullmatch(path))
