@@ -49,9 +49,12 @@ def rolled():
         new_python = scenario.push_new_base(stack, fleet, "python")
         code, out = run(stack, "roll", "--base", str(fleet.base_track("python")), "--no-wait")
         assert code == 0 and "running" in out, out
+        # As `status` reads only, the watch needs no Pub/Sub: none here, and no usable Google credentials.
+        fresh = {"PATH": os.environ["PATH"], "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/adc.json",
+                 "FIRESTORE_EMULATOR_HOST": os.environ["FIRESTORE_EMULATOR_HOST"]}
         watch = subprocess.run([sys.executable, "-m", "baseroll.cli", "--config", str(stack.config_path), "status",
                                 "--watch", "--base", "python", "--interval", "0.5", "--timeout", "240"],
-                               cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+                               cwd=ROOT, env=fresh, capture_output=True, text=True, timeout=300)
         yield Rolled(stack, fleet, scenario.rollout_id("python", new_python), watch,
                      {s.name for s in fleet.services if s.eligible_for("python")})
 

@@ -8,7 +8,14 @@ from collections import Counter
 from baseroll.contracts import ledger
 from baseroll.contracts.records import RolloutRecord
 from baseroll.fleet.view import ServiceView
-from baseroll.rollout.status import TrackStatus, WaveProgress, by_location, rollout_ids_to_watch, rollout_progress
+from baseroll.rollout.status import (
+    TrackStatus,
+    WaveProgress,
+    by_location,
+    rollout_ids_to_watch,
+    rollout_progress,
+    summarize,
+)
 from baseroll.rollout.status_view import watch_view
 from rich.console import Console
 
@@ -95,3 +102,34 @@ def test_a_frame_in_a_pipe_is_plain_text():
     empty = io.StringIO()
     Console(file=empty, width=120).print(watch_view([], [], "21:00:01"))
     assert "no rollout of a current digest" in empty.getvalue()
+
+
+def test_summarize_reads_kind_location_state_and_reason_from_the_views():
+    from baseroll.config import Labels
+    from baseroll.images.match import BaseVersion, ImageFacts
+    from baseroll.images.refs import ImageRef
+
+    def digest(c: str) -> str:
+        return "sha256:" + c * 64
+
+    v1, v2 = BaseVersion(digest("1"), (digest("a"),)), BaseVersion(digest("2"), (digest("c"),))
+    track = ImageRef("registry.test", "bases/python", "3.12")
+    facts = {f"app-{n}": ImageFacts(ImageRef("registry.test", f"apps/{n}", None, digest(n)), (layer, digest("f")))
+             for n, layer in (("1", digest("a")), ("2", digest("c")), ("3", digest("e")))}
+
+    def view(name: str, kind: str, image: str, **annotations: str) -> ServiceView:
+        plural = {"service": "services", "job": "jobs", "worker-pool": "workerPools"}[kind]
+        return ServiceView(f"projects/tenants-b/locations/europe-west1/{plural}/{name}", (image,), kind=kind,
+                           annotations=annotations, latest_created_revision="r1", latest_ready_revision="r1")
+
+    views = [view("api", "service", "app-2"), view("nightly", "job", "app-1"),
+             view("queue", "worker-pool", "app-1", **{ledger.STATE: ledger.ROLLED_BACK, ledger.REASON: "OOM",
+                                                      ledger.ROLLOUT_ID: RID}),
+             view("elsewhere", "service", "app-3")]  # on no version of the track: not shown
+    st = summarize("python", track, v2, (v1, v2), views, facts, Labels())
+    rows = {r["service"].rsplit("/", 1)[-1]: r for r in st.services}
+    assert set(rows) == {"api", "nightly", "queue"}
+    assert [rows[n]["kind"] for n in ("api", "nightly", "queue")] == ["service", "job", "worker-pool"]
+    assert {(r["project"], r["region"]) for r in rows.values()} == {("tenants-b", "europe-west1")}
+    assert rows["queue"]["state"] == "failed" and rows["queue"]["reason"] == "OOM" and rows["queue"]["rollout_id"] == RID
+    assert (st.on_current, st.outdated, st.failed) == (1, 2, 1) and st.digests() == [v2.digest, v1.digest]

@@ -50,11 +50,6 @@ class TrackStatus:
         return [self.current_digest, *older]
 
 
-def kind_of(view: ServiceView) -> str:
-    """service | job | worker-pool (views without a kind are services)."""
-    return getattr(view, "kind", "service")
-
-
 def summarize(track_name: str, track_image: ImageRef, current: BaseVersion, known: Sequence[BaseVersion],
               services: Sequence[ServiceView], facts: Mapping[str, ImageFacts | str], labels: Labels) -> TrackStatus:
     st = TrackStatus(track_name, current.digest, image=str(track_image))
@@ -62,8 +57,8 @@ def summarize(track_name: str, track_image: ImageRef, current: BaseVersion, know
         base_digest = _base_digest(svc, track_image, current, known, facts)
         if base_digest is None:
             continue
-        row = {"service": svc.name, "kind": kind_of(svc), "project": svc.name.split("/")[1],
-               "region": svc.name.split("/")[3], "base_digest": base_digest, "state": "on-base"}
+        row = {"service": svc.name, "kind": svc.kind, "project": svc.project, "region": svc.region,
+               "base_digest": base_digest, "state": "on-base"}
         if opted_out(svc, labels):
             st.opted_out += 1
             row["state"] = "opted-out"
