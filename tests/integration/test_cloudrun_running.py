@@ -10,6 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +34,7 @@ from infra.local.cloudrun.proxy import REVISION_HEADER, invoker_check
 from infra.local.cloudrun.runner import LaunchSpec, argv_of, env_of
 from infra.local.cloudrun_standin import CloudRunStandin
 from infra.local.images import ImageSpec, layer, push
+from infra.local.procs import free_port, stop, wait_http
 from infra.local.registry_server import RegistryServer
 from infra.local.token_server import TokenServer
 
@@ -133,12 +137,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _rooted_under(path: Path) -> list[int]:
-    """PIDs of every process whose root directory is under `path` (a revision and all it started)."""
+def _rooted_under(prefix: Path | str) -> list[int]:
+    """PIDs of every process whose root directory's path starts with `prefix` (revisions and all they
+    started)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and Path(os.readlink(entry / "root")).is_relative_to(path):
+            if entry.name.isdigit() and os.readlink(entry / "root").startswith(str(prefix)):
                 pids.append(int(entry.name))
         except OSError:  # gone meanwhile, or not ours to read
             continue
@@ -246,9 +251,9 @@ def test_processes_stop_when_retired_deleted_and_on_stop(images: dict, tmp_path:
         client.delete_service(name=f"projects/{PROJECT}/locations/{REGION}/services/other").result(timeout=OP_TIMEOUT)
         assert _eventually(lambda: not _alive(other_pid)), "a deleted service's revision kept running"
         pids = list(cr.running_revisions.values())
-        assert pids and all(_alive(p) for p in pids) and set(pids) <= set(_rooted_under(tmp_path))
+        assert pids and all(_alive(p) for p in pids) and set(pids) <= set(_rooted_under(f"{tmp_path}/"))
     assert not any(_alive(p) for p in pids), "stop() left revision processes behind"
-    assert _rooted_under(tmp_path) == [], "a process a revision started outlived stop()"
+    assert _rooted_under(f"{tmp_path}/") == [], "a process a revision started outlived stop()"
     assert cr.running_revisions == {}
 
 
@@ -277,6 +282,32 @@ def test_simulated_mode_proxy_answers_for_the_ready_revision(tmp_path: Path) -> 
         short = svc.latest_ready_revision.rsplit("/", 1)[1]
         assert (r.status_code, r.headers[REVISION_HEADER]) == (200, short) and short in r.text
         assert cr.running_revisions == {}
+
+
+@needs_root
+def test_the_cli_runs_revisions_with_registry_credentials_and_leaves_none_on_sigterm(images: dict, tmp_path: Path) -> None:
+    port, password = free_port(), tmp_path / "password"
+    password.write_text(images["creds"][1])
+    out = open(tmp_path / "standin.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.local.cloudrun_standin", "--port", str(port), "--registry-host", images["host"],
+         "--registry-username", images["creds"][0], "--registry-password-file", str(password), "--run-revisions",
+         "--allow-unauthenticated", "--deploy-latency-s", "0"],
+        cwd=Path(__file__).resolve().parents[2], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_standin/healthz", proc=proc, timeout=20)
+        cr_url = f"http://127.0.0.1:{port}"
+        client = run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
+                                       client_options=ClientOptions(api_endpoint=cr_url))
+        svc = _deploy(client, "cli", images["v1"], create=True)
+        assert httpx.get(svc.uri + "/", trust_env=False, timeout=10).text == "app v1\n"  # no token: allowed
+        started = _rooted_under(Path(tempfile.gettempdir()) / "cloudrun-standin-")  # the CLI's own workdir
+        assert started
+    finally:
+        stop(proc)
+        out.close()
+    assert proc.returncode == 0, (tmp_path / "standin.log").read_text()
+    assert not any(_alive(p) for p in started)
 
 
 def test_bundle_cache_shares_pulls_and_evicts_idle_bundles_beyond_its_cap(images: dict, tmp_path: Path) -> None:

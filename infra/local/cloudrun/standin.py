@@ -37,6 +37,7 @@ import grpc
 import httpx
 from google.longrunning import operations_pb2
 
+from ..bearer_auth import BearerAuth
 from .bundles import BundleCache
 from .common import LOOPBACK, ServiceRecord
 from .deploys import DeploysMixin
@@ -218,7 +219,7 @@ class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsM
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infra.local.cloudrun_standin", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=LOOPBACK)
     parser.add_argument("--port", type=int, default=0, help="REST; 0 picks a free port (printed on start)")
@@ -227,7 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deploy-latency-s", type=float, default=0.05)
     parser.add_argument("--write-quota-per-min", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--registry-username", help="with --registry-password-file: for a registry that wants auth")
+    parser.add_argument("--registry-password-file", type=argparse.FileType("r"))
+    parser.add_argument("--run-revisions", action="store_true", help="run each revision chrooted (needs root)")
+    parser.add_argument("--startup-timeout-s", type=float, default=20.0, help="the TCP startup probe's time limit")
+    parser.add_argument("--allow-unauthenticated", action="store_true", help="no invoker check on service URLs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    if (args.registry_username is None) != (args.registry_password_file is None):
+        parser.error("--registry-username and --registry-password-file go together")
+    creds = (args.registry_username, args.registry_password_file.read().strip()) if args.registry_username else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     done = threading.Event()
@@ -236,9 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     standin = CloudRunStandin(
         registry_host=args.registry_host, host=args.host, port=args.port, grpc_port=args.grpc_port,
         deploy_latency_s=args.deploy_latency_s, write_quota_per_min=args.write_quota_per_min, seed=args.seed,
+        registry_auth=BearerAuth(*creds) if creds else None, registry_credentials=creds,
+        run_revisions=args.run_revisions, startup_timeout_s=args.startup_timeout_s,
+        allow_unauthenticated=args.allow_unauthenticated,
     )
     with standin:
         print(f"cloudrun-standin listening on {standin.url} (REST) and {standin.grpc_target} (gRPC)", flush=True)
+        mode = "revisions run" if args.run_revisions else "revisions simulated"
+        print(f"service URLs under {standin.proxy_base}/s/<project>/<region>/<service> ({mode})", flush=True)
         done.wait()  # until SIGTERM/SIGINT
     return 0
 
