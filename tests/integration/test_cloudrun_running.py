@@ -217,6 +217,7 @@ def test_traffic_split_and_tag_url_route_to_their_revisions(standin: CloudRunSta
     print(f"30/70 split over 200 requests: {by_revision}")
     assert all(r.text == ("app v1\n" if r.headers[REVISION_HEADER] == v1 else "app v2\n") for r in answers)
     assert 35 <= by_revision[v1] <= 85 and by_revision[v1] + by_revision[v2] == 200
+    assert standin.proxy.served[v2] == by_revision[v2] + 5  # the proxy's own count: the tagged requests too
 
 
 @needs_root
