@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -108,6 +109,20 @@ def test_watch_in_a_pipe_follows_the_waves_to_finished(rolled):
     assert len(locations) == len(rolled.stack.projects) * len(rolled.stack.regions)
     assert sum(int(c[2]) for c in locations) == len(rolled.eligible)
     assert sum(int(c[3]) for c in locations) == opted_out == sum(int(c[6]) for c in locations)
+
+
+def test_watch_on_a_terminal_draws_in_place(rolled):
+    """On a terminal (script(1) gives it one) the view is rich's live display: styled, redrawn in
+    place; the rollout has ended, so one frame and exit 0."""
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "baseroll.cli", "--config",
+                                                 str(rolled.stack.config_path), "status", "--watch", "--base",
+                                                 "python", "--interval", "0.5", "--timeout", "60"])
+    proc = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "120", "LINES": "50"}, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "\x1b[" in proc.stdout, "styled for a terminal"
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", proc.stdout)
+    assert re.search(rf"^{rolled.rollout_id} finished wave (\d+) of \1$", plain, re.M), plain[-2000:]
 
 
 def test_watch_refuses_what_it_cannot_draw(rolled):
