@@ -172,6 +172,7 @@ def test_revision_runs_chrooted_and_serves_through_the_service_url(standin: Clou
     env = dict(e.split("=", 1) for e in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in e)
     assert env["APP_VERSION"] == "v1" and env["K_REVISION"] == short and env["K_SERVICE"] == "web"
     assert int(env["PORT"]) > 0
+    assert os.readlink(f"/proc/{pid}/cwd") == f"{root}/www"  # httpd -h /www moved there from "/"
 
 
 @needs_root

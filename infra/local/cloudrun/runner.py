@@ -42,6 +42,7 @@ class LaunchSpec:
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()  # the container's env, then the variables Cloud Run sets
+    working_dir: str = ""  # the container's; empty: the image's WorkingDir
 
 
 @dataclass
@@ -134,7 +135,7 @@ class RevisionRunner:
         if not argv:
             raise OSError("the image sets no Entrypoint or Cmd and the container no command")
         env = {**env_of(bundle, spec), "PORT": str(port)}
-        rootfs, workdir = str(bundle.rootfs), bundle.workdir
+        rootfs, workdir = str(bundle.rootfs), spec.working_dir or bundle.workdir
 
         def enter_rootfs() -> None:  # in the child, before exec: argv[0] is then found inside the image
             # Two system calls and no Python locks, so safe in a child forked from a threaded parent.

@@ -50,7 +50,7 @@ def launch_spec(rev: run_v2.Revision) -> LaunchSpec:
     short = rev.name.rsplit("/", 1)[1]
     env = [(e.name, e.value) for e in c.env if not e.value_source]  # secret references are not resolved here
     env += [("K_SERVICE", rev.service), ("K_REVISION", short), ("K_CONFIGURATION", rev.service)]
-    return LaunchSpec(c.image, tuple(c.command), tuple(c.args), tuple(env))
+    return LaunchSpec(c.image, tuple(c.command), tuple(c.args), tuple(env), c.working_dir)
 
 
 def job_record(services: dict[str, ServiceRecord], job: DeployJob) -> RevisionRecord | None:
