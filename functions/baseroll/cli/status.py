@@ -10,27 +10,41 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from baseroll.cli.common import EXIT_FAILED, EXIT_INVALID, CliState, emit_json, emit_table, fail
+from baseroll.cli.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    CliState,
+    emit_json,
+    emit_table,
+    fail,
+)
 from baseroll.cli.rollouts import _deps, with_locations
+
+if TYPE_CHECKING:  # types only: every command is loaded with the CLI, so each imports what it uses on use
+    from baseroll.config import BaseTrack
+    from baseroll.fleet.view import ServiceView
+    from baseroll.images.match import BaseVersion, ImageFacts
+    from baseroll.rollout.lineage import TrackLineage
+    from baseroll.rollout.status import RolloutProgress, TrackStatus
 
 
 @dataclass
 class _Track:
-    config: Any  # config.BaseTrack
-    current: Any  # images.match.BaseVersion
-    lineage: Any  # rollout.lineage.TrackLineage
-    status: Any  # rollout.status.TrackStatus
+    config: BaseTrack
+    current: BaseVersion
+    lineage: TrackLineage
+    status: TrackStatus
 
 
 @dataclass
 class _Reading:
     tracks: list[_Track]
-    services: list  # fleet.view.ServiceView
-    facts: dict
+    services: list[ServiceView]
+    facts: dict[str, ImageFacts | str]
 
 
 def _read(deps: Any, track_names: tuple[str, ...]) -> _Reading:
@@ -55,7 +69,7 @@ def _read(deps: Any, track_names: tuple[str, ...]) -> _Reading:
     return _Reading(tracks, services, facts)
 
 
-def _rollouts(deps: Any, reading: _Reading) -> list:
+def _rollouts(deps: Any, reading: _Reading) -> list[RolloutProgress]:
     """The progress of each shown track's rollout(s) of its current digest that have a record."""
     from baseroll.rollout import status as status_mod
 
@@ -114,7 +128,7 @@ def status(state: CliState, track_names: tuple[str, ...], show_services: bool, w
                    f"on {sum(len(s.on_digest) for s in out)} base digests")
 
 
-def _tables(out: list, show_services: bool) -> None:
+def _tables(out: list[TrackStatus], show_services: bool) -> None:
     rows = [(s.track, d[:19] + (" (current)" if d == s.current_digest else ""), n, "", "", "")
             for s in out for d, n in sorted(s.on_digest.items(), key=lambda kv: -kv[1])]
     rows += [(s.track, "total", sum(s.on_digest.values()), s.in_flight, s.failed, s.opted_out) for s in out]
@@ -125,7 +139,7 @@ def _tables(out: list, show_services: bool) -> None:
                     for s in out for r in s.services])
 
 
-def _write_html(path: Path, tracks: list) -> None:
+def _write_html(path: Path, tracks: list[TrackStatus]) -> None:
     """Written whole or not at all: a page open in a browser never shows half a fleet."""
     from datetime import datetime, timezone
 
