@@ -25,7 +25,7 @@ from infra.local.users import Tally
 pytestmark = pytest.mark.e2e
 
 SERVICES = 4  # one per app kind (annotated OCI, plain OCI, Docker schema 2) and location
-USERS = {"threads": 2, "pause_s": 0.02, "max_seconds": 120, "max_requests": 20_000}
+USERS = {"threads": 2, "pause_s": 0.05, "max_seconds": 120, "max_requests": 20_000}
 
 
 @pytest.fixture(scope="module")
