@@ -181,7 +181,10 @@ class LocalStack:
             "labels": {"opt_out": OPT_OUT_LABEL, "cohort": COHORT_LABEL},
             "rollout": {"ready_timeout_s": self.ready_timeout_s, "concurrency": self.concurrency,
                         "waves": [0.1, 0.5, 1.0], "failure_budget": 1, "write_quota_per_min": 600,
-                        "invocation_budget_s": 60, "poll_interval_s": 0.3, **self.rollout_overrides},
+                        "invocation_budget_s": 60, "poll_interval_s": 0.3,
+                        # Verify at zero traffic where revisions really run; a test turns it on in the
+                        # simulated mode (the proxy answers 200 for a ready revision) with `rollout`.
+                        "verify": {"enabled": self.run_revisions}, **self.rollout_overrides},
             "cloud_run_endpoint": self.cloud_run_endpoint(),
             "cloud_run_transport": self.cloud_run_transport,
             "pubsub_project": TOPIC_PROJECT,

@@ -23,7 +23,9 @@ def stack():
         ready_timeout_s=20,
         # The stand-in allows fewer writes than the coordinator releases: 429s must be absorbed by backoff.
         write_quota_per_min=240,
-        rollout={"waves": [0.1, 0.5, 1.0], "failure_budget": 0, "write_quota_per_min": 600},
+        # Verified at zero traffic, through the stand-in's proxy (simulated revisions answer 200).
+        rollout={"waves": [0.1, 0.5, 1.0], "failure_budget": 0, "write_quota_per_min": 600,
+                 "verify": {"enabled": True}},
         pubsub_faults={"duplicate_probability": 0.2, "reorder": True, "reorder_window_s": 0.3, "seed": 7},
     ) as s:
         yield s
