@@ -555,7 +555,7 @@ class RouteMeter:
         checker.check = self._wrap("deploy image check (registry I/O)", checker.check)
         run_job = standin._run_job
         standin._run_job = self._wrap("deploy job (latency sleep excluded from CPU)", run_job)
-        server = standin._server  # werkzeug's ThreadedWSGIServer: one thread per accepted connection
+        server = standin._rest._server  # werkzeug's ThreadedWSGIServer: one thread per accepted connection
         accept = server.process_request
 
         def counting_accept(*args: Any) -> Any:
@@ -652,6 +652,8 @@ def timeline(logs: dict[str, list[dict]], rollout_id: str, t_publish: float, quo
         "first_update_s": rel(updates[0][0]) if updates else None,
         "last_update_s": rel(updates[-1][0]) if updates else None,
         "finished_s": rel(first(coord, "rollout.finished") or t_publish),
+        # Each stored plan is one listing of the whole fleet (rollout.stored_plan): the start's, and any step's.
+        "fleet_plans": sum(1 for r in [*planner, *coord] if r["message"] == "plan.stored"),
         "coordinator_log": dict(Counter(r["message"] for r in coord)),
     }
     # Waves: released (end of the release loop), settled.

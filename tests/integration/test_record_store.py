@@ -17,6 +17,7 @@ xfail), which shows the tests can catch the races.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import uuid
 from typing import Callable, Iterator
@@ -29,7 +30,7 @@ from baseroll.contracts.records import RolloutRecord
 from baseroll.contracts.roll import RollRequest
 from baseroll.fleet.view import ServiceView
 from baseroll.images import refs
-from baseroll.rollout import fakes, lease, planner
+from baseroll.rollout import fakes, lease, planner, waveplan
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.firestore_store import RECORDS, FirestoreStore
 from baseroll.rollout.store import Mutation, RecordStore, from_document, to_document
@@ -111,6 +112,9 @@ class Held:
             return mutate(rec)
         return self.inner.update(rollout_id, held)
 
+    def __getattr__(self, name: str) -> object:  # the wave plan and results: not part of these races
+        return getattr(self.inner, name)
+
 
 class LastWriterWins:
     """The baseline only: the old store's semantics on the same emulator. Reads, lets the caller
@@ -118,6 +122,10 @@ class LastWriterWins:
 
     def __init__(self, client: firestore.Client, prefix: str, clock: Clock, window: Window | None) -> None:
         self.docs, self.clock, self.window = client.collection(prefix + RECORDS), clock, window
+        self.waves = FirestoreStore(client, clock, prefix=prefix)  # plans and results as the real store keeps them
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.waves, name)
 
     def get(self, rollout_id: str) -> RolloutRecord | None:
         snap = self.docs.document(rollout_id).get()
@@ -338,3 +346,34 @@ def test_create_update_and_lineage_on_the_emulator(client: firestore.Client) -> 
             store.record_version(track, digest)
         assert store.versions(track) == ["sha256:1", "sha256:2"]
     assert store.versions("never-seen") == []
+
+
+def test_wave_plans_and_task_results_on_the_emulator(client: firestore.Client) -> None:
+    clock = FakeClock()
+    store = FirestoreStore(client, clock, prefix=f"t{uuid.uuid4().hex[:8]}-")
+    rid = "python-3-12-bbbbbbbbbbbb"
+    header = {"seq": 3, "planned_at": 1000.0, "sizes": [2, 5000]}
+    store.put_plan(rid, 3, header)
+    assert store.plan(rid, 3) == header and store.plan(rid, 4) is None
+    # A wave of 5,000 members in chunks of a quarter MiB: each one document, read back whole and in order.
+    members = [{"service": f"projects/p/locations/r/services/s{i:05d}", "expected": ["x" * 120],
+                "targets": {"0": "registry.test/apps/a@sha256:" + "c" * 64}} for i in range(5000)]
+    chunks = list(waveplan.chunked([waveplan.Member.from_json(m) for m in members]))
+    assert len(chunks) > 3  # each at most CHUNK_BYTES of entries (plus the list's commas and brackets)
+    assert all(len(json.dumps(c, separators=(",", ":"))) <= waveplan.CHUNK_BYTES + len(c) + 1 for c in chunks)
+    store.put_wave(rid, 3, 1, chunks)
+    assert store.wave(rid, 3, 1) == members
+    assert store.wave(rid, 3, 0) is None  # never stored
+    store.put_wave(rid, 3, 0, [[members[0]], [members[1]]])
+    client.collection(f"{store._records.id}").document(rid).collection("plans").document("00000003") \
+        .collection("waves").document("0000-00001").delete()
+    assert store.wave(rid, 3, 0) is None  # a chunk missing: not all there
+    # Results: one document per rollout × wave × service, a redelivery overwrites it; read by time.
+    name = members[0]["service"]
+    store.record_result(rid, 1, name, {"service": name, "wave": 1, "outcome": "failed", "recorded": 1001.0})
+    store.record_result(rid, 1, name, {"service": name, "wave": 1, "outcome": "failed", "recorded": 1002.0})
+    store.record_result(rid, 1, "b", {"service": "b", "wave": 1, "outcome": "updated", "recorded": 1005.0})
+    store.record_result(rid, 2, "c", {"service": "c", "wave": 2, "outcome": "updated", "recorded": 1005.0})
+    assert sorted(d["service"] for d in store.results(rid, 1, 0.0)) == ["b", name]
+    assert [d["service"] for d in store.results(rid, 1, 1003.0)] == ["b"]
+    assert store.results("other", 1, 0.0) == []

@@ -6,6 +6,7 @@ the way Pub/Sub delivers them to another function while the coordinator waits. N
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
 from typing import Callable
@@ -13,8 +14,10 @@ from typing import Callable
 import pytest
 from baseroll.config import FailureBudget, SigningPolicy
 from baseroll.contracts import topics
-from baseroll.contracts.messages import Step
+from baseroll.contracts import messages
+from baseroll.contracts.messages import Result, Step, Task
 from baseroll.contracts.roll import RollRequest
+from baseroll.edge import handlers
 from baseroll.fleet.fake import Verdict
 from baseroll.fleet.view import ServiceView
 from baseroll.images import refs, signatures
@@ -50,7 +53,7 @@ class Rig:
         self.w.clock.on_sleep.append(lambda now: self.w.bus.deliver(TASKS))
 
 
-def rig(services: int = 4, *, workers: bool = True, **rollout: object) -> Rig:
+def rig(services: int = 4, *, workers: bool = True, results: bool = True, **rollout: object) -> Rig:
     """An app rollout of `services` services (all in one location), started: its first step is on the bus."""
     rollout.setdefault("waves", (0.5, 1.0))
     w = fakes.FakeWorld(fakes.config(**rollout))
@@ -59,8 +62,16 @@ def rig(services: int = 4, *, workers: bool = True, **rollout: object) -> Rig:
     for i in range(services):
         w.fleet.add(ServiceView(f"projects/tenants-aaaaa/locations/us-east1/services/shop{i}",
                                 (str(old.pinned()),), labels={"baseroll-app-tag": "prod"}))
-    # A task for a service deleted meanwhile fails in its worker; here it is simply lost.
-    w.bus.subscribe(TASKS, lambda task: worker.roll_service(w.deps, task) if task.service in w.fleet.services else None)
+    # A task for a service deleted meanwhile fails in its worker; here it is simply lost. A worker's
+    # result is recorded as `on_roll_result` records it, unless the test loses every result.
+
+    def work(task: Task) -> None:
+        if task.service in w.fleet.services:
+            result = worker.roll_service(w.deps, task)
+            if results:
+                step.record_result(w.deps, result)
+
+    w.bus.subscribe(TASKS, work)
     out = planner.start(w.deps, RollRequest("app", refs.parse(APP), None, "request", "e-1"))
     assert out["status"] == "running" and out["to_roll"] == services
     r = Rig(w, out["rollout_id"], str(new.pinned()))
@@ -207,6 +218,121 @@ def test_a_rollout_walks_every_wave_to_finished_and_rolls_each_service_once() ->
     assert sum(r.w.clock.slept) < 60  # fake seconds: settling is seen within a few polls
 
 
+def test_later_steps_never_list_the_fleet_and_walk_the_plan_the_start_stored() -> None:
+    r = rig(6, waves=(0.2, 0.5, 1.0))
+    listed = r.w.fleet.calls["list_services"]  # the start's listing: the only one
+    s = first_step(r)
+    assert s.plan == 1
+    for i in range(1, 10):
+        step.handle_step(r.w.deps, s, f"m-{i}")
+        if r.record.status != "running":
+            break
+        s = r.steps()[-1]
+        assert s.plan == 1  # every hand-over names the same stored plan
+    assert r.record.status == "finished" and r.w.fleet.calls["list_services"] == listed
+
+
+def _reads_by_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    read: list[str] = []
+    real = step._read_each
+
+    def spy(fleet, names):
+        read.extend(names)
+        return real(fleet, names)
+
+    monkeypatch.setattr(step, "_read_each", spy)
+    return read
+
+
+def test_a_wave_settles_on_its_results_without_reading_its_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    read = _reads_by_steps(monkeypatch)
+    r = rig()
+    step.handle_step(r.w.deps, first_step(r), "m-1")
+    assert r.record.waves == [{"wave": 0, "size": 2, "done": 2, "failed": 0, "skipped": 0}]
+    assert read == [] and r.w.records.result_queries >= 1
+    assert sum(r.w.clock.slept) < 2 * r.w.config.rollout.poll_interval_s + 1  # seen at the first poll after them
+
+
+def test_members_whose_results_are_lost_are_read_one_by_one_once_overdue(monkeypatch: pytest.MonkeyPatch) -> None:
+    read = _reads_by_steps(monkeypatch)
+    r = rig(results=False)
+    s = first_step(r)
+    step.handle_step(r.w.deps, s, "m-1")
+    assert r.record.waves == [{"wave": 0, "size": 2, "done": 2, "failed": 0, "skipped": 0}]
+    wave0 = {t.service for t in r.w.bus.tasks(TASKS)}
+    assert set(read) == wave0  # just the wave's members, never a listing
+    overdue = r.w.config.rollout.ready_timeout_s + step.SETTLE_GRACE_S
+    assert overdue <= sum(r.w.clock.slept) < overdue + 2 * r.w.config.rollout.poll_interval_s + 1
+
+
+def test_redelivered_stale_and_uninformative_results_count_once_or_not_at_all() -> None:
+    r = rig(workers=False)
+    s = first_step(r)
+    rid = r.rollout_id
+    planned_at = r.w.records.plan(rid, 1)["planned_at"]
+    names = sorted(svc for svc in r.w.fleet.services)[:4]
+    wave0 = [m["service"] for m in r.w.records.wave(rid, 1, 0)]
+    a, b = wave0
+    other = next(n for n in names if n not in wave0)
+    put = lambda name, outcome, at, wave=0: r.w.records.record_result(
+        rid, wave, name, {"service": name, "wave": wave, "outcome": outcome, "reason": "", "recorded": at})
+    put(a, "failed", planned_at - 1)  # from before this plan: not this plan's result
+    put(a, "updated", planned_at + 1)
+    put(a, "updated", planned_at + 2)  # the same result redelivered
+    put(b, "cancelled", planned_at + 1)  # says nothing about the member: still pending
+    put(other, "failed", planned_at + 1, wave=0)  # not a member of this wave: ignored
+    step.handle_step(r.w.deps, s, "m-1")
+    assert r.record.waves == [] and r.steps()[-1].released_at is not None  # b still pending
+    put(b, "skipped", planned_at + 3)
+    step.handle_step(r.w.deps, r.steps()[-1], "m-2")
+    assert r.record.waves == [{"wave": 0, "size": 2, "done": 1, "failed": 0, "skipped": 1}]
+
+
+def test_a_result_delivered_twice_to_on_roll_result_is_one_record() -> None:
+    r = rig(workers=False)
+    s = first_step(r)
+    name = r.w.records.wave(r.rollout_id, 1, 0)[0]["service"]
+    result = Result(s.rollout, name, 0, "updated", "", ("a",), ("b",))
+    data, attributes = messages.encode(result)
+    envelope = {"message": {"data": base64.b64encode(data).decode(), "attributes": attributes, "messageId": "m-9"},
+                "subscription": "projects/p/subscriptions/s"}
+    for _ in range(2):  # at-least-once delivery
+        assert handlers.on_roll_result(envelope, "e-9", lambda: r.w.deps) == {"status": "recorded"}
+    (doc,) = r.w.records.results(r.rollout_id, 0, 0.0)
+    assert (doc["service"], doc["outcome"], doc["wave"]) == (name, "updated", 0)
+
+
+def test_the_first_step_is_sent_once_the_first_wave_is_stored_before_the_later_waves() -> None:
+    w = fakes.FakeWorld(fakes.config(waves=(0.5, 1.0)))
+    order: list[str] = []
+    real_put, real_publish = w.records.put_wave, w.bus.publish
+    w.records.put_wave = lambda rid, seq, wave, chunks: (order.append(f"wave {wave}"),  # type: ignore[method-assign]
+                                                         real_put(rid, seq, wave, chunks))
+    w.bus.publish = lambda topic, items: (order.append(topic), real_publish(topic, items))[1]  # type: ignore
+    old = w.registry.push(APP, [fakes.layer("app-v1")])
+    w.registry.push(APP, [fakes.layer("app-v2")])
+    for i in range(4):
+        w.fleet.add(ServiceView(f"projects/tenants-aaaaa/locations/us-east1/services/shop{i}",
+                                (str(old.pinned()),), labels={"baseroll-app-tag": "prod"}))
+    planner.start(w.deps, RollRequest("app", refs.parse(APP), None, "request", "e-1"))
+    assert order == ["wave 0", RESULTS, "wave 1"]
+
+
+def test_a_step_whose_wave_was_never_stored_plans_again_and_hands_its_plan_on() -> None:
+    r = rig(6, waves=(0.2, 0.5, 1.0))
+    step.handle_step(r.w.deps, first_step(r), "m-1")
+    s = r.steps()[-1]
+    assert (s.wave, s.plan) == (1, 1)
+    for key in [k for k in r.w.records.docs if k[:4] == (r.rollout_id, "wave", 1, 1)]:
+        del r.w.records.docs[key]  # the start stopped after storing wave 0
+    listed = r.w.fleet.calls["list_services"]
+    step.handle_step(r.w.deps, s, "m-2")
+    assert r.w.fleet.calls["list_services"] == listed + 1
+    nxt = r.steps()[-1]
+    assert (nxt.wave, nxt.plan) == (2, s.seq)  # the plan made by that step, stored under its seq
+    assert r.w.records.plan(r.rollout_id, s.seq) is not None
+
+
 # ------------------------------------------------------------------------------------------ abort mid-step
 
 
@@ -305,10 +431,10 @@ def test_a_concurrent_claim_between_the_claims_read_and_its_write_is_busy() -> N
 def test_an_unexpected_error_gives_the_step_back() -> None:
     r = rig()
 
-    def broken(project: str, region: str):
-        raise RuntimeError("listing failed")
+    def broken(*args: object):
+        raise RuntimeError("store failed")
 
-    r.w.fleet.list_services = broken  # type: ignore[method-assign]
+    r.w.records.wave = broken  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         step.handle_step(r.w.deps, first_step(r), "m-1")
     assert (r.record.seq, r.record.owner, r.record.status) == (1, "", "running")
@@ -355,7 +481,7 @@ TRACK = f"{fakes.REGISTRY}/bases/python:3.12"
 SIGN_TOPIC = "sign-requests"
 
 
-def base_rig(signing: str = "report", *, app_signed: bool = False) -> tuple[fakes.FakeWorld, Step]:
+def base_rig(signing: str = "report", *, app_signed: bool = False, refuse: str = "") -> tuple[fakes.FakeWorld, Step]:
     """Two services on one app image built on python 3.12.1; the track moved to 3.12.2; started."""
     cfg = dataclasses.replace(fakes.config(waves=(1.0,)), signatures=SigningPolicy(signing, SIGN_TOPIC))
     w = fakes.FakeWorld(cfg)
@@ -369,7 +495,9 @@ def base_rig(signing: str = "report", *, app_signed: bool = False) -> tuple[fake
         w.registry.push(app.with_tag(signatures.signature_tag(app.digest or "")), [fakes.layer("sig")])
     for i in range(2):
         w.fleet.add(ServiceView(f"projects/tenants-aaaaa/locations/us-east1/services/shop{i}", (str(app),)))
-    w.bus.subscribe(TASKS, lambda task: worker.roll_service(w.deps, task))
+    if refuse:
+        w.rebase.refuse[str(app)] = refuse
+    w.bus.subscribe(TASKS, lambda task: step.record_result(w.deps, worker.roll_service(w.deps, task)))
     w.clock.on_sleep.append(lambda now: w.bus.deliver(TASKS))
     out = planner.start(w.deps, RollRequest("base", refs.parse(TRACK), None, "artifact-push", "e-1"))
     assert out["status"] == "running" and out["to_roll"] == 2
@@ -383,7 +511,7 @@ def test_a_base_rollout_deploys_the_rebased_image_and_sees_it_current() -> None:
     rec = w.records.get(s.rollout.rollout_id)
     assert rec is not None and rec.status == "finished"
     rebased = w.rebase.results[-1]
-    assert [dry for _, _, dry in w.rebase.calls] == [False, False]  # the start's, then the step's (idempotent)
+    assert [dry for _, _, dry in w.rebase.calls] == [False]  # the start's: a step reads the stored plan
     assert {svc.images for svc in w.fleet.services.values()} == {(str(rebased),)}
     assert {t.targets["0"] for t in w.bus.tasks(TASKS)} == {str(rebased)}
     assert w.bus.published[SIGN_TOPIC] == []  # `report` never asks for a signature
@@ -393,7 +521,7 @@ def test_a_base_rollout_deploys_the_rebased_image_and_sees_it_current() -> None:
 def test_signatures_required_hold_back_an_unsigned_rebased_image(signed: bool) -> None:
     w, s = base_rig("require")
     if signed:
-        rebased = w.rebase.results[-1]  # the start's rebase; the step's gives the same digest
+        rebased = w.rebase.results[-1]  # the start's rebase, stored in the plan
         w.registry.push(rebased.with_tag(signatures.signature_tag(rebased.digest or "")), [fakes.layer("sig")])
     step.handle_step(w.deps, s, "m-1")
     rec = w.records.get(s.rollout.rollout_id)
@@ -408,8 +536,7 @@ def test_signatures_required_hold_back_an_unsigned_rebased_image(signed: bool) -
 
 
 def test_a_refused_rebase_fails_its_services_at_once_and_sends_nothing() -> None:
-    w, s = base_rig()
-    w.rebase.refuse[str(w.rebase.calls[0][0].app)] = "config drift: Env differs"
+    w, s = base_rig(refuse="config drift: Env differs")
     step.handle_step(w.deps, s, "m-1")
     rec = w.records.get(s.rollout.rollout_id)
     assert rec is not None and (rec.status, rec.waves[0]["failed"]) == ("halted", 2)

@@ -49,21 +49,22 @@ def test_tiny_fleets_get_no_empty_waves():
     assert waves.assign([], (0.5, 1.0), cohort_label="c") == []
 
 
-def test_status_reads_the_ledger():
+def test_judge_reads_the_ledger_and_health_of_one_member():
     r = "py-abc"
     done = svc(1, **{ledger.ROLLOUT_ID: r, ledger.STATE: ledger.ROLLED})
     back = svc(2, **{ledger.ROLLOUT_ID: r, ledger.STATE: ledger.ROLLED_BACK})
-    pending = svc(3)
-    moved = svc(4)  # no longer outdated, never touched by this rollout: someone else changed it
-    failed_rev = ServiceView(**{**done.__dict__, "name": done.name + "x", "latest_ready_revision": "r1",
-                                "terminal_state": "CONDITION_FAILED"})
-    fleet = {s.name: s for s in (done, back, pending, moved, failed_rev)}
-    st = waves.status(list(fleet) + ["gone"], fleet, r, still_outdated={pending.name}, deadline_passed=False)
-    assert (st.done, st.failed, st.pending) == ([done.name], [back.name, failed_rev.name], [pending.name])
-    assert set(st.skipped) == {moved.name, "gone"} and not st.settled
-    late = waves.status([pending.name], fleet, r, still_outdated={pending.name}, deadline_passed=True)
-    assert late.failed == [pending.name] and late.settled
-
+    waiting = svc(3)  # untouched, as planned: its task has not run yet
+    moved = ServiceView(**{**svc(4).__dict__, "images": ("someone-elses",)})  # changed since planning
+    failed_rev = ServiceView(**{**done.__dict__, "latest_ready_revision": "r1", "terminal_state": "CONDITION_FAILED"})
+    reconciling = ServiceView(**{**done.__dict__, "generation": 3})
+    judged = {name: waves.judge(s, ("x",), r, deadline_passed=False) for name, s in
+              [("done", done), ("back", back), ("waiting", waiting), ("moved", moved), ("failed_rev", failed_rev),
+               ("reconciling", reconciling), ("gone", None)]}
+    assert judged == {"done": "done", "back": "failed", "waiting": "pending", "moved": "skipped",
+                      "failed_rev": "failed", "reconciling": "pending", "gone": "skipped"}
+    # Past the wave's settle deadline nothing is pending: not rolled in time is a failure.
+    assert waves.judge(waiting, ("x",), r, deadline_passed=True) == "failed"
+    assert waves.judge(reconciling, ("x",), r, deadline_passed=True) == "failed"
 
 
 def test_a_target_left_to_another_writer_is_a_failure_at_once():
@@ -71,37 +72,25 @@ def test_a_target_left_to_another_writer_is_a_failure_at_once():
     # pending until the settle deadline (tests/e2e/test_rollback_safety.py stalled on it).
     r = "py-abc"
     left = svc(1, **ledger.changed_by_someone_else(r, "sha256:ab", "our revision was replaced"))
-    for outdated in (set(), {left.name}):
-        st = waves.status([left.name], {left.name: left}, r, still_outdated=outdated, deadline_passed=False)
-        assert st.failed == [left.name] and st.settled
-    again = waves.recheck(waves.WaveStatus(pending=[left.name]), {left.name: left}, {left.name: ("x",)}, r,
-                          deadline_passed=False)
-    assert again is not None and again.failed == [left.name] and again.settled
-
-def test_recheck_judges_only_the_pending_members_from_fresh_reads():
-    r = "py-abc"
-    first, second, waiting = svc(1), svc(2), svc(3)
-    prev = waves.WaveStatus(done=["earlier"], pending=[first.name, second.name, waiting.name])
-    planned = {s.name: s.images for s in (first, second, waiting)}
-    rolled = ServiceView(**{**first.__dict__, "images": ("new",), "annotations": {ledger.ROLLOUT_ID: r,
-                                                                                  ledger.STATE: ledger.ROLLED}})
-    back = ServiceView(**{**second.__dict__, "annotations": {ledger.ROLLOUT_ID: r, ledger.STATE: ledger.ROLLED_BACK}})
-    fresh = {first.name: rolled, second.name: back, waiting.name: waiting}
-    st = waves.recheck(prev, fresh, planned, r, deadline_passed=False)
-    assert st is not None
-    assert (st.done, st.failed, st.pending) == (["earlier", first.name], [second.name], [waiting.name])
-    late = waves.recheck(prev, fresh, planned, r, deadline_passed=True)
-    assert late is not None and late.failed == [second.name, waiting.name] and late.settled
+    assert waves.judge(left, ("x",), r, deadline_passed=False) == "failed"
 
 
-def test_recheck_defers_to_a_replan_when_a_member_changed_elsewhere_or_is_gone():
-    r = "py-abc"
-    a, b = svc(1), svc(2)
-    prev = waves.WaveStatus(pending=[a.name, b.name])
-    planned = {a.name: a.images, b.name: b.images}
-    changed = ServiceView(**{**b.__dict__, "images": ("someone-elses",)})
-    assert waves.recheck(prev, {a.name: a, b.name: changed}, planned, r, deadline_passed=False) is None
-    assert waves.recheck(prev, {a.name: a}, planned, r, deadline_passed=False) is None
+def test_results_tell_a_members_state_except_supersession_and_cancellation():
+    states = {o: waves.result_state(o) for o in ("updated", "already-current", "rolled-back", "rollback-failed",
+                                                  "failed", "skipped", "superseded", "cancelled", "whatever")}
+    assert states == {"updated": "done", "already-current": "done", "rolled-back": "failed",
+                      "rollback-failed": "failed", "failed": "failed", "skipped": "skipped", "superseded": None,
+                      "cancelled": None, "whatever": None}
+    # A target already rolled back here is this rollout's failure, as the service's ledger says.
+    assert waves.result_state("skipped", ledger.ALREADY_ROLLED_BACK.format(reason="not ready")) == "failed"
+
+
+def test_settle_counts_what_is_known_and_fails_the_rest_only_at_the_deadline():
+    known = {"a": "done", "b": "failed", "c": "skipped", "d": "pending"}
+    st = waves.settle(["a", "b", "c", "d", "e"], known, deadline_passed=False)
+    assert (st.done, st.failed, st.skipped, st.pending) == (["a"], ["b"], ["c"], ["d", "e"]) and not st.settled
+    late = waves.settle(["a", "b", "c", "d", "e"], known, deadline_passed=True)
+    assert late.failed == ["b", "d", "e"] and late.settled
 
 
 def test_schedule_paces_each_location_at_its_quota():
@@ -113,10 +102,3 @@ def test_schedule_paces_each_location_at_its_quota():
     assert a[:2] == [100.0, 100.0] and a[2] == 101.0 and a[-1] == 108.0  # 1 per second after the burst
     assert b[-1] == 104.0  # twice the quota, half the time: locations proceed in parallel
     assert [t for t, _ in timed] == sorted(t for t, _ in timed)
-
-
-def test_a_refused_service_fails_its_wave_at_once():
-    s = svc(7)
-    st = waves.status([s.name], {s.name: s}, "r", still_outdated={s.name}, deadline_passed=False,
-                      refused={s.name: "rebase failed: not a prefix"})
-    assert st.failed == [s.name] and st.settled

@@ -1,7 +1,7 @@
 """baseroll's own messages on `baseroll-tasks` and `baseroll-results`: versioned JSON, parsed strictly.
 
 - `Task`: roll one service to its target images (worker).
-- `Result`: what the worker did (coordinator logs and counts it).
+- `Result`: what the worker did (recorded beside the rollout record; the coordinator settles waves on it).
 - `Step`: the coordinator's own continuation: "work on wave W of rollout R from position C".
 """
 from __future__ import annotations
@@ -64,6 +64,7 @@ class Step:
     released_at: float | None = None  # when the whole wave was released (epoch seconds)
     seq: int = 0  # increases with every step; a stale duplicate carries an old one
     halted_failures: int = 0  # failures already accepted by a `resume`
+    plan: int = 0  # the seq of the stored wave plan the step walks (rollout.waveplan); 0: plan the fleet first
 
     kind = "step"
 
@@ -155,5 +156,5 @@ def decode(message: PubSubMessage) -> Task | Result | Step:
         if released is not None and (isinstance(released, bool) or not isinstance(released, (int, float))):
             raise EventError("released_at: epoch seconds")
         return Step(rollout, _int(doc, "wave"), _int(doc, "cursor", 0), released, _int(doc, "seq", 0),
-                    _int(doc, "halted_failures", 0))
+                    _int(doc, "halted_failures", 0), _int(doc, "plan", 0))
     raise EventError(f"kind: one of task, result, step; got {kind!r}")

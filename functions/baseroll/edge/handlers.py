@@ -117,7 +117,8 @@ def _task_failed(d: Deps, task: messages.Task, verdict: Verdict, error: str, eve
 
 
 def on_roll_result(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any]:
-    """`baseroll-results` → log a worker's result, or run a coordinator step."""
+    """`baseroll-results` → record a worker's result (the step waiting on its wave reads it), or run a
+    coordinator step."""
     try:
         message = envelope.pubsub_message(data)
         msg = messages.decode(message)
@@ -128,7 +129,9 @@ def on_roll_result(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any
     if isinstance(msg, messages.Result):
         log.info("service.result", rollout_id=msg.rollout.rollout_id, service=msg.service, wave=msg.wave,
                  outcome=msg.outcome, reason=msg.reason)
-        return {"status": "logged"}
+        result = msg
+        return _guarded(event_id, "result", lambda: _record_result(_deps(deps), result),
+                        rollout_id=msg.rollout.rollout_id, service=msg.service)
     d = _deps(deps)
     try:
         step.handle_step(d, msg, message.message_id or event_id)
@@ -140,6 +143,11 @@ def on_roll_result(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any
         _halt(d, msg.rollout.rollout_id, f"step {msg.seq} failed ({verdict.kind}): {verdict.reason}")
         return {"status": "rejected", "kind": verdict.kind, "reason": verdict.reason}
     return {"status": "stepped"}
+
+
+def _record_result(d: Deps, result: messages.Result) -> dict[str, Any]:
+    step.record_result(d, result)
+    return {"status": "recorded"}
 
 
 def _halt(d: Deps, rollout_id: str, reason: str) -> None:

@@ -21,7 +21,7 @@ import hashlib
 import threading
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from baseroll.clock import Clock, FakeClock
 from baseroll.config import BaseTrack, Config, FailureBudget, RolloutSettings
@@ -104,6 +104,9 @@ class MemoryRecordStore:
         self.between_read_and_write: Callable[[str], object] | None = None
         self._versions: Counter[str] = Counter()
         self._lock = threading.RLock()
+        self.docs: dict[tuple, dict[str, Any]] = {}  # wave plans and task results (WaveStore)
+        self.wave_reads = 0
+        self.result_queries = 0
 
     def get(self, rollout_id: str) -> RolloutRecord | None:
         with self._lock:
@@ -139,6 +142,41 @@ class MemoryRecordStore:
         self.records[record.rollout_id] = copy.deepcopy(record)
         self._versions[record.rollout_id] += 1
         self.puts.append(copy.deepcopy(record))
+
+    # --- WaveStore: documents kept as JSON-like copies, as a real store would serialise them
+    def put_plan(self, rollout_id: str, seq: int, header: dict[str, Any]) -> None:
+        with self._lock:
+            self.docs[(rollout_id, "plan", seq)] = copy.deepcopy(header)
+
+    def plan(self, rollout_id: str, seq: int) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self.docs.get((rollout_id, "plan", seq)))
+
+    def put_wave(self, rollout_id: str, seq: int, wave: int, chunks: list[list[dict[str, Any]]]) -> None:
+        with self._lock:
+            for i, chunk in enumerate(chunks):
+                self.docs[(rollout_id, "wave", seq, wave, i)] = {"of": len(chunks), "members": copy.deepcopy(chunk)}
+
+    def wave(self, rollout_id: str, seq: int, wave: int) -> list[dict[str, Any]] | None:
+        with self._lock:
+            self.wave_reads += 1
+            first = self.docs.get((rollout_id, "wave", seq, wave, 0))
+            if first is None:
+                return None
+            parts = [self.docs.get((rollout_id, "wave", seq, wave, i)) for i in range(first["of"])]
+            if any(p is None for p in parts):
+                return None
+            return [copy.deepcopy(m) for p in parts for m in p["members"]]  # type: ignore[index]
+
+    def record_result(self, rollout_id: str, wave: int, service: str, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self.docs[(rollout_id, "result", wave, service)] = copy.deepcopy(doc)
+
+    def results(self, rollout_id: str, wave: int, since: float) -> list[dict[str, Any]]:
+        with self._lock:
+            self.result_queries += 1
+            return [copy.deepcopy(d) for k, d in self.docs.items()
+                    if k[:3] == (rollout_id, "result", wave) and d.get("recorded", 0.0) >= since]
 
     def write_by_someone_else(self, rollout_id: str, **changes: object) -> RolloutRecord:
         """Another invocation's write (not through this port's `puts`): change fields, stamp it now."""

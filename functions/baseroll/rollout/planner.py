@@ -1,7 +1,8 @@
 """The planner: start a rollout (or dry-run it), abort or resume one, and sweep for what was missed.
 
-Starting plans from the live fleet, rebases what the plan needs, writes the rollout record and
-hands the first step to the coordinator (`rollout.step`), which walks the waves.
+Starting plans from the live fleet, writes the rollout record, stores the wave plan (rebasing each
+wave's images before storing it, `rollout.stored_plan`) and hands the first step to the coordinator
+(`rollout.step`) as soon as the first wave is stored; the coordinator walks the waves.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from baseroll.contracts.roll import RollRequest
 from baseroll.images.refs import ImageRef
 from baseroll.rollout import bus as bus_mod
 from baseroll.rollout import pipeline as engine
-from baseroll.rollout import waves
+from baseroll.rollout import stored_plan, waves
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.lease import LEASE_S
 from baseroll.rollout.plan import Plan, members
@@ -77,8 +78,6 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
     if not plan.to_roll:
         log.info("rollout.nothing_to_do", **summary)
         return {**summary, "status": "nothing-to-do"}
-    # Rebase before anything is released, so a refused rebase shows up in the plan's log at once.
-    engine.rebase_jobs_for(plan.jobs, new_ref, deps.rebase)
     ro = Rollout(rollout_id, name, str(request.image), new_ref.digest, request.kind, scope.to_json())
     if not deps.records.create(RolloutRecord(rollout_id, name, new_ref.digest, ro.track_image, ro.kind,
                                              dict(ro.scope))):
@@ -87,8 +86,15 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
         status = existing.status if existing is not None else RUNNING
         log.info("rollout.already_started", rollout_id=rollout_id, status=status)
         return {**summary, "status": status}
-    bus_mod.send(deps.bus, topics.RESULTS, Step(ro, wave=0, cursor=0, seq=1))
-    log.notice("rollout.started", **summary)
+
+    def release_first_wave() -> None:
+        # Its step goes as soon as the first wave is stored: the later waves are rebased and stored
+        # meanwhile (a step that finds its wave missing plans again, rollout.stored_plan).
+        bus_mod.send(deps.bus, topics.RESULTS, Step(ro, wave=0, cursor=0, seq=1, plan=1))
+        log.notice("rollout.started", **summary)
+
+    # Rebases run wave by wave before each wave is stored, so a refused rebase shows in the log at once.
+    stored_plan.make(deps, plan, rollout_id, 1, new_ref, first_stored=release_first_wave)
     return {**summary, "status": "running"}
 
 

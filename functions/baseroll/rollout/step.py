@@ -1,19 +1,26 @@
 """The coordinator: walk a rollout one step at a time.
 
-A step ("wave W from position C") re-plans from the live fleet (membership is stable, see
-`waves`), releases that wave's tasks to `baseroll-tasks` at the Admin API write quota of each
-project × region, waits for the wave to settle, checks the failure budget, and hands over to the
-next step by publishing it. Every step fits in one invocation (`invocation_budget_s`); a step that
-runs out of time publishes its own continuation. How a step holds its rollout record (claim,
-lease, finish) is in `rollout.lease`; every wait goes through `deps.clock`.
+A step ("wave W from position C") reads its wave from the rollout's stored wave plan
+(`rollout.stored_plan`; planned once, so a step never lists the fleet), releases that wave's tasks to
+`baseroll-tasks` at the Admin API write quota of each project × region, waits for the wave to settle
+on the results its tasks report (recorded beside the rollout record by `record_result`) and on reads
+of just its members that stay silent, checks the failure budget, and hands over to the next step by
+publishing it. Every step fits in one invocation (`invocation_budget_s`); a step that runs out of
+time publishes its own continuation. How a step holds its rollout record (claim, lease, finish) is in
+`rollout.lease`; every wait goes through `deps.clock`.
+
+The points a step passes, in order: `_wave_of` (the plan read, or made), `_release` (the wave
+released), `_await_wave` (settled, or out of time), `_settled` (halted over its budget, finished
+after the last wave, or handed over to the next wave).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from baseroll import log
 from baseroll.contracts import topics
-from baseroll.contracts.messages import Rollout, Step, Task
+from baseroll.contracts.messages import Result, Rollout, Step, Task
 from baseroll.contracts.records import RolloutRecord
 from baseroll.contracts.requests import parse_filter
 from baseroll.contracts.roll import RollRequest
@@ -24,23 +31,22 @@ from baseroll.images.refs import ImageRef, parse
 from baseroll.images.registry import RegistryError
 from baseroll.images.registry.transport import RETRYABLE
 from baseroll.rollout import bus as bus_mod
-from baseroll.rollout import lease, pacing, policy, waves
+from baseroll.rollout import lease, pacing, policy, stored_plan, waves
 from baseroll.rollout import pipeline as engine
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.pipeline import current_digest
-from baseroll.rollout.plan import Plan, RebaseJob, ServicePlan, members
+from baseroll.rollout.waveplan import Header, Member
 
 SETTLE_GRACE_S = 60.0
-POLL_COST_RATIO = 3.0
-TARGETED_POLL_MAX = 64  # a wave's last few pending services are read one by one, not by re-planning the fleet
+TARGETED_POLL_MAX = 64  # members read one by one per poll (those no result will tell about, or overdue)
+RESULT_LAG_S = 5.0  # a result may be stamped this long before it can be read: each query reaches back so far
 
 
 @dataclass
 class _StepCache:
-    """What one step learns once: rebase results and signature verdicts (a later step asks again,
-    so a signature added meanwhile is seen)."""
+    """What one step learns once: signature verdicts (a later step asks again, so a signature added
+    meanwhile is seen)."""
 
-    rebased: dict[RebaseJob, ImageRef | str] = field(default_factory=dict)
     signature: dict[ImageRef, str | None] = field(default_factory=dict)
 
 
@@ -59,9 +65,13 @@ class _Run:
     deadline: float  # on the monotonic clock
     cache: _StepCache = field(default_factory=_StepCache)
 
-    def plan(self) -> Plan:
-        return engine.build_plan(self.deps.config, self.deps.fleet, self.catalog, self.request, self.new_base,
-                                 scope=self.scope, quiet=True)
+
+def record_result(deps: Deps, result: Result) -> None:
+    """Keep a worker's result beside its rollout record, where the step waiting on its wave reads it.
+    Idempotent: a redelivered result overwrites its own document (docs/STORE.md#task-results)."""
+    deps.records.record_result(result.rollout.rollout_id, result.wave, result.service, {
+        "service": result.service, "wave": result.wave, "outcome": result.outcome, "reason": result.reason[:500],
+        "recorded": deps.clock.now()})
 
 
 def handle_step(deps: Deps, step: Step, delivery: str) -> None:
@@ -92,30 +102,43 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
     request = RollRequest(ro.kind, track_image, ro.base_digest, "step", delivery)  # type: ignore[arg-type]
     run = _Run(deps, rec, ro, request, track_image.at(ro.base_digest), parse_filter(dict(ro.scope)).matches,
                deps.catalog(), hold, deadline)
-    plan = run.plan()
-    fleet_now = [sp.service for sp in plan.services]
-    all_waves = waves.assign(members(plan, fleet_now, ro.rollout_id), deps.config.rollout.waves,
-                             cohort_label=deps.config.labels.cohort)
-    if step.wave >= len(all_waves):
+    header, wave = _wave_of(run, step)
+    step = dataclasses.replace(step, plan=header.seq)  # every step after this one walks the same plan
+    if step.wave >= len(header.sizes):
         log.notice("rollout.finished", rollout_id=ro.rollout_id, waves=rec.waves)
         lease.finish(deps, rec, step, None, status="finished", wave=step.wave)
         return
-    wave = all_waves[step.wave]
     if step.cursor < len(wave):
-        cursor = _release(run, plan, step, wave)
+        cursor = _release(run, step, wave)
         if cursor < len(wave):  # out of time: continue in a fresh invocation
-            lease.finish(deps, rec, step, Step(ro, step.wave, cursor, None, step.seq + 1, step.halted_failures))
+            lease.finish(deps, rec, step, dataclasses.replace(step, cursor=cursor, released_at=None, seq=step.seq + 1))
             return
     released_at = step.released_at or deps.clock.now()  # a continuation keeps its wave's release time
-    status = _await_wave(run, wave, released_at)
+    status = _await_wave(run, header, step.wave, wave, released_at)
     if not status.settled:
         log.info("wave.waiting", rollout_id=ro.rollout_id, wave=step.wave, pending=len(status.pending))
-        lease.finish(deps, rec, step, Step(ro, step.wave, len(wave), released_at, step.seq + 1, step.halted_failures))
+        lease.finish(deps, rec, step, dataclasses.replace(step, cursor=len(wave), released_at=released_at,
+                                                          seq=step.seq + 1))
         return
-    _settled(run, step, wave, status, len(all_waves))
+    _settled(run, step, wave, status, len(header.sizes))
 
 
-def _settled(run: _Run, step: Step, wave: list[str], status: waves.WaveStatus, wave_count: int) -> None:
+def _wave_of(run: _Run, step: Step) -> tuple[Header, list[Member]]:
+    """The step's wave from the stored plan it names; a step that names none (a restarted rollout) or
+    finds it incomplete plans the fleet now and stores that plan under its own seq."""
+    deps, ro = run.deps, run.ro
+    if step.plan:
+        stored = stored_plan.load(deps, ro.rollout_id, step.plan, step.wave)
+        if stored is not None:
+            return stored
+        log.warning("plan.missing", rollout_id=ro.rollout_id, plan=step.plan, wave=step.wave)
+    plan = engine.build_plan(deps.config, deps.fleet, run.catalog, run.request, run.new_base, scope=run.scope,
+                             quiet=True)
+    header, assigned = stored_plan.make(deps, plan, ro.rollout_id, step.seq, run.new_base)
+    return header, assigned[step.wave] if step.wave < len(assigned) else []
+
+
+def _settled(run: _Run, step: Step, wave: list[Member], status: waves.WaveStatus, wave_count: int) -> None:
     """The wave is over: halt on its failure budget, finish after the last wave, else hand over to the next."""
     deps, rec, ro = run.deps, run.rec, run.ro
     counts = {"wave": step.wave, "size": len(wave), "done": len(status.done), "failed": len(status.failed),
@@ -133,14 +156,14 @@ def _settled(run: _Run, step: Step, wave: list[str], status: waves.WaveStatus, w
         log.notice("rollout.finished", rollout_id=ro.rollout_id, waves=wave_log)
         lease.finish(deps, rec, step, None, status="finished", waves=wave_log, wave=step.wave)
         return
-    lease.finish(deps, rec, step, Step(ro, step.wave + 1, 0, None, step.seq + 1), waves=wave_log, wave=step.wave + 1)
+    nxt = Step(ro, step.wave + 1, 0, None, step.seq + 1, plan=step.plan)
+    lease.finish(deps, rec, step, nxt, waves=wave_log, wave=step.wave + 1)
 
 
-def _release(run: _Run, plan: Plan, step: Step, wave: list[str]) -> int:
+def _release(run: _Run, step: Step, wave: list[Member]) -> int:
     """Publish tasks for wave[step.cursor:] at the write quota; return the new cursor."""
     deps, cfg, clock = run.deps, run.deps.config, run.deps.clock
-    to_roll = {sp.service.name: sp for sp in plan.to_roll}
-    timed = pacing.schedule(wave[step.cursor:], lambda n: (n.split("/")[1], n.split("/")[3]),
+    timed = pacing.schedule(wave[step.cursor:], lambda m: (m.service.split("/")[1], m.service.split("/")[3]),
                             lambda loc: cfg.rollout.quota_for(loc[1]), start=clock.monotonic(),
                             burst=cfg.rollout.concurrency)
     released: set[str] = set()
@@ -152,56 +175,46 @@ def _release(run: _Run, plan: Plan, step: Step, wave: list[str]) -> int:
             released.update(t.service for t in batch)
             batch.clear()
 
-    for at, name in timed:
+    for at, member in timed:
         if at > run.deadline - cfg.rollout.poll_interval_s:
             break
         if at > clock.monotonic():
             flush()
             run.hold.renew()
             clock.sleep(max(0.0, at - clock.monotonic()))
-        sp = to_roll.get(name)
-        if sp is None:
-            released.add(name)  # already rolled, or no longer needs it: nothing to send
+        problem = member.refused or (_signature_problem(run, member) if member.sendable else None)
+        if not member.sendable or problem:
+            if problem:
+                log.warning("service.skipped", service=member.service, reason=problem)
+            released.add(member.service)  # nothing to send: already touched by this rollout, or refused
             continue
-        targets = _targets(run, sp)
-        if isinstance(targets, str):
-            log.warning("service.skipped", service=name, reason=targets)
-            released.add(name)
-            continue
-        images, uris = targets
-        batch.append(Task(run.ro, name, step.wave, sp.service.images, {str(i): v for i, v in images.items()},
-                          {str(i): v for i, v in uris.items()}))
+        batch.append(Task(run.ro, member.service, step.wave, member.expected, dict(member.targets),
+                          dict(member.base_uris)))
     flush()
     # The cursor only moves past a prefix that is entirely released.
     cursor = step.cursor
-    while cursor < len(wave) and wave[cursor] in released:
+    while cursor < len(wave) and wave[cursor].service in released:
         cursor += 1
     log.info("wave.released", rollout_id=run.ro.rollout_id, wave=step.wave, released=len(released),
              cursor=cursor, size=len(wave))
     return cursor
 
 
-def _targets(run: _Run, sp: ServicePlan) -> tuple[dict[int, str], dict[int, str]] | str:
-    """What a planned service goes to, or why it cannot go: a refused rebase, or (policy `require`)
-    a rebased image nobody has signed yet."""
-    cache = run.cache
-    missing = [c.job for c in sp.containers.values() if c.job is not None and c.job not in cache.rebased]
-    cache.rebased.update(engine.rebase_jobs_for(missing, run.new_base, run.deps.rebase))
-    for change in sp.containers.values():
-        result = cache.rebased.get(change.job) if change.job is not None else None
-        if change.job is not None and isinstance(result, ImageRef):
-            problem = _signature_check(run, change.job, result)
-            if problem:
-                return problem
-    return engine.targets_for(sp, cache.rebased)
+def _signature_problem(run: _Run, member: Member) -> str | None:
+    """Why a member's rebased images may not be deployed yet (policy `require`: nobody signed one)."""
+    for index, app in member.apps.items():
+        problem = _signature_check(run, parse(app), parse(member.targets[index]))
+        if problem:
+            return problem
+    return None
 
 
-def _signature_check(run: _Run, job: RebaseJob, image: ImageRef) -> str | None:
-    """None when the rebased image may be deployed; else why not. Logs once per image and step."""
+def _signature_check(run: _Run, app: ImageRef, image: ImageRef) -> str | None:
+    """None when `image` (rebased from `app`) may be deployed; else why not. Logs once per image and step."""
     deps, ro, cache = run.deps, run.ro, run.cache
     signing = deps.config.signatures
     if image not in cache.signature:
-        was_signed, signed = _signed(run, job.app), _signed(run, image)
+        was_signed, signed = _signed(run, app), _signed(run, image)
         if isinstance(was_signed, str) or isinstance(signed, str):
             # A registry that refuses the signature lookup fails this image only (docs/RELIABILITY.md).
             why = was_signed if isinstance(was_signed, str) else signed
@@ -209,11 +222,11 @@ def _signature_check(run: _Run, job: RebaseJob, image: ImageRef) -> str | None:
             cache.signature[image] = why if signing.policy == "require" else None
             return cache.signature[image]
         if was_signed and not signed:
-            log.warning("signature.not_carried", app=str(job.app), rebased=str(image), rollout_id=ro.rollout_id,
+            log.warning("signature.not_carried", app=str(app), rebased=str(image), rollout_id=ro.rollout_id,
                         policy=signing.policy)
         cache.signature[image] = policy.signature_verdict(image, signed, signing.policy)
         if cache.signature[image] and signing.request_topic:
-            deps.bus.publish(signing.request_topic, [(signatures.sign_request(image, job.app, ro.rollout_id),
+            deps.bus.publish(signing.request_topic, [(signatures.sign_request(image, app, ro.rollout_id),
                                                       {"schema": signatures.SIGN_REQUEST_SCHEMA})])
             log.notice("signature.requested", image=str(image), topic=signing.request_topic, rollout_id=ro.rollout_id)
     return cache.signature[image]
@@ -230,56 +243,66 @@ def _signed(run: _Run, image: ImageRef) -> bool | str:
         return f"signature of {image} could not be read: {exc}"
 
 
-def _await_wave(run: _Run, wave: list[str], released_at: float) -> waves.WaveStatus:
-    deps, clock = run.deps, run.deps.clock
-    cfg = deps.config
-    settle_by = released_at + cfg.rollout.ready_timeout_s * 2 + SETTLE_GRACE_S  # an update and its rollback
-    st: waves.WaveStatus | None = None
-    planned: dict[str, tuple[str, ...]] = {}
+def _await_wave(run: _Run, header: Header, wave_no: int, wave: list[Member], released_at: float) -> waves.WaveStatus:
+    """Poll the wave's results (one query for what was recorded since the last) until every member is
+    settled or the step runs out of time. A member no result will tell about (not sent by this plan),
+    or whose result is overdue, is read by itself; nothing lists the fleet."""
+    deps, clock, rid = run.deps, run.deps.clock, run.ro.rollout_id
+    cfg = deps.config.rollout
+    settle_by = released_at + cfg.ready_timeout_s * 2 + SETTLE_GRACE_S  # an update and its rollback
+    overdue_at = released_at + cfg.ready_timeout_s + SETTLE_GRACE_S  # a result should be in by then
+    names = [m.service for m in wave]
+    expected = {m.service: m.expected for m in wave}
+    silent = {m.service for m in wave if m.verdict == waves.PENDING}  # touched before this plan: no task, no result
+    known = _known_at_plan(run, wave)
+    since = header.planned_at
     while True:
-        polled = clock.monotonic()
+        asked = clock.now()
+        for doc in deps.records.results(rid, wave_no, since):
+            state = waves.result_state(str(doc.get("outcome", "")), str(doc.get("reason", "")))
+            if state is not None and doc.get("service") in expected and doc.get("recorded", 0.0) >= header.planned_at:
+                known[doc["service"]] = state
+        since = max(header.planned_at, asked - RESULT_LAG_S)
         deadline_passed = clock.now() > settle_by
-        narrowed = None
-        if st is not None and len(st.pending) <= TARGETED_POLL_MAX:
-            narrowed = waves.recheck(st, _read_each(deps.fleet, st.pending), planned, run.ro.rollout_id,
-                                     deadline_passed=deadline_passed)
-        if narrowed is None:
-            st, planned = _plan_status(run, wave, deadline_passed)
-        else:
-            st = narrowed
-        # Re-planning a large fleet takes a while: wait at least POLL_COST_RATIO times as long before
-        # the next one, so polling stays a small share of the step's time and of the read quota. A
-        # read of the few still pending is cheap whatever came before it.
-        pause = cfg.rollout.poll_interval_s
-        if narrowed is not None or len(st.pending) > TARGETED_POLL_MAX:
-            pause = max(pause, POLL_COST_RATIO * (clock.monotonic() - polled))
-        if st.settled or clock.monotonic() + pause > run.deadline:
+        unknown = [n for n in names if n not in known]
+        to_read = _to_read(unknown, silent, overdue=clock.now() > overdue_at, deadline_passed=deadline_passed)
+        for name, svc in _read_each(deps.fleet, to_read).items():
+            state = waves.judge(svc, expected[name], rid, deadline_passed=deadline_passed)
+            if state != waves.PENDING:
+                known[name] = state
+        st = waves.settle(names, known, deadline_passed=deadline_passed)
+        if st.settled or clock.monotonic() + cfg.poll_interval_s > run.deadline:
             return st
         run.hold.renew()
-        clock.sleep(pause)
+        clock.sleep(cfg.poll_interval_s)
 
 
-def _plan_status(run: _Run, wave: list[str],
-                 deadline_passed: bool) -> tuple[waves.WaveStatus, dict[str, tuple[str, ...]]]:
-    """The wave's status from a re-plan of the fleet, and the pending members' images as planned."""
-    plan = run.plan()
-    views = {sp.service.name: sp.service for sp in plan.services}
-    in_wave = set(wave)
-    outdated = {sp.service.name for sp in plan.to_roll}
-    # A service that cannot be sent (refused rebase, unsigned under `require`) has failed now,
-    # not at the deadline.
-    refused = {sp.service.name: r for sp in plan.to_roll if sp.service.name in in_wave
-               and isinstance(r := _targets(run, sp), str)}
-    st = waves.status(wave, views, run.ro.rollout_id, outdated, deadline_passed=deadline_passed, refused=refused)
-    return st, {name: views[name].images for name in st.pending if name in views}
+def _known_at_plan(run: _Run, wave: list[Member]) -> dict[str, str]:
+    """Members settled before any result: touched by this rollout before the plan and settled then,
+    or refused (a rebase the registry refused, or unsigned under `require`): they fail now."""
+    known = {m.service: m.verdict for m in wave if m.verdict in (waves.DONE, waves.FAILED, waves.SKIPPED)}
+    for m in wave:
+        if m.refused or (m.sendable and _signature_problem(run, m)):
+            known[m.service] = waves.FAILED
+    return known
 
 
-def _read_each(fleet: Fleet, names: list[str]) -> dict[str, ServiceView]:
-    """The named services as they are now; a service that cannot be read is left out."""
-    out = {}
+def _to_read(unknown: list[str], silent: set[str], *, overdue: bool, deadline_passed: bool) -> list[str]:
+    """Which unsettled members to read one by one this poll: all of them once the settle deadline
+    passed (their last chance to be found done); else the silent ones, and the overdue tail."""
+    if deadline_passed:
+        return unknown
+    waiting = [n for n in unknown if n not in silent]
+    quiet = [n for n in unknown if n in silent][:TARGETED_POLL_MAX]
+    return quiet + (waiting if overdue and len(waiting) <= TARGETED_POLL_MAX else [])
+
+
+def _read_each(fleet: Fleet, names: list[str]) -> dict[str, ServiceView | None]:
+    """The named services as they are now; None for a service that is gone."""
+    out: dict[str, ServiceView | None] = {}
     for name in names:
         try:
             out[name] = fleet.get_service(name)
         except FleetError:
-            pass
+            out[name] = None
     return out

@@ -22,7 +22,35 @@ class StoreConflict(Exception):
     """A conditional write kept losing to concurrent writers (bounded retries ran out)."""
 
 
-class RecordStore(Protocol):
+class WaveStore(Protocol):
+    """Beside each rollout record: its wave plan (made once, read a wave at a time) and the results its
+    tasks reported (docs/STORE.md#wave-plans, #task-results). Plain JSON documents; `rollout.waveplan`
+    gives them their shape."""
+
+    def put_plan(self, rollout_id: str, seq: int, header: dict[str, Any]) -> None:
+        """Store the header of plan `seq` (overwrites: a plan made again for the same step is the same plan)."""
+        ...
+
+    def plan(self, rollout_id: str, seq: int) -> dict[str, Any] | None: ...
+
+    def put_wave(self, rollout_id: str, seq: int, wave: int, chunks: list[list[dict[str, Any]]]) -> None:
+        """Store wave `wave` of plan `seq` as these chunks (one document each)."""
+        ...
+
+    def wave(self, rollout_id: str, seq: int, wave: int) -> list[dict[str, Any]] | None:
+        """The wave's entries in order; None unless every chunk of it was stored."""
+        ...
+
+    def record_result(self, rollout_id: str, wave: int, service: str, doc: dict[str, Any]) -> None:
+        """Keep a task's result, one document per rollout × wave × service: a redelivery overwrites it."""
+        ...
+
+    def results(self, rollout_id: str, wave: int, since: float) -> list[dict[str, Any]]:
+        """The wave's results recorded at or after `since` (epoch seconds, their `recorded` field)."""
+        ...
+
+
+class RecordStore(WaveStore, Protocol):
     def get(self, rollout_id: str) -> RolloutRecord | None: ...
 
     def create(self, record: RolloutRecord) -> bool:

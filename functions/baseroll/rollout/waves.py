@@ -1,4 +1,5 @@
-"""Pure wave logic: who goes in which wave, and whether a wave has settled.
+"""Pure wave logic: who goes in which wave, and whether a wave has settled (from its tasks' results
+and reads of just its members, never from a listing of the fleet).
 
 Membership is stable across re-planning: the canary cohort first, then every other member in
 an order fixed by hashes of names (so a re-plan mid-rollout puts each service in the same wave
@@ -67,49 +68,50 @@ class WaveStatus:
         return not self.pending
 
 
-def status(wave: Sequence[str], fleet: Mapping[str, ServiceView], rollout_id: str, still_outdated: set[str],
-           *, deadline_passed: bool, refused: Mapping[str, str] = {}) -> WaveStatus:
-    """Read a wave's state from the live fleet (the ledger annotations) and the current plan."""
+DONE, FAILED, SKIPPED, PENDING = "done", "failed", "skipped", "pending"
+
+# A task's result (its worker's outcome, fleet.deploy) as its member's state. `superseded` and
+# `cancelled` say nothing about the member (the step itself sees its rollout end), so they are absent.
+_OUTCOME_STATE = {"updated": DONE, "already-current": DONE, "rolled-back": FAILED, "rollback-failed": FAILED,
+                  "failed": FAILED, "skipped": SKIPPED}
+_ALREADY_ROLLED_BACK = ledger.ALREADY_ROLLED_BACK.split("{", 1)[0]
+
+
+def result_state(outcome: str, reason: str = "") -> str | None:
+    """The member state a task's result tells, or None when it tells nothing about the member."""
+    if outcome == "skipped" and reason.startswith(_ALREADY_ROLLED_BACK):
+        return FAILED  # this rollout's target failed here in an earlier pass: as the ledger says
+    return _OUTCOME_STATE.get(outcome)
+
+
+def judge(svc: ServiceView | None, expected: tuple[str, ...], rollout_id: str, *, deadline_passed: bool) -> str:
+    """A member's state read from the service itself (its ledger annotations and health); `expected`
+    are its images when planned (empty: not known)."""
+    if svc is None:
+        return SKIPPED  # gone
+    mine = svc.annotations.get(ledger.ROLLOUT_ID) == rollout_id
+    state = svc.annotations.get(ledger.STATE, "")
+    if mine and state == ledger.ROLLED:
+        verdict = health.assess(svc).state
+        if verdict == "ready":
+            return DONE
+        return FAILED if verdict == "failed" or deadline_passed else PENDING  # a failed revision is never done
+    if mine and state in (ledger.ROLLED_BACK, ledger.CHANGED_BY_SOMEONE_ELSE):
+        return FAILED  # our target failed here: restored, or left to another writer's change
+    if not mine and expected and svc.images != expected:
+        return SKIPPED  # changed by someone else since planning: its task leaves it alone
+    return FAILED if deadline_passed else PENDING  # not rolled (yet): no result in time is a failure
+
+
+def settle(wave: Sequence[str], known: Mapping[str, str], *, deadline_passed: bool) -> WaveStatus:
+    """A wave's state from what is known of its members (from their results, their state when
+    planned, or reads of them): a member not known yet is pending, or failed once the wave's settle
+    deadline passed."""
     st = WaveStatus()
+    lists = {DONE: st.done, FAILED: st.failed, SKIPPED: st.skipped, PENDING: st.pending}
     for name in wave:
-        svc = fleet.get(name)
-        if svc is None:
-            st.skipped.append(name)
-            continue
-        mine = svc.annotations.get(ledger.ROLLOUT_ID) == rollout_id
-        state = svc.annotations.get(ledger.STATE, "")
-        if mine and state == ledger.ROLLED and name not in still_outdated:
-            verdict = health.assess(svc).state
-            if verdict == "ready":
-                st.done.append(name)
-            elif verdict == "failed" or deadline_passed:
-                st.failed.append(name)  # on a failed revision and not restored: never counted as done
-            else:
-                st.pending.append(name)
-        elif mine and state in (ledger.ROLLED_BACK, ledger.CHANGED_BY_SOMEONE_ELSE):
-            st.failed.append(name)  # our target failed here: restored, or left to another writer's change
-        elif name not in still_outdated and not mine:
-            st.skipped.append(name)  # no longer needs this rollout (changed elsewhere, or already current)
-        elif deadline_passed or name in refused:
-            st.failed.append(name)  # no result in time, or it could not be sent at all
-        else:
-            st.pending.append(name)
+        state = known.get(name, PENDING)
+        if state == PENDING and deadline_passed:
+            state = FAILED
+        lists[state].append(name)
     return st
-
-
-def recheck(prev: WaveStatus, fresh: Mapping[str, ServiceView], planned: Mapping[str, tuple[str, ...]],
-            rollout_id: str, *, deadline_passed: bool) -> WaveStatus | None:
-    """`prev` with its pending members judged again from `fresh` reads of just those services, so a
-    wave's tail is watched without re-planning the whole fleet. None when only a re-plan can tell:
-    a member is gone, or someone else changed its images since `planned`."""
-    for name in prev.pending:
-        svc = fresh.get(name)
-        if svc is None or name not in planned:
-            return None
-        if svc.annotations.get(ledger.ROLLOUT_ID) != rollout_id and svc.images != planned[name]:
-            return None
-    # Untouched by this rollout and unchanged since the plan: still outdated, as the plan said.
-    outdated = {n for n in prev.pending if fresh[n].annotations.get(ledger.ROLLOUT_ID) != rollout_id}
-    again = status(prev.pending, fresh, rollout_id, outdated, deadline_passed=deadline_passed)
-    return WaveStatus(prev.done + again.done, prev.failed + again.failed, prev.skipped + again.skipped,
-                      again.pending)
