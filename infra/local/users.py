@@ -87,8 +87,12 @@ class SimulatedUsers:
 
     def stop(self) -> Tally:
         self._stop.set()
+        return self.join()
+
+    def join(self) -> Tally:
+        """Wait until every user has stopped (stopped, or out of time or requests); the tally."""
         for t in self._workers:
-            t.join(timeout=self.timeout_s + 5)
+            t.join(timeout=self.max_seconds + self.timeout_s + 5)
         return self.tally
 
     def __enter__(self) -> "SimulatedUsers":
