@@ -5,11 +5,6 @@ the traffic; a refused request (a token for another audience: 401) rolls back wi
 moved."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Iterator
-
-import pytest
 from baseroll.clock import SYSTEM
 from baseroll.contracts import ledger
 from baseroll.fleet import deploy, traffic
@@ -31,19 +26,10 @@ from tests.integration.test_cloudrun_standin import (  # noqa: F401  (module-sco
     revisions,
     standin,
 )
+from tests.integration.test_verify_id_token import tokens  # noqa: F401  (the worker's key, its token server)
 
 BASE = "sha256:" + "c" * 64
 RID = "python-" + "c" * 12
-SA = "baseroll-worker@baseroll-host.iam.gserviceaccount.com"
-
-
-@pytest.fixture
-def worker_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenServer]:
-    with TokenServer() as tokens:
-        key = tmp_path / "worker-key.json"
-        key.write_text(json.dumps(tokens.service_account_key(SA)))
-        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
-        yield tokens
 
 
 class _OtherAudience(GoogleIdTokens):
@@ -53,15 +39,15 @@ class _OtherAudience(GoogleIdTokens):
         return super().token(audience + "-other")
 
 
-def _apply(client: run_v2.ServicesClient, name: str, target: str, prober: HttpProber) -> deploy.Outcome:
-    fleet = CloudRunFleet(client)
+def _apply(run: run_v2.ServicesClient, name: str, target: str, prober: HttpProber) -> deploy.Outcome:
+    fleet = CloudRunFleet(run)
     return deploy.apply(fleet, fleet.get_service(name), deploy.Target({0: target}), rollout=RID, base_digest=BASE,
                         timeout_s=30, clock=SYSTEM, check=Check(Probe(), prober))
 
 
 def test_a_passing_revision_is_verified_on_its_tag_then_gets_the_traffic(
     client: run_v2.ServicesClient, standin: CloudRunStandin, images: Images,  # noqa: F811
-    worker_identity: TokenServer,
+    tokens: TokenServer,  # noqa: F811
 ) -> None:
     name = _create(client, "verify-pass", images.good).name
     prober = HttpProber(GoogleIdTokens())
@@ -74,14 +60,14 @@ def test_a_passing_revision_is_verified_on_its_tag_then_gets_the_traffic(
     assert out.reason.startswith("3 x GET / -> 200")
     assert now.images == (images.good_v2,) and now.traffic == ALL_TO_LATEST and VERIFY_TAG not in now.tag_uris
     assert standin.proxy.served[new] == 3  # the three requests reached the new revision, by its tag
-    assert worker_identity.counts["id_tokens"] == 1
+    assert tokens.counts["id_tokens"] == 1
     assert now.annotations[ledger.STATE] == ledger.ROLLED
     assert now.annotations[ledger.VERIFY] == "passed: 3 x GET / -> 200"
 
 
 def test_a_refused_check_rolls_back_and_the_traffic_never_moves(
     client: run_v2.ServicesClient, standin: CloudRunStandin, images: Images,  # noqa: F811
-    revisions: run_v2.RevisionsClient, worker_identity: TokenServer,  # noqa: F811
+    revisions: run_v2.RevisionsClient, tokens: TokenServer,  # noqa: F811  # noqa: F811
 ) -> None:
     created = _create(client, "verify-fail", images.good)
     serving = traffic.short(created.latest_ready_revision)
