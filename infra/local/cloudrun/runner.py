@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from .images import DeployFailure
 
 log = logging.getLogger("baseroll.standin.cloudrun")
 PROBE_PERIOD_S = 0.05
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"  # util-linux, on every Debian system
 STOP_GRACE_S = 3.0
 # Cloud Run's message for a revision whose container did not listen on $PORT in time.
 NOT_LISTENING = (
@@ -131,21 +133,20 @@ class RevisionRunner:
         return self._probe(running, log_path)
 
     def _spawn(self, bundle: Bundle, spec: LaunchSpec, port: int, log_path: Path) -> subprocess.Popen:
+        """Exec the entrypoint through util-linux `unshare --root --wd` (a chroot and a chdir, no new
+        namespaces): a Python `preexec_fn` would fork this multi-threaded process, whose gRPC fork handlers
+        then abort the child (seen as exit -6); without one, subprocess spawns without fork handlers."""
         argv = argv_of(bundle, spec.command, spec.args)
         if not argv:
             raise OSError("the image sets no Entrypoint or Cmd and the container no command")
         env = {**env_of(bundle, spec), "PORT": str(port)}
-        rootfs, workdir = str(bundle.rootfs), spec.working_dir or bundle.workdir
-
-        def enter_rootfs() -> None:  # in the child, before exec: argv[0] is then found inside the image
-            # Two system calls and no Python locks, so safe in a child forked from a threaded parent.
-            os.chroot(rootfs)
-            os.chdir(workdir)
-
+        workdir = spec.working_dir or bundle.workdir
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
-            return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    preexec_fn=enter_rootfs, start_new_session=True, close_fds=True)  # noqa: PLW1509
+            # argv[0] is looked up after the chroot, on the container's PATH, as in the container.
+            return subprocess.Popen([UNSHARE, f"--root={bundle.rootfs}", f"--wd={workdir}", "--", *argv], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True)
 
     def _probe(self, running: RunningRevision, log_path: Path) -> DeployFailure | None:
         """Cloud Run's default startup probe, TCP on $PORT, polled until the startup timeout."""
