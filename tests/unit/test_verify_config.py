@@ -30,7 +30,7 @@ def _parse(verify: object, **rollout: object) -> config.Config:
 
 def test_on_by_default_with_get_slash_three_requests_below_500() -> None:
     cfg = _parse({})
-    assert cfg.rollout.verify == VerifySettings(True, "/", "GET", 500, (), 3, 5.0)
+    assert cfg.rollout.verify == VerifySettings(True, "/", "GET", 500, (), 3, 5.0, internal_ingress=False)
     assert cfg.labels.verify == "baseroll-verify" and cfg.labels.verify_path == "baseroll-verify-path"
 
 
@@ -104,6 +104,33 @@ def test_the_probe_of_a_service_follows_its_labels(name: str) -> None:
     labels, probe = PROBES[name]
     svc = ServiceView(NAME, ("img",), labels=labels)
     assert policy.verification_probe(svc, VerifySettings(), Labels()) == probe
+
+
+INGRESS = {
+    # (ingress, internal_ingress setting) -> verified
+    ("", False): True,
+    ("INGRESS_TRAFFIC_ALL", False): True,
+    ("INGRESS_TRAFFIC_INTERNAL_ONLY", False): False,
+    ("INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER", False): False,
+    ("INGRESS_TRAFFIC_INTERNAL_ONLY", True): True,
+    ("INGRESS_TRAFFIC_NONE", True): False,
+}
+
+
+@pytest.mark.parametrize("ingress, internal", INGRESS)
+def test_a_service_the_worker_cannot_reach_is_not_verified_and_says_why(ingress: str, internal: bool) -> None:
+    svc = ServiceView(NAME, ("img",), ingress=ingress)
+    settings = VerifySettings(internal_ingress=internal)
+    verified = INGRESS[(ingress, internal)]
+    assert (policy.verification_probe(svc, settings, Labels()) is not None) is verified
+    why = policy.not_verified(svc, settings, Labels())
+    assert (why is None) is verified and (verified or ingress in why)
+
+
+def test_internal_ingress_is_a_config_switch() -> None:
+    assert _parse({"internal_ingress": True}).rollout.verify.internal_ingress is True
+    with pytest.raises(ConfigError, match="^rollout.verify.internal_ingress: true or false"):
+        _parse({"internal_ingress": "yes"})
 
 
 def test_no_probe_when_off_in_the_config_or_for_a_worker_pool() -> None:
@@ -196,3 +223,17 @@ def test_a_failed_check_is_a_failure_its_wave_counts() -> None:
     assert result.outcome == "rolled-back" and result.outcome in deploy.FAILED_OUTCOMES
     assert "answered 500: 'nope'" in result.reason
     assert w.fleet.services[NAME].annotations[ledger.STATE] == ledger.ROLLED_BACK
+
+
+def test_the_adapter_reads_the_ingress_the_service_url_and_tag_urls() -> None:
+    from baseroll.fleet.cloudrun import view
+    from google.cloud import run_v2
+
+    svc = run_v2.Service(name=NAME, ingress=run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_ONLY,
+                         uri="https://shop-x.a.run.app", traffic_statuses=[
+                             run_v2.TrafficTargetStatus(tag=VERIFY_TAG, uri="https://t---shop-x.a.run.app"),
+                             run_v2.TrafficTargetStatus(percent=100)])
+    got = view(svc)
+    assert (got.ingress, got.uri, dict(got.tag_uris)) == (
+        "INGRESS_TRAFFIC_INTERNAL_ONLY", "https://shop-x.a.run.app", {VERIFY_TAG: "https://t---shop-x.a.run.app"})
+    assert view(run_v2.Service(name=NAME)).ingress == ""

@@ -68,6 +68,9 @@ class VerifySettings:
     expect_status: tuple[int, ...] = ()  # ...or, when listed, exactly these
     requests: int = 3
     timeout_s: float = 5.0  # per request
+    # Services whose ingress is not "all" are reached only from inside (VPC egress): verified only if
+    # the worker egresses through the VPC, which only the operator knows.
+    internal_ingress: bool = False
 
     @property
     def budget_s(self) -> float:

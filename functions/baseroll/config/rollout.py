@@ -13,7 +13,8 @@ from baseroll.images.rebase import DRIFT_POLICIES
 
 ROLLOUT_KEYS = ("ready_timeout_s", "pinned_traffic", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min",
                 "region_quota", "invocation_budget_s", "poll_interval_s", "dry_run", "approval", "windows", "verify")
-VERIFY_KEYS = ("enabled", "path", "method", "expect_below", "expect_status", "requests", "timeout_s")
+VERIFY_KEYS = ("enabled", "path", "method", "expect_below", "expect_status", "requests", "timeout_s",
+               "internal_ingress")
 # Verification requests reach a revision no user uses yet, but it shares the app's data: only
 # methods that change nothing (RFC 9110 "safe" methods).
 VERIFY_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -84,9 +85,10 @@ def _verify(doc: Any) -> VerifySettings:
         raise ConfigError("rollout.verify: a mapping (enabled, path, method, expect_below, expect_status, "
                           "requests, timeout_s) or false")
     _known(doc, "rollout.verify.", VERIFY_KEYS)
-    enabled = doc.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"rollout.verify.enabled: true or false, got {enabled!r}")
+    enabled, internal = doc.get("enabled", True), doc.get("internal_ingress", False)
+    for key, flag in (("enabled", enabled), ("internal_ingress", internal)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"rollout.verify.{key}: true or false, got {flag!r}")
     path = doc.get("path", "/")
     if not isinstance(path, str) or not VERIFY_PATH.fullmatch(path):
         raise ConfigError(f"rollout.verify.path: an absolute path such as /healthz (no spaces or '#'), got {path!r}")
@@ -100,6 +102,7 @@ def _verify(doc: Any) -> VerifySettings:
         expect_status=_statuses(doc.get("expect_status", [])),
         requests=int(_verify_number(doc, "requests", 3, 1, 20, whole=True)),
         timeout_s=float(_verify_number(doc, "timeout_s", 5, 0.1, 60)),
+        internal_ingress=internal,
     )
 
 

@@ -98,6 +98,7 @@ def view(svc: run_v2.Service) -> ServiceView:
         traffic_statuses=tuple(_split(t) for t in pb.traffic_statuses),
         uri=pb.uri,
         tag_uris={t.tag: t.uri for t in pb.traffic_statuses if t.tag and t.uri},
+        ingress=_enum_name(pb, "ingress") if pb.ingress else "",
     )
 
 

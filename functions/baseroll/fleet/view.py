@@ -56,6 +56,7 @@ class ServiceView:
     traffic_statuses: tuple[TrafficSplit, ...] = ()
     uri: str = ""  # the service's own URL (`Service.uri`): the audience of an ID token for it
     tag_uris: Mapping[str, str] = field(default_factory=dict)  # tag -> its URL, from `traffic_statuses[].uri`
+    ingress: str = ""  # INGRESS_TRAFFIC_ALL | _INTERNAL_ONLY | _INTERNAL_LOAD_BALANCER | _NONE ("": unspecified)
     kind: WorkloadKind = "service"  # a job's or worker pool's view has the same fields, where they apply
 
     @property

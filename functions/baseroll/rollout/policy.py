@@ -65,15 +65,31 @@ NO_TRAFFIC_WOULD_FOLLOW = traffic.NO_TRAFFIC_WOULD_FOLLOW
 
 # ---------------------------------------------------------------- verify at zero traffic
 VERIFY_OFF_VALUES = frozenset({"false", "off", "no"})  # values of labels.verify that turn it off
+NOT_VERIFIED_LABEL = "not verified: opted out by label {label}"
+NOT_VERIFIED_INGRESS = "not verified: ingress {ingress} (set rollout.verify.internal_ingress if the worker egresses through the VPC)"
+NOT_VERIFIED_NO_INGRESS = "not verified: ingress INGRESS_TRAFFIC_NONE, nothing can reach it"
+OPEN_INGRESS = frozenset({"", "INGRESS_TRAFFIC_UNSPECIFIED", "INGRESS_TRAFFIC_ALL"})
+
+
+def not_verified(svc: ServiceView, settings: VerifySettings, labels: Labels) -> str | None:
+    """Why a service that verification is on for is rolled on readiness alone, or None. Its ingress
+    decides whether the worker can reach it (docs/GOOGLE_APIS.md#verify-at-zero-traffic): a blocked
+    request may be answered 404, which would pass a check that never reached the revision."""
+    if svc.labels.get(labels.verify, "").lower() in VERIFY_OFF_VALUES:
+        return NOT_VERIFIED_LABEL.format(label=labels.verify)
+    if svc.ingress == "INGRESS_TRAFFIC_NONE":
+        return NOT_VERIFIED_NO_INGRESS
+    if svc.ingress not in OPEN_INGRESS and not settings.internal_ingress:
+        return NOT_VERIFIED_INGRESS.format(ingress=svc.ingress)
+    return None
 
 
 def verification_probe(svc: ServiceView, settings: VerifySettings, labels: Labels) -> Probe | None:
     """The requests `svc`'s new revision must answer at zero traffic, or None when it is not
-    verified (off in the config, or by the service's `labels.verify` label; a job or worker pool
-    has no URL). `labels.verify_path` replaces the path: a label value has no '/', so each "--" in
-    it stands for one ("api--health" is /api/health)."""
-    if not settings.enabled or svc.kind != "service" \
-            or svc.labels.get(labels.verify, "").lower() in VERIFY_OFF_VALUES:
+    verified (off in the config, `not_verified`; a job or worker pool has no URL).
+    `labels.verify_path` replaces the path: a label value has no '/', so each "--" in it stands for
+    one ("api--health" is /api/health)."""
+    if not settings.enabled or svc.kind != "service" or not_verified(svc, settings, labels):
         return None
     path = settings.path
     label_path = svc.labels.get(labels.verify_path, "")

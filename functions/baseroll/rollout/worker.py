@@ -42,6 +42,9 @@ def _apply(deps: Deps, task: Task) -> Result:
     if changed:
         return Result(ro, task.service, task.wave, "skipped", changed, svc.images, svc.images)
     probe = policy.verification_probe(svc, deps.config.rollout.verify, deps.config.labels)
+    skipped_check = policy.not_verified(svc, deps.config.rollout.verify, deps.config.labels)
+    if skipped_check and deps.config.rollout.verify.enabled and deps.prober is not None:
+        log.info("service.not_verified", service=task.service, reason=skipped_check, rollout_id=ro.rollout_id)
     check = Check(probe, deps.prober) if probe is not None and deps.prober is not None else None
     outcome = deploy.apply(deps.fleet, svc, target, rollout=ro.rollout_id, base_digest=ro.base_digest,
                            timeout_s=deps.config.rollout.ready_timeout_s, clock=deps.clock,
