@@ -5,8 +5,6 @@ requests sent (to the tag's URL, audience the service URL), where the service en
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 from baseroll.clock import FakeClock
 from baseroll.contracts import ledger
@@ -21,6 +19,8 @@ from baseroll.fleet.view import (
     TrafficSplit,
 )
 
+from tests.unit.test_deploy import no_real_time  # noqa: F401  (autouse: deploy waits only on its clock)
+
 NAME = "projects/tenants-a/locations/us-central1/services/shop"
 OLD = "reg.example.com/apps/shop@sha256:" + "1" * 64
 NEW = "reg.example.com/apps/shop@sha256:" + "2" * 64
@@ -29,14 +29,6 @@ RID = ledger.rollout_id("python", BASE)
 REV0, REV1 = "shop-00000", "shop-00001"  # an older revision, and the one serving when the task begins
 URI = "https://shop-tenants-a.us-central1.run.app"
 TAG_URI = f"https://{VERIFY_TAG}---shop-tenants-a.us-central1.run.app"
-
-
-@pytest.fixture(autouse=True)
-def no_real_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*_: object) -> float:
-        raise AssertionError("deploy must use its injected clock")
-    monkeypatch.setattr(time, "sleep", refuse)
-    monkeypatch.setattr(time, "monotonic", refuse)
 
 
 def world(*splits: TrafficSplit) -> tuple[FakeFleet, FakeProber]:
