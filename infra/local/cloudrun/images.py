@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import httpx
+
+from .clients import ClientPool
 
 # --- OCI media types -------------------------------------------------------------------------------------
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -68,49 +69,21 @@ class _ImageUnsupported(Exception):
 class ImageChecker:
     """Checks what Cloud Run's image resolution checks, against the one registry it is allowed to reach.
 
-    Checks run on many threads at once (deploy workers, executions), and each check has an httpx client
-    of its own while it runs, taken from the idle ones or made by `new_client`: one client shared by
-    threads shares httpcore's connection pool, which (as of httpcore 1.0.9) can close a keep-alive
-    connection it has just handed to another thread, while it still looks idle; that thread's read then
-    fails with "[Errno 9] Bad file descriptor", and a good image looked missing (CONTAINER_MISSING).
+    Checks run on many threads at once (deploy workers, executions); each check has an httpx client of its
+    own while it runs, made by `new_client` (clients.py says why).
     """
 
     def __init__(self, registry_host: str, new_client: Callable[[], httpx.Client]) -> None:
         self.registry_host = registry_host.lower()
-        self._new_client = new_client
-        self._lock = threading.Lock()
-        self._idle: list[httpx.Client] = []
-        self._closed = False
+        self._clients = ClientPool(new_client, "the image checker")
 
     def close(self) -> None:
         """Close the idle clients now, and each client still in a check when that check ends."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for client in idle:
-            client.close()
-
-    def _checkout(self) -> httpx.Client:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the image checker is closed (the stand-in stopped)")
-            if self._idle:
-                return self._idle.pop()
-        return self._new_client()
-
-    def _checkin(self, client: httpx.Client) -> None:
-        with self._lock:
-            if not self._closed:
-                self._idle.append(client)
-                return
-        client.close()
+        self._clients.close()
 
     def check(self, image: str) -> DeployFailure | None:
-        http = self._checkout()
-        try:
+        with self._clients.client() as http:
             return self._check_image(http, image)
-        finally:
-            self._checkin(http)
 
     def _check_image(self, http: httpx.Client, image: str) -> DeployFailure | None:
         try:

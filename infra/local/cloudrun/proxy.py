@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import httpx
 from werkzeug.wrappers import Request, Response
 
+from .clients import ClientPool
 from .running import RouteError, Routes
 from .serving import ThreadedWsgi
 
@@ -83,7 +84,7 @@ class RevisionProxy:
         self._rng_lock = threading.Lock()
         self.served: Counter[str] = Counter()  # revision short name -> requests it answered
         self._served_lock = threading.Lock()
-        self._http: httpx.Client | None = None
+        self._clients: ClientPool | None = None  # a client per forwarding thread (clients.py says why)
         self._served = ThreadedWsgi(self._wsgi, host, port, "cloudrun-proxy")
 
     @property
@@ -92,14 +93,15 @@ class RevisionProxy:
 
     def start(self) -> None:
         # trust_env=False: a proxy from the environment must not sit between this proxy and a revision.
-        self._http = httpx.Client(timeout=self.timeout_s, trust_env=False, follow_redirects=False)
+        self._clients = ClientPool(
+            lambda: httpx.Client(timeout=self.timeout_s, trust_env=False, follow_redirects=False), "the proxy")
         self.port = self._served.start()
 
     def stop(self) -> None:
         self._served.stop()
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        if self._clients is not None:
+            self._clients.close()
+            self._clients = None
 
     def _wsgi(self, environ: dict, start_response: object) -> Iterable[bytes]:
         request = Request(environ)
@@ -136,12 +138,14 @@ class RevisionProxy:
     def _forward(self, request: Request, port: int, path: str) -> Response:
         if (request.content_length or 0) > MAX_REQUEST_BYTES:
             raise RouteError(413, "Request Entity Too Large")
-        assert self._http is not None, "proxy not started"
+        clients = self._clients
+        assert clients is not None, "proxy not started"
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         query = request.query_string.decode("latin-1")
         url = f"http://{self.host}:{port}{path}" + (f"?{query}" if query else "")
         try:
-            with self._http.stream(request.method, url, headers=headers, content=request.get_data()) as r:
+            with clients.client() as http, http.stream(request.method, url, headers=headers,
+                                                       content=request.get_data()) as r:
                 body = bytearray()
                 for chunk in r.iter_bytes():
                     body += chunk

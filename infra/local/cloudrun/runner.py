@@ -1,6 +1,8 @@
 """Revisions of the Cloud Run stand-in as real processes: the ingress container's entrypoint, chrooted into
-its unpacked image, with `PORT` set to a free loopback port, ready when Cloud Run's default startup probe
-(a TCP connect on $PORT) succeeds within the startup timeout (docs/GOOGLE_APIS.md#revisions-that-really-run).
+its unpacked image, with `PORT` set to a loopback port reserved for it alone (outside the kernel's ephemeral
+range), ready when Cloud Run's default startup probe (a TCP connect on $PORT) succeeds within the startup
+timeout and the listener is the revision's own; an app that could not bind its port is started once more on
+another (docs/GOOGLE_APIS.md#revisions-that-really-run).
 
 Each process leads its own session, so stopping a revision (SIGTERM, then SIGKILL) ends everything it
 started. At most `max_processes` run at once; `stop_all()` leaves none behind.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..procs import LOOPBACK, free_port
+from ..procs import LOOPBACK, SERVER_PORTS, PortReservations, group_listens_on
 from .bundles import Bundle, BundleCache, BundleError
 from .images import DeployFailure
 
@@ -27,6 +30,10 @@ log = logging.getLogger("baseroll.standin.cloudrun")
 PROBE_PERIOD_S = 0.05
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"  # util-linux, on every Debian system
 STOP_GRACE_S = 3.0
+# A stand-in's own failure, not the app's: the port was taken between its reservation and the app's bind (by a
+# process outside this stand-in). glibc says "Address already in use", musl "Address in use".
+PORT_TAKEN = re.compile(rb"address (?:already )?in use", re.IGNORECASE)
+PORT_ATTEMPTS = 2
 # Cloud Run's message for a revision whose container did not listen on $PORT in time.
 NOT_LISTENING = (
     "The user-provided container failed to start and listen on the port defined provided by the PORT={port} "
@@ -76,6 +83,13 @@ def env_of(bundle: Bundle, spec: LaunchSpec) -> dict[str, str]:
     return env
 
 
+def _port_was_taken(log_path: Path, offset: int) -> bool:
+    """Whether the app's output since `offset` says its bind failed because the port was in use."""
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        return PORT_TAKEN.search(f.read(1 << 16)) is not None
+
+
 def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -86,8 +100,10 @@ class RevisionRunner:
     """Starts, probes and stops revision processes; `port(key)` tells the proxy where one listens."""
 
     def __init__(self, bundles: BundleCache, logs: Path, *, max_processes: int = 32,
-                 startup_timeout_s: float = 20.0, drain_s: float = 1.0) -> None:
+                 startup_timeout_s: float = 20.0, drain_s: float = 1.0,
+                 ports: PortReservations = SERVER_PORTS) -> None:
         self.bundles = bundles
+        self.ports = ports  # each running revision's port is reserved there until its process is stopped
         self.logs = logs
         self.max_processes = max_processes
         self.startup_timeout_s = startup_timeout_s
@@ -118,11 +134,28 @@ class RevisionRunner:
             bundle = self.bundles.get(spec.image, busy=busy)
         except BundleError as e:
             return DeployFailure("CONTAINER_MISSING", f"Image '{spec.image}' could not be pulled: {e}")
-        port = free_port()
         log_path = self.logs / f"{key.replace('/', '_')}.log"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for _ in range(PORT_ATTEMPTS - 1):
+            logged = log_path.stat().st_size if log_path.exists() else 0
+            failure = self._run(key, bundle, spec, log_path)
+            if failure is None or not _port_was_taken(log_path, logged):
+                return failure
+            log.warning("cloudrun stand-in: %s could not bind its port; starting it on another", key)
+            with open(log_path, "a") as out:
+                out.write("cloudrun stand-in: the port was taken by another process; starting again on another\n")
+        return self._run(key, bundle, spec, log_path)
+
+    def _run(self, key: str, bundle: Bundle, spec: LaunchSpec, log_path: Path) -> DeployFailure | None:
+        """One start of the revision on a newly reserved port: None once it listens, else why (stopped)."""
+        try:
+            port = self.ports.reserve()
+        except OSError as e:
+            return DeployFailure("REVISION_FAILED", f"the stand-in has no port for the revision: {e}")
         try:
             proc = self._spawn(bundle, spec, port, log_path)
         except OSError as e:  # e.g. the executable is not in the image: Cloud Run fails the same way
+            self.ports.release(port)
             return self._not_listening(port, log_path, f"cannot start the entrypoint: {e}")
         running = RunningRevision(key, port, bundle.digest, proc)
         with self._lock:
@@ -141,7 +174,6 @@ class RevisionRunner:
             raise OSError("the image sets no Entrypoint or Cmd and the container no command")
         env = {**env_of(bundle, spec), "PORT": str(port)}
         workdir = spec.working_dir or bundle.workdir
-        self.logs.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             # argv[0] is looked up after the chroot, on the container's PATH, as in the container.
             return subprocess.Popen([UNSHARE, f"--root={bundle.rootfs}", f"--wd={workdir}", "--", *argv], env=env,
@@ -149,7 +181,9 @@ class RevisionRunner:
                                     start_new_session=True, close_fds=True)
 
     def _probe(self, running: RunningRevision, log_path: Path) -> DeployFailure | None:
-        """Cloud Run's default startup probe, TCP on $PORT, polled until the startup timeout."""
+        """Cloud Run's default startup probe, TCP on $PORT, polled until the startup timeout. The listener
+        must also be a socket of the revision's own process group: the port is reserved for this revision
+        in this stand-in, but a process outside it could still hold it."""
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._closed:
@@ -158,7 +192,7 @@ class RevisionRunner:
             if running.proc.poll() is not None:
                 self.stop(running.key)
                 return self._not_listening(running.port, log_path, f"container exited with {running.proc.returncode}")
-            if listening(running.port):
+            if listening(running.port) and group_listens_on(running.pid, running.port):
                 return None
             time.sleep(PROBE_PERIOD_S)
         self.stop(running.key)
@@ -207,6 +241,7 @@ class RevisionRunner:
                 os.killpg(proc.pid, sig)  # its own session: the group id is its PID
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=STOP_GRACE_S)
+        self.ports.release(running.port)
 
     def close(self) -> None:
         """Start no more processes and end probes in progress; `stop_all` then stops what runs."""
