@@ -10,7 +10,9 @@ from baseroll import clock as clock_mod
 from baseroll import config as config_mod
 from baseroll.config import Config, ConfigError, RegistryCredential
 from baseroll.fleet.cloudrun import CloudRunFleet
+from baseroll.fleet.jobs import CloudRunJobs, CloudRunWorkerPools
 from baseroll.fleet.verify import GoogleIdTokens, HttpProber
+from baseroll.fleet.workloads import Workloads
 from baseroll.images import rebaser
 from baseroll.images.artifact_registry import ArtifactRegistryVersions
 from baseroll.images.refs import ImageRef
@@ -36,7 +38,7 @@ def build(cfg: Config, *, bus: Bus | None = None) -> Deps:
     store = FirestoreStore.connect(cfg.record_project, cfg.store_database, clock_mod.SYSTEM)
     return Deps(
         config=cfg,
-        fleet=CloudRunFleet.connect(cfg.cloud_run_endpoint, cfg.cloud_run_transport),
+        fleet=workload_fleet(cfg),
         registry=registry,
         bus=bus if bus is not None else PubSubBus(cfg.topic_project),
         records=store,
@@ -46,6 +48,14 @@ def build(cfg: Config, *, bus: Bus | None = None) -> Deps:
         version_lister=ArtifactRegistryVersions(),
         prober=HttpProber(GoogleIdTokens()) if cfg.rollout.verify.enabled else None,
     )
+
+
+def workload_fleet(cfg: Config) -> Workloads:
+    """One adapter per kind in `rollout.workloads`, all on the configured endpoint and transport."""
+    connect = {"service": CloudRunFleet.connect, "job": CloudRunJobs.connect,
+               "worker-pool": CloudRunWorkerPools.connect}
+    return Workloads({kind: connect[kind](cfg.cloud_run_endpoint, cfg.cloud_run_transport)  # type: ignore[misc]
+                      for kind in cfg.rollout.workloads})
 
 
 def registry_client(cfg: Config, env: Mapping[str, str] | None = None, **overrides: Any) -> RegistryClient:

@@ -118,7 +118,7 @@ def _version_tags(item: Mapping[str, Any], i: int) -> tuple[str, ...]:
     return tuple(value)
 
 
-LABEL_KEYS = ("opt_out", "cohort", "app_tag", "verify", "verify_path")
+LABEL_KEYS = ("opt_out", "cohort", "app_tag", "verify", "verify_path", "verify_execution")
 _TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
 
 
@@ -127,7 +127,8 @@ def _labels(doc: Any) -> Labels:
         raise ConfigError("labels: must be a mapping")
     _known(doc, "labels.", LABEL_KEYS)
     labels = Labels(**{k: doc[k] for k in LABEL_KEYS if k in doc})
-    for key in (labels.opt_out, labels.cohort, labels.app_tag, labels.verify, labels.verify_path):
+    for key in (labels.opt_out, labels.cohort, labels.app_tag, labels.verify, labels.verify_path,
+                labels.verify_execution):
         if not isinstance(key, str) or not ids.LABEL_KEY.fullmatch(key):
             raise ConfigError(f"labels: {key!r} is not a valid Cloud Run label key")
     return labels

@@ -9,6 +9,8 @@ from baseroll.images.refs import ImageRef
 if TYPE_CHECKING:
     from baseroll.config.windows import WindowRule
 
+# What a rollout can roll: Cloud Run services, jobs and worker pools (fleet.view.WorkloadKind).
+WORKLOAD_KINDS = ("service", "job", "worker-pool")
 POLICIES = ("report", "require")  # what to do with a rebased image, whose new digest no signature covers
 
 
@@ -42,6 +44,8 @@ class Labels:
     app_tag: str = "baseroll-app-tag"  # the app tag a digest-pinned service was deployed from
     verify: str = "baseroll-verify"  # value "false" turns verification at zero traffic off for a service
     verify_path: str = "baseroll-verify-path"  # the path to verify, "--" for each "/" (label values have none)
+    # value "true" runs a job once after its update; the template stays only if that run succeeds
+    verify_execution: str = "baseroll-verify-execution"
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class RolloutSettings:
     verify: VerifySettings = field(default_factory=VerifySettings)  # verify at zero traffic
     approval: str = "none"  # none | after-canary | every-wave (rollout.gates)
     windows: tuple["WindowRule", ...] = ()  # when services may be written (rollout.windows); none = always
+    workloads: tuple[str, ...] = WORKLOAD_KINDS  # the kinds discovered and rolled
+    job_verify_timeout_s: float = 30.0  # how long a labelled job's verification execution may run
 
     def quota_for(self, region: str) -> int:
         """Tasks to release per minute in `region`: its write quota over the writes one task makes

@@ -6,13 +6,14 @@ from typing import Any, Mapping
 from baseroll.config.fields import _bool, _choice, _known, _number
 import re
 
-from baseroll.config.model import ConfigError, FailureBudget, RolloutSettings, VerifySettings
+from baseroll.config.model import WORKLOAD_KINDS, ConfigError, FailureBudget, RolloutSettings, VerifySettings
 from baseroll.config.windows import parse_approval, parse_windows
 from baseroll.contracts import ids
 from baseroll.images.rebase import DRIFT_POLICIES
 
 ROLLOUT_KEYS = ("ready_timeout_s", "pinned_traffic", "concurrency", "drift_policy", "waves", "failure_budget", "write_quota_per_min",
-                "region_quota", "invocation_budget_s", "poll_interval_s", "dry_run", "approval", "windows", "verify")
+                "region_quota", "invocation_budget_s", "poll_interval_s", "dry_run", "approval", "windows", "verify",
+                "workloads", "job_verify_timeout_s")
 VERIFY_KEYS = ("enabled", "path", "method", "expect_below", "expect_status", "requests", "timeout_s",
                "internal_ingress")
 # Verification requests reach a revision no user uses yet, but it shares the app's data: only
@@ -42,8 +43,10 @@ def _rollout(doc: Any) -> RolloutSettings:
     if drift not in DRIFT_POLICIES:
         raise ConfigError(f"rollout.drift_policy: one of {DRIFT_POLICIES}, got {drift!r}")
     verify = _verify(doc.get("verify", {}))
+    kinds = _workloads(doc.get("workloads", list(WORKLOAD_KINDS)))
+    job_verify = float(_number(doc, "job_verify_timeout_s", 30, 1, FUNCTION_TIMEOUT_S))
     return RolloutSettings(
-        ready_timeout_s=_ready_timeout(doc, verify),
+        ready_timeout_s=_ready_timeout(doc, verify, job_verify if "job" in kinds else 0.0),
         pinned_traffic=_choice(doc, "pinned_traffic", PINNED_TRAFFIC),
         concurrency=int(_number(doc, "concurrency", 8, 1, 256)),
         drift_policy=drift,
@@ -57,19 +60,34 @@ def _rollout(doc: Any) -> RolloutSettings:
         approval=parse_approval(doc.get("approval", "none")),
         windows=parse_windows(doc.get("windows")),
         verify=verify,
+        workloads=kinds,
+        job_verify_timeout_s=job_verify,
     )
 
 
-def _ready_timeout(doc: Mapping[str, Any], verify: VerifySettings) -> float:
+def _workloads(value: Any) -> tuple[str, ...]:
+    """`rollout.workloads`: which kinds are discovered and rolled, each once; at least one."""
+    if not isinstance(value, list) or not value or any(v not in WORKLOAD_KINDS for v in value) \
+            or len(set(value)) != len(value):
+        raise ConfigError(f"rollout.workloads: a list of distinct kinds among {list(WORKLOAD_KINDS)}, got {value!r}")
+    return tuple(value)
+
+
+def _ready_timeout(doc: Mapping[str, Any], verify: VerifySettings, job_verify_s: float) -> float:
     """A failed update is gated, rolled back and gated again inside one invocation: each gate may
-    take the whole `ready_timeout_s`, so two of them, the verification between them (its requests
-    and the traffic write after) and the margin must fit the function's limit."""
+    take the whole `ready_timeout_s`, so two of them, the verification between them (a service's
+    requests and the traffic write after, or a job's verification execution: the longer one) and
+    the margin must fit the function's limit."""
     value = float(_number(doc, "ready_timeout_s", 240, 1, 3600))
     checking = verify.budget_s + VERIFY_WRITE_S if verify.enabled else 0.0
-    most = (FUNCTION_TIMEOUT_S - WORKER_MARGIN_S - checking) / 2
+    most = (FUNCTION_TIMEOUT_S - WORKER_MARGIN_S - max(checking, job_verify_s)) / 2
     if value > most:
-        check = (f", the verification ({verify.requests} x {verify.timeout_s:g} s requests and a "
-                 f"{VERIFY_WRITE_S:g} s traffic write)" if verify.enabled else "")
+        check = ""
+        if job_verify_s > checking:
+            check = f", a job's verification execution (job_verify_timeout_s: {job_verify_s:g} s)"
+        elif verify.enabled:
+            check = (f", the verification ({verify.requests} x {verify.timeout_s:g} s requests and a "
+                     f"{VERIFY_WRITE_S:g} s traffic write)")
         raise ConfigError(
             f"rollout.ready_timeout_s: at most {most:g} s, got {value:g}: an update and its readiness gate, then a "
             f"rollback and its gate, each up to ready_timeout_s{check}, plus {WORKER_MARGIN_S:g} s of the worker's "

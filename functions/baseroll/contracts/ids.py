@@ -34,6 +34,24 @@ SERVICE_NAME = re.compile(
     rf"projects/(?P<project>{_PROJECT_ID}|{_PROJECT_NUMBER})/locations/(?P<region>{_REGION})"
     rf"/services/(?P<service>{_SERVICE_ID})"
 )
+# Worker pool id: the service id's rule (run_v2 CreateWorkerPoolRequest.worker_pool_id). Job id: its
+# docstring states no rule; a DNS label (at most 63 characters) is accepted (docs/GOOGLE_APIS.md#resource-names).
+_JOB_ID = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
+# A workload's full name: a service's, a job's or a worker pool's (`Job.name`, `WorkerPool.name`).
+WORKLOAD_NAME = re.compile(
+    rf"projects/(?P<project>{_PROJECT_ID}|{_PROJECT_NUMBER})/locations/(?P<region>{_REGION})"
+    rf"/(?:services/(?P<service>{_SERVICE_ID})|jobs/(?P<job>{_JOB_ID})|workerPools/(?P<pool>{_SERVICE_ID}))"
+)
+# The kind of workload each collection of a name holds (fleet.view.WorkloadKind).
+KIND_OF_GROUP = {"service": "service", "job": "job", "pool": "worker-pool"}
+
+
+def workload_kind(name: str) -> str | None:
+    """"service", "job" or "worker-pool" for a well-formed workload name; None for anything else."""
+    match = WORKLOAD_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return next(kind for group, kind in KIND_OF_GROUP.items() if match.group(group) is not None)
 
 # Labels (Resource Manager label requirements): a key is 1-63 characters, starts with a lower-case
 # letter; a value is 0-63 characters; both only lower-case letters, digits, `_` and `-`. Google also

@@ -1,6 +1,6 @@
 """baseroll's own messages on `baseroll-tasks` and `baseroll-results`: versioned JSON, parsed strictly.
 
-- `Task`: roll one service to its target images (worker).
+- `Task`: roll one workload (a service, job or worker pool, by its name) to its target images (worker).
 - `Result`: what the worker did (recorded beside the rollout record; the coordinator settles waves on it).
 - `Step`: the coordinator's own continuation: "work on wave W of rollout R from position C".
 """
@@ -146,10 +146,10 @@ def decode(message: PubSubMessage) -> Task | Result | Step:
         expected = _images(doc, "expected")
         if any(int(i) >= len(expected) for i in [*targets, *base_uris]):
             raise EventError("targets: container index beyond the expected images")
-        return Task(rollout, _str(doc, "service", ids.SERVICE_NAME), _int(doc, "wave"), expected, targets, base_uris)
+        return Task(rollout, _str(doc, "service", ids.WORKLOAD_NAME), _int(doc, "wave"), expected, targets, base_uris)
     if kind == "result":
         reason = doc.get("reason", "")
-        return Result(rollout, _str(doc, "service", ids.SERVICE_NAME), _int(doc, "wave"), _str(doc, "outcome"),
+        return Result(rollout, _str(doc, "service", ids.WORKLOAD_NAME), _int(doc, "wave"), _str(doc, "outcome"),
                       reason if isinstance(reason, str) else "", _images(doc, "before"), _images(doc, "after"))
     if kind == "step":
         released = doc.get("released_at")

@@ -86,7 +86,7 @@ class FakeFleet:
 
     def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
         self.calls["list_services"] += 1
-        prefix = f"projects/{project}/locations/{region}/services/"
+        prefix = f"projects/{project}/locations/{region}/"  # whatever this fake holds: services, jobs or pools
         return iter([s for n, s in sorted(self.services.items()) if n.startswith(prefix)])
 
     def get_service(self, name: str) -> ServiceView:

@@ -19,6 +19,7 @@ from baseroll.fleet import deploy
 from baseroll.fleet.deploy import Outcome, Target
 from baseroll.fleet.health import Health
 from baseroll.fleet.traffic import PinnedTraffic
+from baseroll.fleet.verification import Check
 from baseroll.fleet.view import Fleet, FleetError, ServiceView, WorkloadKind
 from baseroll.fleet.workloads import (
     VERIFY_EXECUTION_LABEL,
@@ -38,15 +39,19 @@ NOT_VERIFIED = "verification execution did not finish within {s:.0f} s"
 
 def apply_workload(fleets: Mapping[WorkloadKind, Fleet], planned: ServiceView, target: Target, *, rollout: str,
                    base_digest: str, timeout_s: float, clock: Clock, pinned_traffic: PinnedTraffic = "follow",
-                   verify_timeout_s: float | None = None, verify_label: str = VERIFY_EXECUTION_LABEL) -> Outcome:
-    """Roll `planned` with the adapter of its kind (`planned.kind`)."""
-    fleet = fleets[planned.kind]
+                   verify_timeout_s: float | None = None, verify_label: str = VERIFY_EXECUTION_LABEL,
+                   check: Check | None = None) -> Outcome:
+    """Roll `planned` with the adapter of its kind (`planned.kind`). `check` (verification at zero
+    traffic) is for a service only: a worker pool serves no requests, a job has no revisions."""
+    fleet = fleets.get(planned.kind)
+    if fleet is None:
+        raise FleetError(f"{planned.name}: {planned.kind}s are not rolled (rollout.workloads)")
     if planned.kind == "job":
         return apply_job(cast(JobFleet, fleet), planned, target, rollout=rollout, base_digest=base_digest,
                          timeout_s=timeout_s, clock=clock, verify_label=verify_label,
                          verify_timeout_s=timeout_s if verify_timeout_s is None else verify_timeout_s)
     return deploy.apply(fleet, planned, target, rollout=rollout, base_digest=base_digest, timeout_s=timeout_s,
-                        clock=clock, pinned_traffic=pinned_traffic)
+                        clock=clock, pinned_traffic=pinned_traffic, check=check if planned.kind == "service" else None)
 
 
 def apply_job(fleet: JobFleet, planned: ServiceView, target: Target, *, rollout: str, base_digest: str,

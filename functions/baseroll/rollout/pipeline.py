@@ -2,6 +2,7 @@
 digest, discover the fleet, read image facts, match, plan, and turn plan changes into targets."""
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping
 
@@ -9,6 +10,7 @@ from baseroll import log
 from baseroll.config import BaseTrack, Config
 from baseroll.contracts.messages import Rollout
 from baseroll.contracts.roll import RollRequest
+from baseroll.fleet import workloads
 from baseroll.fleet.view import Fleet, ServiceView
 from baseroll.images import refs
 from baseroll.images.catalog import Catalog
@@ -28,13 +30,17 @@ Rebase = Callable[[RebaseJob, ImageRef, bool], ImageRef]
 
 
 def discover(fleet: Fleet, cfg: Config, *, quiet: bool = False) -> list[ServiceView]:
-    """List services in every configured project × region (ListServices needs a concrete region)."""
-    pairs = [(p, r) for p in cfg.projects for r in cfg.regions]
-    with ThreadPoolExecutor(max_workers=min(8, len(pairs))) as pool:
-        chunks = list(pool.map(lambda pr: list(fleet.list_services(*pr)), pairs))
+    """List every kind `fleet` holds (services, jobs, worker pools: `fleet.workloads`) in every
+    configured project × region (ListServices, ListJobs and ListWorkerPools need a concrete region)."""
+    listings = [(kind_fleet, p, r) for kind_fleet in workloads.adapters(fleet).values()
+                for p in cfg.projects for r in cfg.regions]
+    with ThreadPoolExecutor(max_workers=min(8, len(listings))) as pool:
+        chunks = list(pool.map(lambda fpr: list(fpr[0].list_services(fpr[1], fpr[2])), listings))
     services = [s for chunk in chunks for s in chunk]
     if not quiet:
-        log.info("fleet.discovered", services=len(services), locations=len(pairs))
+        kinds = Counter(s.kind for s in services)
+        log.info("fleet.discovered", services=len(services), locations=len(cfg.projects) * len(cfg.regions),
+                 **({"kinds": dict(kinds)} if set(kinds) - {"service"} else {}))
     return services
 
 
