@@ -189,3 +189,22 @@ def create_service(run: run_v2.ServicesClient, name: str, image: str, *, labels:
     service = run_v2.Service(labels=labels or {}, template=run_v2.RevisionTemplate(containers=[container]))
     op = run.create_service(parent=f"projects/{project}/locations/{region}", service=service, service_id=sid)
     return op.result(timeout=timeout)
+
+
+def create_job(jobs: run_v2.JobsClient, name: str, image: str, *, labels: dict[str, str] | None = None,
+               timeout: float = 60) -> run_v2.Job:
+    """Create one job (`projects/P/locations/R/jobs/J`) through the Cloud Run client, as `create_service`."""
+    project, region, jid = name.split("/")[1], name.split("/")[3], name.split("/")[5]
+    job = run_v2.Job(labels=labels or {}, template=run_v2.ExecutionTemplate(
+        template=run_v2.TaskTemplate(containers=[run_v2.Container(image=image)])))
+    return jobs.create_job(parent=f"projects/{project}/locations/{region}", job=job, job_id=jid).result(timeout=timeout)
+
+
+def create_worker_pool(pools: run_v2.WorkerPoolsClient, name: str, image: str, *,
+                       labels: dict[str, str] | None = None, timeout: float = 60) -> run_v2.WorkerPool:
+    """Create one worker pool (`projects/P/locations/R/workerPools/W`) through the Cloud Run client."""
+    project, region, wid = name.split("/")[1], name.split("/")[3], name.split("/")[5]
+    pool = run_v2.WorkerPool(labels=labels or {}, template=run_v2.WorkerPoolRevisionTemplate(
+        containers=[run_v2.Container(image=image)]))
+    return pools.create_worker_pool(parent=f"projects/{project}/locations/{region}", worker_pool=pool,
+                                    worker_pool_id=wid).result(timeout=timeout)

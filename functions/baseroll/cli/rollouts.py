@@ -86,18 +86,21 @@ def with_locations(fn: Any) -> Any:
 def plan(state: CliState, base: str | None, app: str | None, digest: str | None,
          projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
     """Show what a rollout would do, changing nothing (a dry run of the whole pipeline)."""
+    from baseroll.contracts import ids
     from baseroll.rollout import planner
 
     deps = _deps(state, projects, regions, publishes=False)
     report = planner.start(deps, _roll_request(deps.config, base, app, digest, dry_run=True))
+    # Every row names its workload's kind (a service, job or worker pool: its name says which).
+    report = {**report, "services": [{**r, "kind": ids.workload_kind(r["service"])} for r in report["services"]]}
     if state.json_output:
         emit_json(report)
         return
-    rows = [(r["service"].split("/services/")[-1], "/".join(r["service"].split("/")[1:4:2]), r["action"],
+    rows = [(r["service"].rsplit("/", 1)[-1], r["kind"], "/".join(r["service"].split("/")[1:4:2]), r["action"],
              r.get("strategy", ""), r.get("wave", ""), _short(next(iter((r.get("targets") or r.get("base_uris") or {}).values()), "")),
              r["reason"]) for r in report["services"]]
     emit_table(f"plan {report['rollout_id']} -> {report['target']}",
-               ("service", "project/region", "action", "strategy", "wave", "target", "reason"), rows)
+               ("workload", "kind", "project/region", "action", "strategy", "wave", "target", "reason"), rows)
     click.echo(f"{report['to_roll']} to roll in {len(report['waves'])} waves, {report['skipped']} skipped")
 
 
