@@ -377,3 +377,13 @@ def test_wave_plans_and_task_results_on_the_emulator(client: firestore.Client) -
     assert sorted(d["service"] for d in store.results(rid, 1, 0.0)) == ["b", name]
     assert [d["service"] for d in store.results(rid, 1, 1003.0)] == ["b"]
     assert store.results("other", 1, 0.0) == []
+
+
+def test_parked_rollouts_by_when_their_window_opens_on_the_emulator(client: firestore.Client) -> None:
+    store = FirestoreStore(client, FakeClock(), prefix=f"t{uuid.uuid4().hex[:8]}-")
+    for rid, resume_at in (("app-a-aaaaaaaaaaaa", 0.0), ("app-b-bbbbbbbbbbbb", 1000.0), ("app-c-cccccccccccc", 2000.0)):
+        assert store.create(RolloutRecord(rid, "t", "sha256:" + "a" * 64, resume_at=resume_at))
+    assert store.parked(999.0) == []
+    assert store.parked(1000.0) == ["app-b-bbbbbbbbbbbb"]  # not the one never parked (0), nor the later one
+    assert sorted(store.parked(5000.0)) == ["app-b-bbbbbbbbbbbb", "app-c-cccccccccccc"]
+    assert len(store.parked(5000.0, limit=1)) == 1

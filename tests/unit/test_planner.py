@@ -9,6 +9,7 @@ import dataclasses
 from typing import Callable
 
 import pytest
+from baseroll.config.windows import parse_windows
 from baseroll.contracts import topics
 from baseroll.contracts.records import RolloutRecord
 from baseroll.contracts.roll import RollRequest
@@ -89,6 +90,22 @@ def test_a_dry_run_returns_the_plan_and_writes_nothing(how: str) -> None:
     assert b.w.records.puts == [] and dict(b.w.bus.published) == {}
     assert b.w.rebase.calls and all(dry for _, _, dry in b.w.rebase.calls)
     assert b.w.fleet.calls["update_images"] == 0
+
+
+def test_a_dry_run_shows_each_services_maintenance_window() -> None:
+    """The fake clock reads Tue 2023-11-14 22:13:20 UTC; shop0 (label maint=night) opens at 23:00."""
+    rules = parse_windows([{"match": {"label": "maint=night"}, "days": ["tue"], "start": "23:00", "end": "24:00",
+                            "time_zone": "UTC"}])
+    b = base_world(windows=rules)
+    b.w.fleet.services[svc("shop0", "").name] = dataclasses.replace(b.w.fleet.services[svc("shop0", "").name],
+                                                                   labels={"maint": "night"})
+    rows = {row["service"].rsplit("/", 1)[-1]: row for row in b.start(dry_run=True)["services"]}
+    assert rows["shop0"]["window"] == "closed; opens Tue 2023-11-14 23:00 UTC (2023-11-14T23:00Z)"
+    assert rows["shop1"]["window"] == "no window (any time)"
+
+
+def test_a_dry_run_without_windows_has_no_window_column() -> None:
+    assert all("window" not in row for row in base_world().start(dry_run=True)["services"])
 
 
 def test_a_repeated_start_is_a_no_op() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from baseroll import log
+from baseroll.contracts import events as rollout_events
 from baseroll.contracts import messages, requests, topics
 from baseroll.contracts.parsing import EventError
 from baseroll.contracts.records import HALTED, TERMINAL, RolloutRecord
@@ -22,7 +23,7 @@ from baseroll.edge.artifact_push import Ignored
 from baseroll.edge.classify import Refused, Verdict, classify
 from baseroll.images import refs
 from baseroll.rollout import bus as bus_mod
-from baseroll.rollout import planner, policy, step, worker
+from baseroll.rollout import events, planner, policy, step, worker
 from baseroll.rollout.deps import Deps
 
 DepsFactory = Callable[[], Deps]
@@ -140,7 +141,7 @@ def on_roll_result(data: Any, event_id: str, deps: DepsFactory) -> dict[str, Any
         verdict = _decide(exc, event_id, "step", **context)
         log.warning("event.rejected", event_id=event_id, trigger="step", kind=verdict.kind, reason=verdict.reason,
                     error=type(exc).__name__, **context)
-        _halt(d, msg.rollout.rollout_id, f"step {msg.seq} failed ({verdict.kind}): {verdict.reason}")
+        _halt(d, msg, f"step {msg.seq} failed ({verdict.kind}): {verdict.reason}")
         return {"status": "rejected", "kind": verdict.kind, "reason": verdict.reason}
     return {"status": "stepped"}
 
@@ -150,9 +151,11 @@ def _record_result(d: Deps, result: messages.Result) -> dict[str, Any]:
     return {"status": "recorded"}
 
 
-def _halt(d: Deps, rollout_id: str, reason: str) -> None:
-    """Record a step's permanent failure: the rollout halts (an operator resumes or aborts it). A
-    record that cannot be read cannot be written either: then the log line is the record."""
+def _halt(d: Deps, msg: messages.Step, reason: str) -> None:
+    """Record a step's permanent failure: the rollout halts (an operator resumes or aborts it), and
+    says so on baseroll-events. A record that cannot be read cannot be written either: then the log
+    line is the record."""
+    rollout_id = msg.rollout.rollout_id
 
     def halt(rec: RolloutRecord) -> RolloutRecord | None:
         if rec.status in TERMINAL:
@@ -163,6 +166,8 @@ def _halt(d: Deps, rollout_id: str, reason: str) -> None:
     try:
         if d.records.update(rollout_id, halt) is not None:
             log.error("rollout.halted", rollout_id=rollout_id, reason=reason)
+            events.publish(d.bus, rollout_events.halted(msg.rollout, at=d.clock.now(), seq=msg.seq, wave=msg.wave,
+                                                        reason=reason))
     except checked_records.CorruptRecord as exc:
         log.error("rollout.unrecorded", rollout_id=rollout_id, reason=str(exc))
 

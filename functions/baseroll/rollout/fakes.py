@@ -178,6 +178,10 @@ class MemoryRecordStore:
             return [copy.deepcopy(d) for k, d in self.docs.items()
                     if k[:3] == (rollout_id, "result", wave) and d.get("recorded", 0.0) >= since]
 
+    def parked(self, until: float, limit: int = 100) -> list[str]:
+        with self._lock:
+            return [rid for rid, rec in self.records.items() if 0 < rec.resume_at <= until][:limit]
+
     def write_by_someone_else(self, rollout_id: str, **changes: object) -> RolloutRecord:
         """Another invocation's write (not through this port's `puts`): change fields, stamp it now."""
         with self._lock:

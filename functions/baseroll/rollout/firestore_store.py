@@ -74,6 +74,12 @@ class FirestoreStore:
             return new
         raise StoreConflict(f"rollout {rollout_id}: {MAX_ATTEMPTS} conditional writes in a row lost the race")
 
+    def parked(self, until: float, limit: int = 100) -> list[str]:
+        # Both bounds on one field: its single-field index serves the query, no composite index needed.
+        query = (self._records.where(filter=FieldFilter("resume_at", ">", 0))
+                 .where(filter=FieldFilter("resume_at", "<=", until)).limit(limit))
+        return [snap.id for snap in query.stream()]
+
     # --- WaveStore
     def put_plan(self, rollout_id: str, seq: int, header: dict[str, Any]) -> None:
         self._plan(rollout_id, seq).set(header)

@@ -83,8 +83,9 @@ class Lease:
             raise Stopped("gone")  # the record was deleted
 
 
-def finish(deps: Deps, rec: RolloutRecord, step: Step, nxt: Step | None, **changes: object) -> None:
-    """Record what the step decided and hand over to `nxt` (if any), unless the rollout ended meanwhile."""
+def finish(deps: Deps, rec: RolloutRecord, step: Step, nxt: Step | None, **changes: object) -> bool:
+    """Record what the step decided and hand over to `nxt` (if any), unless the rollout ended meanwhile.
+    True when written: only then may the step report what it decided (a rollout event)."""
     def decide(now: RolloutRecord) -> RolloutRecord:
         now = _still_mine(now, rec.owner)
         for key, value in changes.items():
@@ -97,9 +98,10 @@ def finish(deps: Deps, rec: RolloutRecord, step: Step, nxt: Step | None, **chang
     except Stopped as ended:
         # Never write over an abort, and never hand over to a next step.
         log.info("step.stopped", rollout_id=rec.rollout_id, seq=step.seq, status=str(ended))
-        return
+        return False
     if written is not None and nxt is not None:
         bus_mod.send(deps.bus, topics.RESULTS, nxt)
+    return written is not None
 
 
 def give_back(deps: Deps, rec: RolloutRecord) -> None:

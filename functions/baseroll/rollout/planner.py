@@ -1,4 +1,4 @@
-"""The planner: start a rollout (or dry-run it), abort or resume one, and sweep for what was missed.
+"""The planner: start a rollout (or dry-run it), abort, resume or approve one, and sweep for what was missed.
 
 Starting plans from the live fleet, writes the rollout record, stores the wave plan (rebasing each
 wave's images before storing it, `rollout.stored_plan`) and hands the first step to the coordinator
@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from baseroll import log
 from baseroll.config import BaseTrack, Config
+from baseroll.contracts import events as E
 from baseroll.contracts import ledger, topics
 from baseroll.contracts.messages import Rollout, Step
 from baseroll.contracts.records import (
     ABORTED,
+    AWAITING_APPROVAL,
     FINISHED,
     HALTED,
     RUNNING,
@@ -27,8 +29,8 @@ from baseroll.contracts.requests import ServiceFilter
 from baseroll.contracts.roll import RollRequest
 from baseroll.images.refs import ImageRef
 from baseroll.rollout import bus as bus_mod
+from baseroll.rollout import events, gates, stored_plan, waves, windows
 from baseroll.rollout import pipeline as engine
-from baseroll.rollout import stored_plan, waves
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.lease import LEASE_S
 from baseroll.rollout.plan import Plan, members
@@ -68,7 +70,7 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
                "to_roll": len(plan.to_roll), "skipped": len(plan.services) - len(plan.to_roll),
                "dry_run": request.dry_run or cfg.rollout.dry_run}
     if request.dry_run or cfg.rollout.dry_run:
-        report = dry_run_report(cfg, plan, new_ref, deps.rebase)
+        report = dry_run_report(cfg, plan, new_ref, deps.rebase, now=deps.clock.now())
         log.notice("rollout.dry_run", **summary, waves=[len(w) for w in report["waves"]])
         return {**summary, **report}
     existing = deps.records.get(rollout_id)
@@ -87,9 +89,12 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
         log.info("rollout.already_started", rollout_id=rollout_id, status=status)
         return {**summary, "status": status}
 
-    def release_first_wave() -> None:
+    def release_first_wave(header: stored_plan.Header) -> None:
         # Its step goes as soon as the first wave is stored: the later waves are rebased and stored
         # meanwhile (a step that finds its wave missing plans again, rollout.stored_plan).
+        events.publish(deps.bus, E.started(ro, at=deps.clock.now(), to_roll=summary["to_roll"],
+                                           skipped=summary["skipped"], wave_sizes=header.sizes,
+                                           approval=cfg.rollout.approval))
         bus_mod.send(deps.bus, topics.RESULTS, Step(ro, wave=0, cursor=0, seq=1, plan=1))
         log.notice("rollout.started", **summary)
 
@@ -105,34 +110,53 @@ def _rollout_of(rec: RolloutRecord) -> Rollout:
 def control(deps: Deps, action: str, rollout_id: str) -> dict:
     """`abort`: stop a rollout (steps are dropped, queued tasks become no-ops; rolled services stay
     rolled). `resume`: continue a halted rollout from the wave it halted in, accepting its failures.
-    Each decides on the record as it is at the write (one conditional write)."""
+    `approve` (or `resume` of a rollout awaiting approval): release the wave it waits at
+    (rollout.gates). Each decides on the record as it is at the write (one conditional write)."""
     seen: list[RolloutRecord] = []  # the record as last read, when the write was refused
+    if action == "abort":
+        return _abort(deps, rollout_id, seen) or _ignored(action, rollout_id, seen)
 
+    def decide(rec: RolloutRecord) -> _Restart | None:
+        seen[:] = [rec]
+        if action == "approve" or rec.status == AWAITING_APPROVAL:
+            verdict = gates.approve(rec)
+            if isinstance(verdict, gates.Refusal):
+                log.info("rollout.approve_refused", rollout_id=rollout_id, reason=verdict.reason,
+                         already=verdict.already)
+                return None
+            return _Restart(verdict.wave, verdict.fields["reason"], fields=verdict.fields, cause="approve")
+        if rec.status != HALTED:
+            return None
+        accepted = next((w.get("failed", 0) for w in rec.waves if w.get("wave") == rec.wave), 0)
+        return _Restart(rec.wave, f"resumed at wave {rec.wave}", accepted, cause="resume")
+
+    restarted = _restart(deps, rollout_id, decide)
+    if restarted is None:
+        return _ignored(action, rollout_id, seen)
+    how, _ = restarted
+    log.notice("rollout.resumed", rollout_id=rollout_id, wave=how.wave, accepted_failures=how.accepted_failures,
+               cause=how.cause)
+    return {"status": RUNNING, "rollout_id": rollout_id}
+
+
+def _abort(deps: Deps, rollout_id: str, seen: list[RolloutRecord]) -> dict | None:
     def abort(rec: RolloutRecord) -> RolloutRecord | None:
         seen[:] = [rec]
         if rec.status in TERMINAL:
             return None
-        rec.status, rec.reason = ABORTED, "aborted by request"
+        rec.status, rec.reason, rec.resume_at = ABORTED, "aborted by request", 0.0
         return rec
 
-    def resume(rec: RolloutRecord) -> _Restart | None:
-        seen[:] = [rec]
-        if rec.status != HALTED:
-            return None
-        accepted = next((w.get("failed", 0) for w in rec.waves if w.get("wave") == rec.wave), 0)
-        return _Restart(rec.wave, f"resumed at wave {rec.wave}", accepted)
+    written = deps.records.update(rollout_id, abort)
+    if written is None:
+        return None
+    log.notice("rollout.aborted", rollout_id=rollout_id, wave=written.wave)
+    events.publish(deps.bus, E.aborted(_rollout_of(written), at=deps.clock.now(), seq=written.seq, wave=written.wave,
+                                       reason=written.reason))
+    return {"status": ABORTED, "rollout_id": rollout_id}
 
-    if action == "abort":
-        written = deps.records.update(rollout_id, abort)
-        if written is not None:
-            log.notice("rollout.aborted", rollout_id=rollout_id, wave=written.wave)
-            return {"status": ABORTED, "rollout_id": rollout_id}
-    else:
-        restarted = _restart(deps, rollout_id, resume)
-        if restarted is not None:
-            log.notice("rollout.resumed", rollout_id=rollout_id, wave=restarted.wave,
-                       accepted_failures=restarted.accepted_failures)
-            return {"status": RUNNING, "rollout_id": rollout_id}
+
+def _ignored(action: str, rollout_id: str, seen: list[RolloutRecord]) -> dict:
     if not seen:
         log.warning("request.unknown_rollout", action=action, rollout_id=rollout_id)
         return {"status": "unknown-rollout", "rollout_id": rollout_id}
@@ -145,12 +169,15 @@ class _Restart:
     wave: int
     reason: str
     accepted_failures: int = 0
+    fields: dict = field(default_factory=dict)  # more record fields to write (an approval's)
+    cause: str = "sweep"  # approve | resume | sweep: the `resumed` event's
 
 
-def _restart(deps: Deps, rollout_id: str, decide: Callable[[RolloutRecord], _Restart | None]) -> _Restart | None:
+def _restart(deps: Deps, rollout_id: str,
+             decide: Callable[[RolloutRecord], _Restart | None]) -> tuple[_Restart, Step] | None:
     """Run the rollout again with a fresh step, if `decide` (on the record as it is at the write) says
-    from where. The record's seq moves past every step already in flight, so a late copy of one is
-    dropped as stale."""
+    from where; reported as `resumed`. The record's seq moves past every step already in flight, so a
+    late copy of one is dropped as stale."""
     chosen: list[_Restart] = []
 
     def restart(rec: RolloutRecord) -> RolloutRecord | None:
@@ -158,7 +185,9 @@ def _restart(deps: Deps, rollout_id: str, decide: Callable[[RolloutRecord], _Res
         if how is None:
             return None
         chosen[:] = [how]
-        rec.status, rec.reason, rec.owner = RUNNING, how.reason, ""
+        for key, value in how.fields.items():
+            setattr(rec, key, value)
+        rec.status, rec.reason, rec.owner, rec.resume_at = RUNNING, how.reason, "", 0.0
         rec.seq += 1
         return rec
 
@@ -166,9 +195,11 @@ def _restart(deps: Deps, rollout_id: str, decide: Callable[[RolloutRecord], _Res
     if rec is None:
         return None
     how = chosen[0]
-    bus_mod.send(deps.bus, topics.RESULTS, Step(_rollout_of(rec), how.wave, 0, None, rec.seq + 1,
-                                                how.accepted_failures))
-    return how
+    nxt = Step(_rollout_of(rec), how.wave, 0, None, rec.seq + 1, how.accepted_failures)
+    bus_mod.send(deps.bus, topics.RESULTS, nxt)
+    events.publish(deps.bus, E.resumed(nxt.rollout, at=deps.clock.now(), seq=nxt.seq, wave=how.wave, cause=how.cause,
+                                       reason=how.reason, accepted_failures=how.accepted_failures))
+    return how, nxt
 
 
 def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
@@ -183,7 +214,20 @@ def sweep(deps: Deps, scope: ServiceFilter | None = None) -> dict:
             log.error("sweep.track_failed", track=track.name, image=str(track.image), error=type(exc).__name__,
                       reason=str(exc))
             out.append({"track": track.name, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+    out.extend(_resume_parked(deps))
     return {"status": "swept", "rollouts": out}
+
+
+def _resume_parked(deps: Deps) -> list[dict]:
+    """Run on every rollout parked until a maintenance window that has opened by now (an app rollout,
+    or a filtered one, is no track's current rollout: the loop over the tracks does not see it)."""
+    out = []
+    for rollout_id in deps.records.parked(deps.clock.now()):
+        restarted = _restart(deps, rollout_id, lambda rec: _sweep_restart(deps, rec, 0))
+        if restarted is not None:
+            log.notice("rollout.swept", rollout_id=rollout_id, wave=restarted[0].wave, to_roll=None)
+            out.append({"rollout_id": rollout_id, "status": "restarted"})
+    return out
 
 
 def _sweep_track(deps: Deps, track: BaseTrack, scope: ServiceFilter | None) -> dict:
@@ -191,13 +235,16 @@ def _sweep_track(deps: Deps, track: BaseTrack, scope: ServiceFilter | None) -> d
     result = start(deps, request, scope)
     restarted = _restart(deps, result["rollout_id"], lambda rec: _sweep_restart(deps, rec, result["to_roll"]))
     if restarted is not None:
-        log.notice("rollout.swept", rollout_id=result["rollout_id"], wave=restarted.wave, to_roll=result["to_roll"])
+        log.notice("rollout.swept", rollout_id=result["rollout_id"], wave=restarted[0].wave, to_roll=result["to_roll"])
         result = {**result, "status": "restarted"}
     return result
 
 
 def _sweep_restart(deps: Deps, rec: RolloutRecord, to_roll: int) -> _Restart | None:
-    """A quiet rollout picks up where it stopped; a finished one walks its waves again for stragglers."""
+    """A rollout parked until a maintenance window opens goes on once it has opened (never before);
+    a quiet rollout picks up where it stopped; a finished one walks its waves again for stragglers."""
+    if rec.status == RUNNING and rec.resume_at:
+        return _Restart(rec.wave, "window opened: restarted by sweep") if deps.clock.now() >= rec.resume_at else None
     if rec.status == RUNNING and deps.clock.now() - rec.updated > LEASE_S:
         return _Restart(rec.wave, "restarted by sweep")
     if rec.status == FINISHED and to_roll:
@@ -205,8 +252,9 @@ def _sweep_restart(deps: Deps, rec: RolloutRecord, to_roll: int) -> _Restart | N
     return None
 
 
-def dry_run_report(cfg: Config, plan: Plan, new_ref: ImageRef, rebase: engine.Rebase) -> dict:
-    """The full plan as data: nothing is pushed (rebases run with dry_run) and nothing is deployed."""
+def dry_run_report(cfg: Config, plan: Plan, new_ref: ImageRef, rebase: engine.Rebase, *, now: float) -> dict:
+    """The full plan as data: nothing is pushed (rebases run with dry_run) and nothing is deployed.
+    With `rollout.windows`, each row says whether its service's maintenance window is open at `now`."""
     rebased = engine.rebase_jobs_for(plan.jobs, new_ref, rebase, dry_run=True)
     fleet_now = [sp.service for sp in plan.services]
     all_waves = waves.assign(members(plan, fleet_now, ""), cfg.rollout.waves, cohort_label=cfg.labels.cohort)
@@ -215,6 +263,8 @@ def dry_run_report(cfg: Config, plan: Plan, new_ref: ImageRef, rebase: engine.Re
     for sp in plan.services:
         row: dict = {"service": sp.service.name, "images": list(sp.service.images), "action": sp.action,
                      "reason": sp.reason}
+        if cfg.rollout.windows:
+            row["window"] = windows.describe(cfg.rollout.windows, sp.service, windows.at(now))
         if sp.action == "roll":
             targets = engine.targets_for(sp, rebased)
             row.update(strategy=sp.strategy, wave=wave_of.get(sp.service.name))

@@ -9,9 +9,11 @@ publishing it. Every step fits in one invocation (`invocation_budget_s`); a step
 time publishes its own continuation. How a step holds its rollout record (claim, lease, finish) is in
 `rollout.lease`; every wait goes through `deps.clock`.
 
-The points a step passes, in order: `_wave_of` (the plan read, or made), `_release` (the wave
-released), `_await_wave` (settled, or out of time), `_settled` (halted over its budget, finished
-after the last wave, or handed over to the next wave).
+The points a step passes, in order: `_wave_of` (the plan read, or made), the approval gate
+(`rollout.holds`: held until an operator approves), `_release_wave` (the wave released, members whose
+maintenance window is closed held until it opens), `_await_wave` (settled, or out of time), `_settled`
+(halted over its budget, finished after the last wave, or handed over to the next wave). Each point
+that changes the record reports a rollout event (`contracts.events`) once its write is done.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from baseroll import log
-from baseroll.contracts import topics
+from baseroll.contracts import events as E
+from baseroll.contracts import ledger, topics
 from baseroll.contracts.messages import Result, Rollout, Step, Task
 from baseroll.contracts.records import RolloutRecord
 from baseroll.contracts.requests import parse_filter
@@ -31,7 +34,16 @@ from baseroll.images.refs import ImageRef, parse
 from baseroll.images.registry import RegistryError
 from baseroll.images.registry.transport import RETRYABLE
 from baseroll.rollout import bus as bus_mod
-from baseroll.rollout import lease, pacing, policy, stored_plan, waves
+from baseroll.rollout import (
+    events,
+    holds,
+    lease,
+    pacing,
+    policy,
+    stored_plan,
+    waves,
+    windows,
+)
 from baseroll.rollout import pipeline as engine
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.pipeline import current_digest
@@ -39,6 +51,7 @@ from baseroll.rollout.waveplan import Header, Member
 
 SETTLE_GRACE_S = 60.0
 TARGETED_POLL_MAX = 64  # members read one by one per poll (those no result will tell about, or overdue)
+MAX_WINDOW_WAITS = 100  # windows a step waits for to open in one invocation (its budget bounds it first)
 RESULT_LAG_S = 5.0  # a result may be stamped this long before it can be read: each query reaches back so far
 
 
@@ -97,7 +110,9 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
     current = current_digest(deps.registry, ro)
     if current != ro.base_digest:
         log.notice("rollout.superseded", rollout_id=ro.rollout_id, base_digest=ro.base_digest, now=current)
-        lease.finish(deps, rec, step, None, status="superseded", reason=f"{track_image} moved to {current}")
+        if lease.finish(deps, rec, step, None, status="superseded", reason=f"{track_image} moved to {current}"):
+            events.publish(deps.bus, E.superseded(ro, at=deps.clock.now(), seq=step.seq, wave=step.wave,
+                                                  now_digest=current))
         return
     request = RollRequest(ro.kind, track_image, ro.base_digest, "step", delivery)  # type: ignore[arg-type]
     run = _Run(deps, rec, ro, request, track_image.at(ro.base_digest), parse_filter(dict(ro.scope)).matches,
@@ -105,11 +120,14 @@ def _run_step(deps: Deps, rec: RolloutRecord, step: Step, delivery: str) -> None
     header, wave = _wave_of(run, step)
     step = dataclasses.replace(step, plan=header.seq)  # every step after this one walks the same plan
     if step.wave >= len(header.sizes):
-        log.notice("rollout.finished", rollout_id=ro.rollout_id, waves=rec.waves)
-        lease.finish(deps, rec, step, None, status="finished", wave=step.wave)
+        _finish(run, step, rec.waves)
+        return
+    if step.cursor == 0 and not step.released_at and holds.held_for_approval(deps, rec, step, header):
         return
     if step.cursor < len(wave):
-        cursor = _release(run, step, wave)
+        cursor = _release_wave(run, step, wave)
+        if cursor is None:  # parked until a maintenance window opens, or halted
+            return
         if cursor < len(wave):  # out of time: continue in a fresh invocation
             lease.finish(deps, rec, step, dataclasses.replace(step, cursor=cursor, released_at=None, seq=step.seq + 1))
             return
@@ -146,27 +164,93 @@ def _settled(run: _Run, step: Step, wave: list[Member], status: waves.WaveStatus
     log.notice("wave.settled", rollout_id=ro.rollout_id, **counts, failed_services=status.failed[:50])
     wave_log = [w for w in rec.waves if w.get("wave") != step.wave] + [counts]
     failures = max(0, len(status.failed) - step.halted_failures)
+    settled = E.wave_settled(ro, at=deps.clock.now(), seq=step.seq, counts=counts)
     if deps.config.rollout.failure_budget.exceeded(failures, len(wave)):
         reason = f"wave {step.wave}: {len(status.failed)} of {len(wave)} failed, over the failure budget"
         log.error("rollout.halted", rollout_id=ro.rollout_id, reason=reason, failed_services=status.failed[:50],
                   untouched_waves=wave_count - step.wave - 1)
-        lease.finish(deps, rec, step, None, status="halted", reason=reason, waves=wave_log, wave=step.wave)
+        if lease.finish(deps, rec, step, None, status="halted", reason=reason, waves=wave_log, wave=step.wave):
+            events.publish(deps.bus, settled, E.halted(ro, at=deps.clock.now(), seq=step.seq, wave=step.wave,
+                                                       reason=reason, failures=_failure_reasons(run, step, wave,
+                                                                                                status.failed)))
         return
     if step.wave + 1 >= wave_count:
-        log.notice("rollout.finished", rollout_id=ro.rollout_id, waves=wave_log)
-        lease.finish(deps, rec, step, None, status="finished", waves=wave_log, wave=step.wave)
+        _finish(run, step, wave_log, settled)
         return
     nxt = Step(ro, step.wave + 1, 0, None, step.seq + 1, plan=step.plan)
-    lease.finish(deps, rec, step, nxt, waves=wave_log, wave=step.wave + 1)
+    if lease.finish(deps, rec, step, nxt, waves=wave_log, wave=step.wave + 1):
+        events.publish(deps.bus, settled)
 
 
-def _release(run: _Run, step: Step, wave: list[Member]) -> int:
-    """Publish tasks for wave[step.cursor:] at the write quota; return the new cursor."""
+def _finish(run: _Run, step: Step, wave_log: list[dict], *before: E.RolloutEvent) -> None:
+    """The last wave is over: the rollout finished (reported after `before`, the last wave's settling)."""
+    log.notice("rollout.finished", rollout_id=run.ro.rollout_id, waves=wave_log)
+    if lease.finish(run.deps, run.rec, step, None, status="finished", waves=wave_log, wave=step.wave):
+        events.publish(run.deps.bus, *before, E.finished(run.ro, at=run.deps.clock.now(), seq=step.seq,
+                                                         waves=wave_log))
+
+
+def _failure_reasons(run: _Run, step: Step, wave: list[Member], failed: list[str]) -> dict[str, str]:
+    """Why each of the first failing members failed, for a `halted` event: its task's result, else
+    why it was refused, else the ledger's reason on the service itself."""
+    names = set(failed[:E.MAX_SERVICES])
+    # One document per member and wave, so each holds its latest result (docs/STORE.md#task-results).
+    reasons = {str(d.get("service")): str(d.get("reason", "")) for d in
+               run.deps.records.results(run.ro.rollout_id, step.wave, 0.0) if d.get("service") in names}
+    refused = {m.service: m.refused for m in wave if m.service in names and m.refused}
+    out = {}
+    for name in sorted(names):
+        why = reasons.get(name) or refused.get(name)
+        if not why:
+            svc = _read_each(run.deps.fleet, [name])[name]
+            why = (svc.annotations.get(ledger.REASON) if svc is not None else "") or "no result in time"
+        out[name] = why
+    return out
+
+
+def _release_wave(run: _Run, step: Step, wave: list[Member]) -> int | None:
+    """Release wave[step.cursor:]; a member whose maintenance window is closed is held while the
+    members behind it go, and the step waits for its window when it opens within this invocation.
+    The cursor reached (len(wave): all released), or None when the rollout was parked until a window
+    opens (or halted: none opens)."""
+    sent: set[str] = set()  # released by this invocation: never sent twice by it
+    waited: set[str] = set()
+    cursor = step.cursor
+    for _ in range(MAX_WINDOW_WAITS):
+        out = _release(run, dataclasses.replace(step, cursor=cursor), wave, sent)
+        cursor = out.cursor
+        waited.update(m.service for m in out.held)
+        if not out.held or out.out_of_time:
+            break
+        if not holds.wait_for_window(run.deps, run.rec, step, run.hold, run.deadline, out.held):
+            return None
+    if cursor >= len(wave):
+        events.publish(run.deps.bus, E.wave_released(run.ro, at=run.deps.clock.now(), seq=step.seq, wave=step.wave,
+                                                     size=len(wave), held=len(waited)))
+    return cursor
+
+
+@dataclass(frozen=True)
+class _Released:
+    cursor: int  # past the prefix of the wave that is entirely released
+    held: list[Member]  # waiting for their maintenance window
+    out_of_time: bool  # stopped before every open member was released
+
+
+def _release(run: _Run, step: Step, wave: list[Member], sent: set[str]) -> _Released:
+    """Publish tasks for the members of wave[step.cursor:] not in `sent` (adding them) at the write
+    quota, except those whose maintenance window is closed now."""
     deps, cfg, clock = run.deps, run.deps.config, run.deps.clock
-    timed = pacing.schedule(wave[step.cursor:], lambda m: (m.service.split("/")[1], m.service.split("/")[3]),
+    rules = cfg.rollout.windows
+    todo = [m for m in wave[step.cursor:] if m.service not in sent]
+    held = [m for m in todo if not _window_open(rules, m, clock.now())]
+    closed = {m.service for m in held}
+    timed = pacing.schedule([m for m in todo if m.service not in closed],
+                            lambda m: (m.service.split("/")[1], m.service.split("/")[3]),
                             lambda loc: cfg.rollout.quota_for(loc[1]), start=clock.monotonic(),
                             burst=cfg.rollout.concurrency)
-    released: set[str] = set()
+    released = sent
+    out_of_time = False
     batch: list[Task] = []
 
     def flush() -> None:
@@ -177,11 +261,15 @@ def _release(run: _Run, step: Step, wave: list[Member]) -> int:
 
     for at, member in timed:
         if at > run.deadline - cfg.rollout.poll_interval_s:
+            out_of_time = True
             break
         if at > clock.monotonic():
             flush()
             run.hold.renew()
             clock.sleep(max(0.0, at - clock.monotonic()))
+        if not _window_open(rules, member, clock.now()):  # closed while it waited for its turn
+            held.append(member)
+            continue
         problem = member.refused or (_signature_problem(run, member) if member.sendable else None)
         if not member.sendable or problem:
             if problem:
@@ -196,8 +284,13 @@ def _release(run: _Run, step: Step, wave: list[Member]) -> int:
     while cursor < len(wave) and wave[cursor].service in released:
         cursor += 1
     log.info("wave.released", rollout_id=run.ro.rollout_id, wave=step.wave, released=len(released),
-             cursor=cursor, size=len(wave))
-    return cursor
+             cursor=cursor, size=len(wave), held=len(held))
+    return _Released(cursor, held, out_of_time)
+
+
+def _window_open(rules: tuple, member: Member, now: float) -> bool:
+    """May `member` be written now (`rollout.windows`; no rules: always)."""
+    return not rules or windows.is_open(rules, windows.place(member.service, member.labels), windows.at(now))
 
 
 def _signature_problem(run: _Run, member: Member) -> str | None:

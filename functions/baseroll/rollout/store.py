@@ -64,6 +64,11 @@ class RecordStore(WaveStore, Protocol):
         `mutate` propagates, and nothing is written."""
         ...
 
+    def parked(self, until: float, limit: int = 100) -> list[str]:
+        """Ids of at most `limit` rollouts parked until a maintenance window opens (`resume_at`)
+        at or before `until` (epoch seconds): the sweep runs them on (docs/STORE.md#parked-rollouts)."""
+        ...
+
 
 class LineageStore(Protocol):
     """Per base track, every digest its tag has been seen pointing to: what makes an old image a

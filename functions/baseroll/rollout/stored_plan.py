@@ -11,32 +11,35 @@ from typing import Callable
 from baseroll import log
 from baseroll.images.refs import ImageRef
 from baseroll.rollout import pipeline as engine
-from baseroll.rollout import waveplan, waves
+from baseroll.rollout import waveplan, waves, windows
 from baseroll.rollout.deps import Deps
 from baseroll.rollout.plan import Plan, RebaseJob, members
 from baseroll.rollout.waveplan import Header, Member
 
 
 def make(deps: Deps, plan: Plan, rollout_id: str, seq: int, new_base: ImageRef, *,
-         first_stored: Callable[[], None] | None = None) -> tuple[Header, list[list[Member]]]:
+         first_stored: Callable[[Header], None] | None = None) -> tuple[Header, list[list[Member]]]:
     """Assign the waves of `plan`, rebase each wave's images and store the plan as `seq`, wave by
     wave; `first_stored` runs as soon as the first wave is stored (so it can be released while the
     later ones are rebased and stored)."""
     cfg = deps.config
     fleet_now = [sp.service for sp in plan.services]
     assigned = waves.assign(members(plan, fleet_now, rollout_id), cfg.rollout.waves, cohort_label=cfg.labels.cohort)
-    header = Header(seq, deps.clock.now(), tuple(len(w) for w in assigned))
+    first = set(assigned[0]) if assigned else set()
+    canary = any(s.labels.get(cfg.labels.cohort) == "canary" for s in fleet_now if s.name in first)
+    header = Header(seq, deps.clock.now(), tuple(len(w) for w in assigned), canary)
+    keys = windows.label_keys(cfg.rollout.windows)
     deps.records.put_plan(rollout_id, seq, header.to_json())
     rebased: dict[RebaseJob, ImageRef | str] = {}
     out = []
     for index, wave in enumerate(assigned):
         missing = [job for job in waveplan.jobs_of(plan, wave) if job not in rebased]
         rebased.update(engine.rebase_jobs_for(missing, new_base, deps.rebase))
-        entries = waveplan.members_of(plan, wave, rollout_id, rebased)
+        entries = waveplan.members_of(plan, wave, rollout_id, rebased, keys)
         deps.records.put_wave(rollout_id, seq, index, list(waveplan.chunked(entries)))
         out.append(entries)
         if index == 0 and first_stored is not None:
-            first_stored()
+            first_stored(header)
     log.info("plan.stored", rollout_id=rollout_id, plan=seq, waves=list(header.sizes), rebased=len(rebased))
     return header, out
 

@@ -34,6 +34,7 @@ class Member:
     apps: Mapping[str, str] = field(default_factory=dict)  # rebased container index -> the app image it came from
     refused: str = ""
     verdict: str = ""  # done | failed | skipped | pending, for a member not to roll
+    labels: Mapping[str, str] = field(default_factory=dict)  # only those maintenance windows match on
 
     @property
     def sendable(self) -> bool:
@@ -41,7 +42,7 @@ class Member:
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"service": self.service}
-        for key in ("expected", "targets", "base_uris", "apps", "refused", "verdict"):
+        for key in ("expected", "targets", "base_uris", "apps", "refused", "verdict", "labels"):
             value = getattr(self, key)
             if value:
                 doc[key] = list(value) if key == "expected" else value
@@ -51,7 +52,7 @@ class Member:
     def from_json(cls, doc: Mapping[str, Any]) -> "Member":
         return cls(str(doc["service"]), tuple(doc.get("expected", ())), dict(doc.get("targets", {})),
                    dict(doc.get("base_uris", {})), dict(doc.get("apps", {})), str(doc.get("refused", "")),
-                   str(doc.get("verdict", "")))
+                   str(doc.get("verdict", "")), dict(doc.get("labels", {})))
 
 
 @dataclass(frozen=True)
@@ -61,34 +62,39 @@ class Header:
     seq: int  # the step seq the plan was made for (a Step names it in `plan`)
     planned_at: float  # epoch seconds: results recorded before it belong to an earlier plan
     sizes: tuple[int, ...]
+    canary: bool = False  # wave 0 is the canary cohort (not just the first fraction of the fleet)
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "planned_at": self.planned_at, "sizes": list(self.sizes)}
+        return {"seq": self.seq, "planned_at": self.planned_at, "sizes": list(self.sizes), "canary": self.canary}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "Header":
-        return cls(int(doc["seq"]), float(doc["planned_at"]), tuple(int(n) for n in doc["sizes"]))
+        return cls(int(doc["seq"]), float(doc["planned_at"]), tuple(int(n) for n in doc["sizes"]),
+                   bool(doc.get("canary", False)))
 
 
-def members_of(plan: Plan, wave: Sequence[str], rollout_id: str,
-               rebased: Mapping[RebaseJob, ImageRef | str]) -> list[Member]:
-    """The wave's entries from a fresh plan (rebase results for its jobs in `rebased`)."""
+def members_of(plan: Plan, wave: Sequence[str], rollout_id: str, rebased: Mapping[RebaseJob, ImageRef | str],
+               label_keys: Iterable[str] = ()) -> list[Member]:
+    """The wave's entries from a fresh plan (rebase results for its jobs in `rebased`); each keeps
+    its labels named in `label_keys` (those maintenance windows match on)."""
     by_name = {sp.service.name: sp for sp in plan.services}
+    keys = set(label_keys)
     out = []
     for name in wave:
         sp = by_name[name]
+        labels = {k: v for k, v in sp.service.labels.items() if k in keys}
         if sp.action != "roll":
-            out.append(Member(name, sp.service.images,
+            out.append(Member(name, sp.service.images, labels=labels,
                               verdict=judge(sp.service, (), rollout_id, deadline_passed=False)))
             continue
         targets = engine.targets_for(sp, rebased)
         if isinstance(targets, str):
-            out.append(Member(name, sp.service.images, refused=targets))
+            out.append(Member(name, sp.service.images, refused=targets, labels=labels))
             continue
         images, uris = targets
         apps = {str(i): str(c.job.app) for i, c in sp.containers.items() if c.job is not None}
         out.append(Member(name, sp.service.images, {str(i): v for i, v in images.items()},
-                          {str(i): v for i, v in uris.items()}, apps))
+                          {str(i): v for i, v in uris.items()}, apps, labels=labels))
     return out
 
 
