@@ -12,8 +12,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
@@ -83,6 +83,12 @@ class PortReservations:
     def release(self, port: int) -> None:
         with self._lock:
             self._held.pop(port, None)
+
+    def held(self) -> set[int]:
+        """The ports reserved now."""
+        now = time.monotonic()
+        with self._lock:
+            return {p for p, until in self._held.items() if until > now}
 
 
 

@@ -143,7 +143,7 @@ class RevisionRunner:
                 return failure
             log.warning("cloudrun stand-in: %s could not bind its port; starting it on another", key)
             with open(log_path, "a") as out:
-                out.write("cloudrun stand-in: the port was taken by another process; starting again on another\n")
+                out.write("cloudrun stand-in: the port was taken by another process; starting again on another port\n")
         return self._run(key, bundle, spec, log_path)
 
     def _run(self, key: str, bundle: Bundle, spec: LaunchSpec, log_path: Path) -> DeployFailure | None:
