@@ -19,6 +19,7 @@ from werkzeug.wrappers import Request, Response
 
 from .common import MAX_BODY_BYTES, SERVICE_OUTPUT_ONLY, ApiError, to_json
 from .faults import ApiCall
+from .workloads_rest import workload_routes
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,12 @@ def _arg_page_size(request: Request) -> int:
         raise ApiError(400, "pageSize must be an integer.") from None
 
 
-def _body_service(request: Request) -> run_v2.Service:
+def _body(request: Request, cls: Any = run_v2.Service) -> Any:
+    """The body as `cls` (a service, job, worker pool or whole request), from the client's proto3 JSON."""
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise ApiError(400, "Request body is too large.")
     try:
-        return run_v2.Service.from_json(request.get_data(as_text=True) or "{}", ignore_unknown_fields=True)
+        return cls.from_json(request.get_data(as_text=True) or "{}", ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError) as e:
         raise ApiError(400, f"Invalid JSON payload received. {e}") from None
 
@@ -77,7 +79,8 @@ def valid_mask(paths: list[str], shown: str) -> list[str]:
 
 
 class RestFront:
-    """Routes `/v2/...` to the typed state of `CloudRunStandin`, and `/_standin/...` to its admin calls."""
+    """Routes `/v2/...` to the typed state of `CloudRunStandin` (services here; jobs, executions and
+    worker pools in `workloads_rest`), and `/_standin/...` to its admin calls."""
 
     _routes: list[Route]
     _serve: Callable[..., Any]
@@ -95,6 +98,7 @@ class RestFront:
             ("GET", rf"{svc}/revisions", self._list_revisions, False),
             ("GET", rf"{svc}/revisions/{seg}", self._get_revision, False),
             ("GET", rf"{loc}/operations/{seg}", self._get_operation, False),
+            *workload_routes(self, loc, seg, _body, _arg_bool, _arg_page_size),
         ]
         return [Route(m, re.compile(p + "$"), h, w, h.__name__.lstrip("_")) for m, p, h, w in table]
 
@@ -136,12 +140,12 @@ class RestFront:
 
     def _create_service(self, request: Request, project: str, location: str) -> tuple[int, str]:
         sid = request.args.get("serviceId", "")
-        body = _body_service(request)
+        body = _body(request)
         op = self.create_service_op(project, location, sid, body, _arg_bool(request, "validateOnly"))
         return 200, to_json(op)
 
     def _update_service(self, request: Request, project: str, location: str, sid: str) -> tuple[int, str]:
-        body = _body_service(request)
+        body = _body(request)
         name = f"projects/{project}/locations/{location}/services/{sid}"
         if body.name and body.name != name:
             raise ApiError(400, f"service.name '{body.name}' does not match the request path.")

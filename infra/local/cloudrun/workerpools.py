@@ -17,6 +17,7 @@ from typing import Callable
 
 from google.cloud import run_v2
 from google.longrunning import operations_pb2
+from google.protobuf import field_mask_pb2
 from google.rpc import status_pb2
 
 from .common import (
@@ -49,6 +50,15 @@ POOL_OUTPUT_ONLY = frozenset({
     "latest_created_revision", "instance_split_statuses", "satisfies_pzs", "reconciling", "etag",
 })
 POOL_MUTABLE = tuple(f for f in run_v2.WorkerPool.meta.fields if f not in POOL_OUTPUT_ONLY)
+
+
+def pool_mask(paths: list[str]) -> list[str] | None:
+    """An update mask's paths, as for services: an invalid path is refused, output-only ones are ignored."""
+    if not paths:
+        return None
+    if not field_mask_pb2.FieldMask(paths=paths).IsValidForDescriptor(run_v2.WorkerPool.pb().DESCRIPTOR):
+        raise ApiError(400, f"Invalid update_mask: {','.join(paths)}")
+    return [p for p in paths if p.split(".")[0] not in POOL_OUTPUT_ONLY]
 
 
 @dataclass

@@ -8,11 +8,9 @@ from typing import Any, Callable
 
 import grpc
 from google.cloud import run_v2
-from google.protobuf import field_mask_pb2
 
-from .common import ApiError
 from .grpc_front import PARENT, GrpcFront, _ids
-from .workerpools import POOL_OUTPUT_ONLY
+from .workerpools import pool_mask
 
 _SEG = r"([^/:]+)"
 JOB = re.compile(rf"projects/{_SEG}/locations/{_SEG}/jobs/{_SEG}")
@@ -20,15 +18,6 @@ EXECUTION = re.compile(rf"projects/{_SEG}/locations/{_SEG}/jobs/{_SEG}/execution
 WORKER_POOL = re.compile(rf"projects/{_SEG}/locations/{_SEG}/workerPools/{_SEG}")
 
 Call = Callable[[Any], tuple[tuple[str, ...], Callable[[], Any]]]
-
-
-def _pool_mask(paths: list[str]) -> list[str] | None:
-    """As for services: an invalid path is refused, output-only ones are ignored."""
-    if not paths:
-        return None
-    if not field_mask_pb2.FieldMask(paths=paths).IsValidForDescriptor(run_v2.WorkerPool.pb().DESCRIPTOR):
-        raise ApiError(400, f"Invalid update_mask: {','.join(paths)}")
-    return [p for p in paths if p.split(".")[0] not in POOL_OUTPUT_ONLY]
 
 
 def job_handlers(front: GrpcFront) -> tuple[grpc.GenericRpcHandler, ...]:
@@ -72,7 +61,7 @@ def job_handlers(front: GrpcFront) -> tuple[grpc.GenericRpcHandler, ...]:
             PARENT, "parent", lambda r, ids: s.worker_pools_page(*ids, r.page_size, r.page_token))),
         "UpdateWorkerPool": front._unary("PATCH", "update_worker_pool", True, run_v2.UpdateWorkerPoolRequest, by(
             WORKER_POOL, "worker_pool.name", lambda r, ids: s.update_worker_pool_op(
-                *ids, r.worker_pool, _pool_mask(list(r.update_mask.paths)), validate_only=r.validate_only,
+                *ids, r.worker_pool, pool_mask(list(r.update_mask.paths)), validate_only=r.validate_only,
                 allow_missing=r.allow_missing, force_new_revision=r.force_new_revision))),
         "DeleteWorkerPool": front._unary("DELETE", "delete_worker_pool", True, run_v2.DeleteWorkerPoolRequest, by(
             WORKER_POOL, "name", lambda r, ids: s.delete_worker_pool_op(*ids, r.etag, r.validate_only))),
