@@ -19,7 +19,6 @@ from werkzeug.wrappers import Request, Response
 
 from .common import MAX_BODY_BYTES, SERVICE_OUTPUT_ONLY, ApiError, to_json
 from .faults import ApiCall
-from .workloads_rest import workload_routes
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,7 @@ class RestFront:
 
     _routes: list[Route]
     _serve: Callable[..., Any]
+    _workload_routes: Callable[[str, str], list[tuple[str, str, Callable[..., tuple[int, str]], bool]]]
 
     def _build_routes(self) -> list[Route]:
         seg = r"([^/:]+)"
@@ -98,7 +98,7 @@ class RestFront:
             ("GET", rf"{svc}/revisions", self._list_revisions, False),
             ("GET", rf"{svc}/revisions/{seg}", self._get_revision, False),
             ("GET", rf"{loc}/operations/{seg}", self._get_operation, False),
-            *workload_routes(self, loc, seg, _body, _arg_bool, _arg_page_size),
+            *self._workload_routes(loc, seg),
         ]
         return [Route(m, re.compile(p + "$"), h, w, h.__name__.lstrip("_")) for m, p, h, w in table]
 

@@ -52,11 +52,13 @@ from .services import ServicesMixin
 from .serving import ThreadedWsgi
 from .workerpools import WorkerPoolsMixin
 from .workloads_grpc import job_handlers
+from .workloads_rest import WorkloadsRest
 
 log = logging.getLogger("baseroll.standin.cloudrun")
 
 
-class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsMixin, WorkerPoolsMixin):
+class CloudRunStandin(RestFront, WorkloadsRest, ServicesMixin, DeploysMixin, FaultsMixin, JobsMixin,
+                      WorkerPoolsMixin):
     """Cloud Run Admin API v2 on loopback: REST on `url`, gRPC on `grpc_target`; `start()`/`stop()` or use
     as a context manager."""
 

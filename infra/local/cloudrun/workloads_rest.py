@@ -1,6 +1,7 @@
-"""The REST routes of Jobs, Executions and WorkerPools (google.cloud.run.v2), for `run_v2` clients built
-with `transport="rest"`: the paths, verbs and bodies of the clients' own `rest_base.py` http options,
-served from the same typed state as `workloads_grpc` (docs/GOOGLE_APIS.md#jobs-and-worker-pools)."""
+"""The REST methods of Jobs, Executions and WorkerPools (google.cloud.run.v2), for `run_v2` clients built
+with `transport="rest"`: the paths, verbs and bodies of the clients' own `transports/rest_base.py`, served
+from the same typed state as `workloads_grpc` (docs/GOOGLE_APIS.md#jobs-and-worker-pools). `RestFront`
+routes to them; each handler's name (without `_`) is the method name the statistics count."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -10,85 +11,99 @@ from google.protobuf import field_mask_pb2
 from werkzeug.wrappers import Request
 
 from .common import to_json
+from .rest import _arg_bool, _arg_page_size, _body
 from .workerpools import pool_mask
 
-Handler = Callable[..., tuple[int, str]]
-BodyOf = Callable[[Request, Any], Any]
-ArgBool = Callable[[Request, str], bool]
-ArgPageSize = Callable[[Request], int]
+Reply = tuple[int, str]
 
 
-def workload_routes(s: Any, loc: str, seg: str, body_of: BodyOf, arg_bool: ArgBool,
-                    page_size: ArgPageSize) -> list[tuple[str, str, Handler, bool]]:
-    """(verb, path pattern, handler, is a write) for each method; `loc` matches `/v2/projects/P/locations/L`."""
-    job, pool = rf"{loc}/jobs/{seg}", rf"{loc}/workerPools/{seg}"
+def _page(request: Request) -> tuple[int, str]:
+    return _arg_page_size(request), request.args.get("pageToken", "")
 
-    def page(request: Request) -> tuple[int, str]:
-        return page_size(request), request.args.get("pageToken", "")
 
-    def create_job(request: Request, project: str, location: str) -> tuple[int, str]:
-        return 200, to_json(s.create_job_op(project, location, request.args.get("jobId", ""),
-                                            body_of(request, run_v2.Job), arg_bool(request, "validateOnly")))
+class WorkloadsRest:
+    """A mixin of `CloudRunStandin`: the handlers over its JobsMixin and WorkerPoolsMixin state."""
 
-    def get_job(request: Request, *ids: str) -> tuple[int, str]:
-        return 200, to_json(s.job_snapshot(*ids))
+    create_job_op: Callable[..., Any]
+    job_snapshot: Callable[..., Any]
+    jobs_page: Callable[..., Any]
+    update_job_op: Callable[..., Any]
+    delete_job_op: Callable[..., Any]
+    run_job_op: Callable[..., Any]
+    execution_snapshot: Callable[..., Any]
+    executions_page: Callable[..., Any]
+    create_worker_pool_op: Callable[..., Any]
+    worker_pool_snapshot: Callable[..., Any]
+    worker_pools_page: Callable[..., Any]
+    update_worker_pool_op: Callable[..., Any]
+    delete_worker_pool_op: Callable[..., Any]
 
-    def list_jobs(request: Request, *ids: str) -> tuple[int, str]:
-        return 200, to_json(s.jobs_page(*ids, *page(request)))
+    def _workload_routes(self, loc: str, seg: str) -> list[tuple[str, str, Callable[..., Reply], bool]]:
+        """(verb, path pattern, handler, is a write); `loc` matches `/v2/projects/P/locations/L`."""
+        job, pool = rf"{loc}/jobs/{seg}", rf"{loc}/workerPools/{seg}"
+        return [
+            ("POST", rf"{loc}/jobs", self._create_job, True),
+            ("GET", rf"{loc}/jobs", self._list_jobs, False),
+            ("GET", job, self._get_job, False),
+            ("PATCH", job, self._update_job, True),
+            ("DELETE", job, self._delete_job, True),
+            ("POST", rf"{job}:run", self._run_job, True),
+            ("GET", rf"{job}/executions", self._list_executions, False),
+            ("GET", rf"{job}/executions/{seg}", self._get_execution, False),
+            ("POST", rf"{loc}/workerPools", self._create_worker_pool, True),
+            ("GET", rf"{loc}/workerPools", self._list_worker_pools, False),
+            ("GET", pool, self._get_worker_pool, False),
+            ("PATCH", pool, self._update_worker_pool, True),
+            ("DELETE", pool, self._delete_worker_pool, True),
+        ]
 
-    def update_job(request: Request, *ids: str) -> tuple[int, str]:
-        return 200, to_json(s.update_job_op(*ids, body_of(request, run_v2.Job),
-                                            validate_only=arg_bool(request, "validateOnly"),
-                                            allow_missing=arg_bool(request, "allowMissing")))
+    def _create_job(self, request: Request, project: str, location: str) -> Reply:
+        return 200, to_json(self.create_job_op(project, location, request.args.get("jobId", ""),
+                                               _body(request, run_v2.Job), _arg_bool(request, "validateOnly")))
 
-    def delete_job(request: Request, *ids: str) -> tuple[int, str]:
-        return 200, to_json(s.delete_job_op(*ids, request.args.get("etag", ""), arg_bool(request, "validateOnly")))
+    def _get_job(self, request: Request, *ids: str) -> Reply:
+        return 200, to_json(self.job_snapshot(*ids))
 
-    def run_job(request: Request, *ids: str) -> tuple[int, str]:
-        body = body_of(request, run_v2.RunJobRequest)  # the whole request is the body ("*")
-        return 200, to_json(s.run_job_op(*ids, body.etag, body.validate_only))
+    def _list_jobs(self, request: Request, *ids: str) -> Reply:
+        return 200, to_json(self.jobs_page(*ids, *_page(request)))
 
-    def get_execution(request: Request, *ids: str) -> tuple[int, str]:
-        return 200, to_json(s.execution_snapshot(*ids))
+    def _update_job(self, request: Request, *ids: str) -> Reply:
+        return 200, to_json(self.update_job_op(*ids, _body(request, run_v2.Job),
+                                               validate_only=_arg_bool(request, "validateOnly"),
+                                               allow_missing=_arg_bool(request, "allowMissing")))
 
-    def list_executions(request: Request, *ids: str) -> tuple[int, str]:
-        return 200, to_json(s.executions_page(*ids, *page(request)))
+    def _delete_job(self, request: Request, *ids: str) -> Reply:
+        return 200, to_json(self.delete_job_op(*ids, request.args.get("etag", ""), _arg_bool(request, "validateOnly")))
 
-    def create_worker_pool(request: Request, project: str, location: str) -> tuple[int, str]:
-        return 200, to_json(s.create_worker_pool_op(project, location, request.args.get("workerPoolId", ""),
-                                                    body_of(request, run_v2.WorkerPool),
-                                                    arg_bool(request, "validateOnly")))
+    def _run_job(self, request: Request, *ids: str) -> Reply:
+        body = _body(request, run_v2.RunJobRequest)  # the whole request is the body ("*")
+        return 200, to_json(self.run_job_op(*ids, body.etag, body.validate_only))
 
-    def get_worker_pool(request: Request, *ids: str) -> tuple[int, str]:
-        return 200, to_json(s.worker_pool_snapshot(*ids))
+    def _get_execution(self, request: Request, *ids: str) -> Reply:
+        return 200, to_json(self.execution_snapshot(*ids))
 
-    def list_worker_pools(request: Request, *ids: str) -> tuple[int, str]:
-        return 200, to_json(s.worker_pools_page(*ids, *page(request)))
+    def _list_executions(self, request: Request, *ids: str) -> Reply:
+        return 200, to_json(self.executions_page(*ids, *_page(request)))
 
-    def update_worker_pool(request: Request, *ids: str) -> tuple[int, str]:
+    def _create_worker_pool(self, request: Request, project: str, location: str) -> Reply:
+        return 200, to_json(self.create_worker_pool_op(project, location, request.args.get("workerPoolId", ""),
+                                                       _body(request, run_v2.WorkerPool),
+                                                       _arg_bool(request, "validateOnly")))
+
+    def _get_worker_pool(self, request: Request, *ids: str) -> Reply:
+        return 200, to_json(self.worker_pool_snapshot(*ids))
+
+    def _list_worker_pools(self, request: Request, *ids: str) -> Reply:
+        return 200, to_json(self.worker_pools_page(*ids, *_page(request)))
+
+    def _update_worker_pool(self, request: Request, *ids: str) -> Reply:
         mask = field_mask_pb2.FieldMask()
         mask.FromJsonString(request.args.get("updateMask", ""))  # camelCase on the wire -> snake_case paths
-        return 200, to_json(s.update_worker_pool_op(
-            *ids, body_of(request, run_v2.WorkerPool), pool_mask(list(mask.paths)),
-            validate_only=arg_bool(request, "validateOnly"), allow_missing=arg_bool(request, "allowMissing"),
-            force_new_revision=arg_bool(request, "forceNewRevision")))
+        return 200, to_json(self.update_worker_pool_op(
+            *ids, _body(request, run_v2.WorkerPool), pool_mask(list(mask.paths)),
+            validate_only=_arg_bool(request, "validateOnly"), allow_missing=_arg_bool(request, "allowMissing"),
+            force_new_revision=_arg_bool(request, "forceNewRevision")))
 
-    def delete_worker_pool(request: Request, *ids: str) -> tuple[int, str]:
-        return 200, to_json(s.delete_worker_pool_op(*ids, request.args.get("etag", ""),
-                                                    arg_bool(request, "validateOnly")))
-
-    return [
-        ("POST", rf"{loc}/jobs", create_job, True),
-        ("GET", rf"{loc}/jobs", list_jobs, False),
-        ("GET", job, get_job, False),
-        ("PATCH", job, update_job, True),
-        ("DELETE", job, delete_job, True),
-        ("POST", rf"{job}:run", run_job, True),
-        ("GET", rf"{job}/executions", list_executions, False),
-        ("GET", rf"{job}/executions/{seg}", get_execution, False),
-        ("POST", rf"{loc}/workerPools", create_worker_pool, True),
-        ("GET", rf"{loc}/workerPools", list_worker_pools, False),
-        ("GET", pool, get_worker_pool, False),
-        ("PATCH", pool, update_worker_pool, True),
-        ("DELETE", pool, delete_worker_pool, True),
-    ]
+    def _delete_worker_pool(self, request: Request, *ids: str) -> Reply:
+        return 200, to_json(self.delete_worker_pool_op(*ids, request.args.get("etag", ""),
+                                                       _arg_bool(request, "validateOnly")))
