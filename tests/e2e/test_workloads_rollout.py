@@ -21,7 +21,9 @@ from click.testing import CliRunner
 from google.cloud import run_v2
 from google.cloud.run_v2.services.executions.transports import ExecutionsGrpcTransport
 from google.cloud.run_v2.services.jobs.transports import JobsGrpcTransport
-from google.cloud.run_v2.services.worker_pools.transports import WorkerPoolsGrpcTransport
+from google.cloud.run_v2.services.worker_pools.transports import (
+    WorkerPoolsGrpcTransport,
+)
 
 from infra.local import scenario, seed
 from infra.local.stack import LocalStack

@@ -17,18 +17,16 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
 from infra.local.cloudrun_standin import CloudRunStandin
+from tests.integration.test_cloudrun_jobs import PARENT, _job
 from tests.integration.test_cloudrun_standin import (  # noqa: F401  (module-scoped fixtures)
     FAST_POLL,
     OP_TIMEOUT,
-    PROJECT,
-    REGION,
     Images,
     images,
     registry,
     standin,
 )
 
-PARENT = f"projects/{PROJECT}/locations/{REGION}"
 BASE = "sha256:" + "b" * 64
 RID = ledger.rollout_id("python", BASE)
 
@@ -41,12 +39,6 @@ def _rest(cls: type, standin: CloudRunStandin):
 def clean(standin: CloudRunStandin):
     yield
     standin.clear_faults()
-
-
-def _job(jobs: run_v2.JobsClient, jid: str, image: str, labels: dict[str, str] | None = None) -> run_v2.Job:
-    body = run_v2.Job(labels=labels or {}, template=run_v2.ExecutionTemplate(
-        template=run_v2.TaskTemplate(containers=[run_v2.Container(image=image)])))
-    return jobs.create_job(parent=PARENT, job_id=jid, job=body).result(timeout=OP_TIMEOUT, polling=FAST_POLL)
 
 
 def test_a_job_over_rest_is_updated_without_running_then_run_once(standin: CloudRunStandin, images: Images) -> None:
