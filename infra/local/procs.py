@@ -62,11 +62,11 @@ class PortReservations:
     a port stays reserved until `release`d, or for `lease_s` when the holder binds it soon and never says so
     (`free_port`). A candidate must also be bindable now, which skips ports other processes hold."""
 
-    def __init__(self, ports: range, *, seed: int | None = None) -> None:
+    def __init__(self, ports: range) -> None:
         self.ports = ports
         self._held: dict[int, float] = {}  # port -> monotonic expiry (inf: until released)
         self._lock = threading.Lock()
-        self._rng = random.Random(seed)
+        self._rng = random.Random()  # seeded from the OS: other processes draw from the same range
 
     def reserve(self, *, lease_s: float = math.inf, attempts: int = 200) -> int:
         for _ in range(attempts):
@@ -78,7 +78,8 @@ class PortReservations:
                     continue
                 self._held[port] = now + lease_s
                 return port
-        raise OSError(errno.EADDRINUSE, f"no free port in {self.ports.start}-{self.ports.stop - 1} after {attempts} tries")
+        first, last = self.ports.start, self.ports.stop - 1
+        raise OSError(errno.EADDRINUSE, f"no free port in {first}-{last} after {attempts} tries")
 
     def release(self, port: int) -> None:
         with self._lock:

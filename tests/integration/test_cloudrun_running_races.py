@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import http.server
-import os
 import random
 import socket
 import socketserver
@@ -36,7 +35,7 @@ from infra.local.procs import (
     ephemeral_range,
     group_listens_on,
 )
-from tests.integration.test_cloudrun_running import images, needs_root  # noqa: F401  (module fixture)
+from tests.integration.test_cloudrun_running import _alive, images, needs_root  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -151,14 +150,6 @@ def test_a_port_taken_before_the_app_binds_it_is_not_the_revisions_and_it_starts
         if ports.taken is not None:
             ports.taken.close()
     assert not _alive(pid) and ports.held() == set()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class _KeepAlive(http.server.BaseHTTPRequestHandler):
