@@ -21,6 +21,11 @@ from .common import MAX_BODY_BYTES, SERVICE_OUTPUT_ONLY, ApiError, to_json
 from .faults import ApiCall
 
 
+SEG = r"([^/:]+)"  # one segment of a path
+LOCATION = rf"/v2/projects/{SEG}/locations/{SEG}"
+RouteRow = tuple[str, str, Callable[..., tuple[int, str]], bool]  # verb, path pattern, handler, is a write
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -79,15 +84,14 @@ def valid_mask(paths: list[str], shown: str) -> list[str]:
 
 class RestFront:
     """Routes `/v2/...` to the typed state of `CloudRunStandin` (services here; jobs, executions and
-    worker pools in `workloads_rest`), and `/_standin/...` to its admin calls."""
+    worker pools by `workloads_rest`), and `/_standin/...` to its admin calls."""
 
     _routes: list[Route]
     _serve: Callable[..., Any]
-    _workload_routes: Callable[[str, str], list[tuple[str, str, Callable[..., tuple[int, str]], bool]]]
 
-    def _build_routes(self) -> list[Route]:
-        seg = r"([^/:]+)"
-        loc = rf"/v2/projects/{seg}/locations/{seg}"
+    def _build_routes(self, more: tuple[RouteRow, ...] = ()) -> list[Route]:
+        """The services' routes, then `more` (jobs, executions and worker pools: `workloads_rest`)."""
+        seg, loc = SEG, LOCATION
         svc = rf"{loc}/services/{seg}"
         table = [
             ("POST", rf"{loc}/services", self._create_service, True),
@@ -98,7 +102,7 @@ class RestFront:
             ("GET", rf"{svc}/revisions", self._list_revisions, False),
             ("GET", rf"{svc}/revisions/{seg}", self._get_revision, False),
             ("GET", rf"{loc}/operations/{seg}", self._get_operation, False),
-            *self._workload_routes(loc, seg),
+            *more,
         ]
         return [Route(m, re.compile(p + "$"), h, w, h.__name__.lstrip("_")) for m, p, h, w in table]
 

@@ -57,8 +57,7 @@ from .workloads_rest import WorkloadsRest
 log = logging.getLogger("baseroll.standin.cloudrun")
 
 
-class CloudRunStandin(RestFront, WorkloadsRest, ServicesMixin, DeploysMixin, FaultsMixin, JobsMixin,
-                      WorkerPoolsMixin):
+class CloudRunStandin(RestFront, ServicesMixin, DeploysMixin, FaultsMixin, JobsMixin, WorkerPoolsMixin):
     """Cloud Run Admin API v2 on loopback: REST on `url`, gRPC on `grpc_target`; `start()`/`stop()` or use
     as a context manager."""
 
@@ -106,7 +105,7 @@ class CloudRunStandin(RestFront, WorkloadsRest, ServicesMixin, DeploysMixin, Fau
         self._checker: ImageChecker | None = None
         self._rest = ThreadedWsgi(self._wsgi, host, port, "cloudrun-standin")
         self._grpc: grpc.Server | None = None
-        self._routes = self._build_routes()
+        self._routes = self._build_routes(WorkloadsRest(self).routes())
         # The running mode: revisions as processes (registry_credentials: skopeo's, as registry_auth's).
         self.run_revisions = run_revisions
         self.registry_credentials = registry_credentials
