@@ -20,6 +20,7 @@ from baseroll.fleet.fake import FakeFleet, Verdict
 from baseroll.fleet.fake_jobs import FakeJobs, Run
 from baseroll.fleet.view import ServiceView
 from baseroll.fleet.workloads import VERIFY_EXECUTION_LABEL, ExecutionView, execution_health
+from baseroll.rollout import waves
 
 JOB = "projects/tenants-a/locations/us-central1/jobs/nightly"
 POOL = "projects/tenants-a/locations/us-central1/workerPools/pull"
@@ -47,6 +48,12 @@ def _redelivered(jobs: FakeJobs) -> None:
     jobs.calls.clear()
 
 
+def _died_verifying(jobs: FakeJobs) -> None:
+    """The first delivery updated the job and started its verification execution, then died."""
+    jobs.write_by_someone_else(JOB, {0: NEW}, ledger.rolled(RID, BASE, (OLD,), state=ledger.VERIFYING))
+    jobs.start_execution(JOB, Run(reads_to_finish=2))
+
+
 @dataclass
 class Case:
     id: str
@@ -63,7 +70,9 @@ class Case:
 CASES = [
     Case("updated, never executed"),
     Case("verification passes", VERIFY, lambda j: j.runs.__setitem__(NEW, Run(reads_to_finish=3)),
-         executions_run=1, reason_has="verified by"),
+         updates=2, executions_run=1, reason_has="verified by"),  # the template, then the ledger's `rolled`
+    Case("redelivered during its verification: waits for that run, then done", VERIFY, _died_verifying,
+         updates=1, reason_has="verified by nightly-00001"),
     Case("verification fails: template back", VERIFY, lambda j: j.runs.__setitem__(NEW, Run(succeeds=False)),
          result="rolled-back", updates=2, executions_run=1, ends_on=OLD, state=ledger.ROLLED_BACK,
          reason_has="NON_ZERO_EXIT_CODE"),
@@ -161,3 +170,21 @@ def test_execution_health(execution: ExecutionView, state: str, reason: str) -> 
 def test_a_job_is_ready_once_its_template_reconciled(view: ServiceView, state: str) -> None:
     """A job has no revisions: readiness is its terminal condition with the generation observed."""
     assert health.assess(view).state == state
+
+
+def test_a_job_is_verifying_while_its_execution_runs_so_the_coordinator_never_takes_it_for_done() -> None:
+    jobs = FakeJobs([ServiceView(name=JOB, images=(OLD,), labels=VERIFY)])
+    jobs.runs[NEW] = Run(reads_to_finish=2)
+    seen: list[str] = []
+    read = jobs.get_execution
+
+    def judged_while_running(name: str) -> ExecutionView:
+        seen.append(waves.judge(jobs.services[JOB], (OLD,), RID, deadline_passed=False))
+        return read(name)
+
+    jobs.get_execution = judged_while_running  # type: ignore[method-assign]
+    out = workload_deploy.apply_job(jobs, jobs.services[JOB], Target({0: NEW}), rollout=RID, base_digest=BASE,
+                                    timeout_s=TIMEOUT_S, verify_timeout_s=VERIFY_S, clock=FakeClock())
+    assert out.result == "updated" and len(seen) == 3 and set(seen) == {waves.PENDING}
+    assert waves.judge(jobs.services[JOB], (OLD,), RID, deadline_passed=False) == waves.DONE
+    assert jobs.services[JOB].annotations[ledger.VERIFY] == "execution nightly-00001 succeeded"

@@ -11,16 +11,17 @@ execution already made (or one a schedule made since), and neither updates nor r
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, cast
+from typing import Any, Iterator, Mapping, cast
 
 from baseroll import log
 from baseroll.clock import Clock
+from baseroll.contracts import ledger
 from baseroll.fleet import deploy
 from baseroll.fleet.deploy import Outcome, Target
 from baseroll.fleet.health import Health
 from baseroll.fleet.traffic import PinnedTraffic
 from baseroll.fleet.verification import Check
-from baseroll.fleet.view import Fleet, FleetError, ServiceView, WorkloadKind
+from baseroll.fleet.view import Fleet, FleetError, ServiceView, StaleService, WorkloadKind
 from baseroll.fleet.workloads import (
     VERIFY_EXECUTION_LABEL,
     ExecutionView,
@@ -58,15 +59,24 @@ def apply_job(fleet: JobFleet, planned: ServiceView, target: Target, *, rollout:
               timeout_s: float, verify_timeout_s: float, clock: Clock,
               verify_label: str = VERIFY_EXECUTION_LABEL) -> Outcome:
     """Update the job's template to `target` (the update and its gate take at most `timeout_s`, a
-    rollback as much again); when asked by its label, run it once and wait at most `verify_timeout_s`."""
+    rollback as much again); when asked by its label, run it once and wait at most `verify_timeout_s`.
+    A job being verified is `verifying` in the ledger until its execution succeeded (one more write),
+    so no reader takes it for done before (the coordinator judges a member by it: rollout.waves.judge)."""
+    verify = verification_requested(planned.labels, verify_label)
+    if target.reached(planned) and _verifying(planned, rollout, base_digest):
+        # A worker died during the verification (even if the label went since): wait for its
+        # execution (or run one), then finish.
+        outcome = Outcome(planned.name, "updated", ledger.previous(planned.annotations)[0], planned.images)
+        return _verify(fleet, outcome, target, rollout=rollout, base_digest=base_digest, timeout_s=timeout_s,
+                       verify_timeout_s=verify_timeout_s, clock=clock)
     kept = running_elsewhere(fleet.executions(planned.name), planned.images)
-    outcome = deploy.apply(fleet, planned, target, rollout=rollout, base_digest=base_digest, timeout_s=timeout_s,
-                           clock=clock)
+    outcome = deploy.apply(_RecordsVerifying(fleet) if verify else fleet, planned, target, rollout=rollout,
+                           base_digest=base_digest, timeout_s=timeout_s, clock=clock)
     if outcome.result == "updated" and kept:
         log.notice("job.running_executions_kept", job=planned.name, executions=[e.name for e in kept],
                    image=list(planned.images), rollout_id=rollout)
         outcome = _noted(outcome, RUNNING_KEPT.format(n=len(kept)))
-    if outcome.result not in ("updated", "already-current") or not verification_requested(planned.labels, verify_label):
+    if outcome.result not in ("updated", "already-current") or not verify:
         return outcome
     return _verify(fleet, outcome, target, rollout=rollout, base_digest=base_digest, timeout_s=timeout_s,
                    verify_timeout_s=verify_timeout_s, clock=clock)
@@ -87,12 +97,55 @@ def _verify(fleet: JobFleet, outcome: Outcome, target: Target, *, rollout: str, 
     except FleetError as exc:
         verdict = Health("failed", f"verification execution: {exc}")
     if verdict.state == "ready":
-        log.notice("job.verified", job=name, execution=execution.name if execution else "", rollout_id=rollout)
-        return _noted(outcome, f"verified by {execution.name.rsplit('/', 1)[-1] if execution else 'an execution'}")
+        assert execution is not None  # a verdict other than failed comes from an execution
+        log.notice("job.verified", job=name, execution=execution.name, rollout_id=rollout)
+        return _finish_verified(fleet, outcome, execution, rollout, base_digest, timeout_s)
     log.warning("job.verification_failed", job=name, reason=verdict.reason, rollout_id=rollout)
     job = fleet.get_service(name)
     return deploy.roll_back_own(fleet, job, target, rollout=rollout, base_digest=base_digest, reason=verdict.reason,
                                 timeout_s=timeout_s, clock=clock)
+
+
+def _finish_verified(fleet: JobFleet, outcome: Outcome, execution: ExecutionView, rollout: str, base_digest: str,
+                     timeout_s: float) -> Outcome:
+    """The ledger says `rolled` once the execution succeeded (unless it already does: a redelivery)."""
+    short = execution.name.rsplit("/", 1)[-1]
+    job = fleet.get_service(outcome.service)
+    if _verifying(job, rollout, base_digest):
+        try:
+            fleet.update_images(job, {}, annotations=ledger.verified(f"execution {short} succeeded", ""),
+                                timeout=timeout_s)
+        except (FleetError, StaleService) as exc:  # the job keeps the verified template; a redelivery retries
+            log.error("job.ledger_write_failed", job=job.name, reason=str(exc), rollout_id=rollout)
+            return Outcome(job.name, "failed", outcome.before, job.images,
+                           f"verified by {short}, but the ledger could not say so: {exc}")
+    return _noted(outcome, f"verified by {short}")
+
+
+def _verifying(job: ServiceView, rollout: str, base_digest: str) -> bool:
+    ann = job.annotations
+    return (ann.get(ledger.ROLLOUT_ID), ann.get(ledger.BASE_DIGEST), ann.get(ledger.STATE)) == (
+        rollout, base_digest, ledger.VERIFYING)
+
+
+class _RecordsVerifying:
+    """A job's adapter whose forward update (the one `deploy.apply` records as `rolled`) records
+    `verifying` instead: the job is not done until its verification execution succeeded."""
+
+    def __init__(self, fleet: JobFleet) -> None:
+        self._fleet = fleet
+
+    def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
+        return self._fleet.list_services(project, region)
+
+    def get_service(self, name: str) -> ServiceView:
+        return self._fleet.get_service(name)
+
+    def update_images(self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str],
+                      **kwargs: Any) -> ServiceView:
+        if annotations.get(ledger.STATE) == ledger.ROLLED:
+            annotations = {**annotations, ledger.STATE: ledger.VERIFYING}
+        return self._fleet.update_images(current, images, annotations=annotations, **kwargs)
 
 
 def _wait_execution(fleet: JobFleet, execution: ExecutionView, deadline: float, budget_s: float,
