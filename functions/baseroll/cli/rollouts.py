@@ -104,6 +104,16 @@ def plan(state: CliState, base: str | None, app: str | None, digest: str | None,
     click.echo(f"{report['to_roll']} to roll in {len(report['waves'])} waves, {report['skipped']} skipped")
 
 
+def _awaiting_approval(state: CliState, record: Any) -> None:
+    """The rollout waits for an operator: say how to approve it, and exit EXIT_HALTED (not finished)."""
+    if state.json_output:
+        emit_json({**record.__dict__, "approve": f"baseroll approve {record.rollout_id}"})
+    else:
+        click.echo(f"{record.rollout_id}: {record.status}: {record.reason}")
+        click.echo(f"approve with: baseroll approve {record.rollout_id} --project PROJECT (or abort it)")
+    raise click.exceptions.Exit(EXIT_HALTED)
+
+
 def _short(image: str) -> str:
     name, _, digest = image.partition("@")
     return f"{name.rsplit('/', 1)[-1]}@{digest[7:19]}" if digest else name
@@ -119,12 +129,13 @@ def _short(image: str) -> str:
 @click.pass_obj
 def roll(state: CliState, base: str | None, app: str | None, digest: str | None, wait: bool, timeout: float,
          projects: tuple[str, ...], regions: tuple[str, ...]) -> None:
-    """Start a rollout (planned here, executed by the deployed coordinator and workers) and follow it."""
+    """Start a rollout (planned here, executed by the deployed coordinator and workers) and follow it
+    until it ends, or until it waits for an approval (then the command to approve it is printed)."""
     import time
 
     from rich.progress import Progress
 
-    from baseroll.contracts.records import TERMINAL
+    from baseroll.contracts.records import AWAITING_APPROVAL, TERMINAL
     from baseroll.rollout import planner
 
     deps = _deps(state, projects, regions, publishes=True)
@@ -142,9 +153,11 @@ def roll(state: CliState, base: str | None, app: str | None, digest: str | None,
             if record is not None:
                 done = sum(w.get("done", 0) + w.get("failed", 0) + w.get("skipped", 0) for w in record.waves)
                 progress.update(bar, completed=done, description=f"{rollout_id} wave {record.wave} {record.status}")
-                if record.status in TERMINAL:
+                if record.status in (*TERMINAL, AWAITING_APPROVAL):  # a person acts next: stop following
                     break
             time.sleep(2.0)
+    if record is not None and record.status == AWAITING_APPROVAL:
+        _awaiting_approval(state, record)
     if record is None or record.status not in TERMINAL:
         fail(EXIT_FAILED, f"{rollout_id}: not finished within {timeout:.0f}s (still {record.status if record else 'unknown'})")
     if state.json_output:
