@@ -180,6 +180,20 @@ def test_a_closed_window_holds_its_region_until_it_opens(stack, fleet, events):
     changed = {n for n in region if stack.update_counts()[n] != before[n]}
     assert changed == {n for n, r in region.items() if r == OPEN}, "the open region rolled, the closed one not"
 
+    # While it waits, `status --services` and a dry run (`plan`) show each workload's window.
+    opening = f"closed; opens {opens:%a %Y-%m-%d %H:%M} UTC ({opens:%Y-%m-%dT%H:%MZ})"
+    shown = CliRunner().invoke(cli_main.main, ["--config", str(stack.config_path), "--json", "status", "--base",
+                                               "node", "--services"])
+    assert shown.exit_code == 0, shown.output
+    windows = {row["service"]: row["window"] for row in json.loads(shown.stdout)[0]["services"]}
+    assert {windows[n] for n, r in region.items() if r == HELD} == {opening}
+    assert {windows[n] for n, r in region.items() if r == OPEN} == {"no window (any time)"}
+    planned = CliRunner().invoke(cli_main.main, ["--config", str(stack.config_path), "--json", "plan", "--base",
+                                                 str(fleet.base_track("python"))])
+    assert planned.exit_code == 0, planned.output
+    assert {row["window"] for row in json.loads(planned.stdout)["services"]
+            if row["service"].split("/")[3] == HELD} == {opening}
+
     time.sleep(max(0.0, opens.timestamp() - time.time()) + 0.5)
     assert {n for n in region if stack.update_counts()[n] != before[n]} == changed  # parked: nothing ran
     stack.publish("baseroll-requests", requests.to_message(action="sweep"), schema=requests.SCHEMA, action="sweep")

@@ -96,11 +96,13 @@ def plan(state: CliState, base: str | None, app: str | None, digest: str | None,
     if state.json_output:
         emit_json(report)
         return
+    windowed = any("window" in r for r in report["services"])  # rollout.windows: each one's window now
     rows = [(r["service"].rsplit("/", 1)[-1], r["kind"], "/".join(r["service"].split("/")[1:4:2]), r["action"],
              r.get("strategy", ""), r.get("wave", ""), _short(next(iter((r.get("targets") or r.get("base_uris") or {}).values()), "")),
-             r["reason"]) for r in report["services"]]
+             r["reason"], *([r.get("window", "")] if windowed else [])) for r in report["services"]]
     emit_table(f"plan {report['rollout_id']} -> {report['target']}",
-               ("workload", "kind", "project/region", "action", "strategy", "wave", "target", "reason"), rows)
+               ("workload", "kind", "project/region", "action", "strategy", "wave", "target", "reason",
+                *(["window"] if windowed else [])), rows)
     click.echo(f"{report['to_roll']} to roll in {len(report['waves'])} waves, {report['skipped']} skipped")
 
 

@@ -113,7 +113,9 @@ def status(state: CliState, track_names: tuple[str, ...], show_services: bool, w
     if watch:
         _watch(deps, track_names, interval, timeout)
         return
-    out = [t.status for t in _read(deps, track_names).tracks]
+    reading = _read(deps, track_names)
+    out = [t.status for t in reading.tracks]
+    windowed = _add_windows(deps.config, reading, out)
     if html_path is not None:
         _write_html(html_path, out)
     if state.json_output:
@@ -122,21 +124,39 @@ def status(state: CliState, track_names: tuple[str, ...], show_services: bool, w
                     "failed": s.failed, "opted_out": s.opted_out,
                     **({"services": s.services} if show_services else {})} for s in out])
         return
-    _tables(out, show_services)
+    _tables(out, show_services, windowed)
     if html_path is not None:
         click.echo(f"wrote {html_path}: {sum(sum(s.on_digest.values()) for s in out)} workloads "
                    f"on {sum(len(s.on_digest) for s in out)} base digests")
 
 
-def _tables(out: list[TrackStatus], show_services: bool) -> None:
+def _add_windows(cfg: Any, reading: _Reading, out: list[TrackStatus]) -> bool:
+    """With `rollout.windows`: each listed workload's maintenance window now (open until, or closed
+    and when it opens), as dry runs show it. False (nothing added) without windows."""
+    from baseroll.clock import SYSTEM as clock
+    from baseroll.rollout import windows
+
+    if not cfg.rollout.windows:
+        return False
+    views = {v.name: v for v in reading.services}
+    now = windows.at(clock.now())
+    for s in out:
+        for row in s.services:
+            if row["service"] in views:
+                row["window"] = windows.describe(cfg.rollout.windows, views[row["service"]], now)
+    return True
+
+
+def _tables(out: list[TrackStatus], show_services: bool, windowed: bool = False) -> None:
     rows = [(s.track, d[:19] + (" (current)" if d == s.current_digest else ""), n, "", "", "")
             for s in out for d, n in sorted(s.on_digest.items(), key=lambda kv: -kv[1])]
     rows += [(s.track, "total", sum(s.on_digest.values()), s.in_flight, s.failed, s.opted_out) for s in out]
     emit_table("fleet status", ("track", "base digest", "services", "in flight", "failed", "opted out"), rows)
     if show_services:
-        emit_table("services", ("service", "kind", "base digest", "state", "rollout", "reason"),
-                   [(r["service"], r["kind"], r["base_digest"][:19], r["state"], r.get("rollout_id"), r.get("reason"))
-                    for s in out for r in s.services])
+        window = ("window",) if windowed else ()
+        emit_table("services", ("service", "kind", "base digest", "state", "rollout", "reason", *window),
+                   [(r["service"], r["kind"], r["base_digest"][:19], r["state"], r.get("rollout_id"), r.get("reason"),
+                     *((r.get("window", ""),) if windowed else ())) for s in out for r in s.services])
 
 
 def _write_html(path: Path, tracks: list[TrackStatus]) -> None:
