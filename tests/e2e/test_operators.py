@@ -22,15 +22,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from baseroll import cli as cli_main
 from baseroll.contracts import events as E
 from baseroll.contracts import requests, topics
 from baseroll.edge import envelope
+from click.testing import CliRunner
 from google.cloud import pubsub_v1
 
 from infra.local import scenario
 from infra.local.stack import TOPIC_PROJECT, LocalStack
+from tests.e2e.test_control import wait_for
 from tests.unit.test_notify_chat import Webhook
 
 pytestmark = pytest.mark.e2e
@@ -81,15 +82,6 @@ def once_each(hook: Webhook, rollout_id: str, last: str = E.FINISHED, timeout: f
     wait_for(lambda: any(e.kind == last for e in received(hook, rollout_id)), timeout, f"a {last} event")
     unique = {e.event_id: e for e in received(hook, rollout_id)}
     return [(e.kind, e.wave, dict(e.detail)) for e in sorted(unique.values(), key=lambda e: (e.seq, e.at))]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"{what} within {timeout:.0f}s")
 
 
 def cli(stack, *args: str) -> subprocess.CompletedProcess:
