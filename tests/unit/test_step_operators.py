@@ -237,3 +237,19 @@ def test_a_parked_rollout_is_not_restarted_as_quiet_before_its_window() -> None:
     r.w.clock.advance(lease.LEASE_S * 10)  # long silent: a quiet running rollout would be restarted
     planner.sweep(r.w.deps)
     assert r.steps()[1:] == [] and r.record.resume_at > 0
+
+
+def test_an_abort_while_a_step_waits_for_a_window_stops_it_within_a_heartbeat() -> None:
+    r = window_rig("22:15")  # 100 s away: the step waits for it
+    aborted: list[float] = []
+
+    def abort_once(now: float) -> None:
+        if r.w.bus.published[TASKS] and not aborted:
+            planner.control(r.w.deps, "abort", r.rollout_id)
+            aborted.append(now)
+
+    r.w.clock.on_sleep.insert(0, abort_once)
+    step.handle_step(r.w.deps, first_step(r), "m-1")
+    assert r.record.status == "aborted" and regions_sent(r) == [EAST, EAST]  # the west never sent
+    assert r.w.clock.now() - aborted[0] <= lease.HEARTBEAT_S
+    assert [k for k, _ in kinds(r.w)] == ["started", "aborted"]
