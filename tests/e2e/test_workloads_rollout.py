@@ -124,6 +124,8 @@ def test_one_rollout_moves_services_jobs_and_a_worker_pool(stack: LocalStack, fl
     (failed,) = executions.list_executions(parent=f"{LOC}/jobs/report")
     assert failed.failed_count == 1
 
+    planned = {r["service"]: r["kind"] for r in stack.log_records("service.planned")}  # the planner function's
+    assert (planned[POOL], planned[f"{LOC}/jobs/report"]) == ("worker-pool", "job")
     (track,) = [t for t in _cli_json(stack, "status", "--services") if t["track"] == "python"]
     shown = {r["service"]: r["kind"] for r in track["services"]}
     assert shown[POOL] == "worker-pool" and shown[f"{LOC}/jobs/nightly"] == "job"

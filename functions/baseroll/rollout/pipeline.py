@@ -63,8 +63,8 @@ def build_plan(cfg: Config, fleet: Fleet, catalog: Catalog, request: RollRequest
         )
     if not quiet:
         for sp in result.services:
-            log.info("service.planned", service=sp.service.name, action=sp.action, reason=sp.reason,
-                     strategy=sp.strategy or None, images=list(sp.service.images))
+            log.info("service.planned", service=sp.service.name, kind=sp.service.kind, action=sp.action,
+                     reason=sp.reason, strategy=sp.strategy or None, images=list(sp.service.images))
         # Another host cannot mount the base's layers unless it takes `origin` (docs/OCI.md#blobs).
         for host in sorted({job.app.registry for job in result.jobs} - {new_ref.registry}):
             log.warning("plan.cross_host", base_host=new_ref.registry, app_host=host,
