@@ -111,7 +111,8 @@ def test_one_rollout_moves_services_jobs_and_a_worker_pool(stack: LocalStack, fl
         assert workload.annotations[ledger.STATE] == ledger.ROLLED and scenario.on_base(stack, image, new_base), name
 
     (verification,) = executions.list_executions(parent=f"{LOC}/jobs/nightly")  # exactly one run, on the new image
-    assert verification.template.containers[0].image == moved[f"{LOC}/jobs/nightly"].template.template.containers[0].image
+    nightly = moved[f"{LOC}/jobs/nightly"]
+    assert verification.template.containers[0].image == nightly.template.template.containers[0].image
     assert verification.succeeded_count == 1
     (still,) = executions.list_executions(parent=f"{LOC}/jobs/export")  # never run by baseroll
     assert still.name == running.name and still.running_count == 1

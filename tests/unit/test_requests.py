@@ -116,7 +116,7 @@ def test_matching_attributes_are_accepted() -> None:
         (doc(base=BASE, filter={"regions": "us-central1"}), "filter.regions: must be a list, got str"),
         (doc(base=BASE, filter={"projects": ["ok-project", "Bad_Project"]}), "filter.projects[1]: 'Bad_Project'"),
         (doc(base=BASE, filter={"projects": [None]}), "filter.projects[0]: None is not a project id"),
-        (doc(base=BASE, filter={"services": ["shop"]}), "filter.services[0]: 'shop' is not a full service name"),
+        (doc(base=BASE, filter={"services": ["shop"]}), "filter.services[0]: 'shop' is not a full service, job or worker pool name"),
         (doc(base=BASE, filter={"services": [SVC.replace("us-central1", "moon")]}), "filter.services[0]"),
         (doc(base=BASE, filter={"labels": {"Team": "x"}}), "filter.labels: 'Team' is not a label key"),
         (doc(base=BASE, filter={"labels": {"team": 1}}), "filter.labels.team: 1 is not a label value"),

@@ -185,3 +185,16 @@ def test_a_failed_verification_execution_takes_the_job_back_and_fails_its_wave()
     assert job.images == (old,) and job.annotations[ledger.STATE] == ledger.ROLLED_BACK
     (result,) = [r for r in w.bus.messages(topics.RESULTS) if isinstance(r, Result)]
     assert result.outcome == "rolled-back" and "NON_ZERO_EXIT_CODE" in result.reason
+
+
+def test_a_request_filter_places_jobs_and_worker_pools_and_can_name_them() -> None:
+    from baseroll.contracts.requests import ServiceFilter, parse_filter
+
+    by_location = ServiceFilter(projects=("tenants-aaaaa",), regions=("us-east1",))
+    for name in (f"{LOC}/services/shop", f"{LOC}/jobs/nightly", f"{LOC}/workerPools/pull"):
+        assert by_location.matches(name, {})
+    assert not ServiceFilter(regions=("europe-west4",)).matches(f"{LOC}/jobs/nightly", {})
+    named = parse_filter({"services": [f"{LOC}/jobs/nightly", f"{LOC}/workerPools/pull"]})
+    assert named.services == (f"{LOC}/jobs/nightly", f"{LOC}/workerPools/pull")
+    with pytest.raises(EventError, match="not a full service, job or worker pool name"):
+        parse_filter({"services": [f"{LOC}/jobs/nightly/executions/x"]})

@@ -35,7 +35,7 @@ _TOPIC_PATH = re.compile(r"^projects/[^/]+/topics/(?!goog)[A-Za-z][A-Za-z0-9\-_.
 @click.option("--filter-project", multiple=True, metavar="PROJECT", help="Only services in these projects.")
 @click.option("--filter-region", multiple=True, metavar="REGION", help="Only services in these regions.")
 @click.option("--filter-service", multiple=True, metavar="NAME",
-              help="Only these services (projects/P/locations/R/services/S).")
+              help="Only these workloads (projects/P/locations/R/services/S, .../jobs/J or .../workerPools/W).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Only services with this label.")
 @click.option("--rollout-id", help="The rollout to resume, approve or abort.")
 @click.option("--reason", help="Free text carried into the logs (at most 500 characters).")

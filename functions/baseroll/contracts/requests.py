@@ -33,9 +33,10 @@ Action = Literal["roll", "resume", "abort", "sweep", "approve"]
 Kind = Literal["base", "app"]
 ACTIONS: tuple[str, ...] = ("roll", "resume", "abort", "sweep", "approve")
 
-# Where a service lives, read loosely: a location constraint needs only the project and region
-# segments (a name is validated against ids.SERVICE_NAME where it enters, in `filter.services`).
-_LOCATION = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/services/[^/]+")
+# Where a workload (service, job or worker pool) lives, read loosely: a location constraint needs only
+# the project and region segments (a name is validated against ids.WORKLOAD_NAME where it enters, in
+# `filter.services`).
+_LOCATION = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/(?:services|jobs|workerPools)/[^/]+")
 
 # Which top-level fields each action accepts ("schema" and "action" are always accepted).
 _COMMON = frozenset({"schema", "action", "reason"})
@@ -82,7 +83,8 @@ class ServiceFilter:
         return not (self.projects or self.regions or self.labels or self.services)
 
     def matches(self, service_name: str, labels: Mapping[str, str]) -> bool:
-        """True when the service (full name ``projects/P/locations/R/services/S``) passes every constraint."""
+        """True when the workload (full name ``projects/P/locations/R/services/S``, ``…/jobs/J`` or
+        ``…/workerPools/W``) passes every constraint."""
         if self.services and service_name not in self.services:
             return False
         if self.projects or self.regions:
@@ -294,10 +296,10 @@ def _strings(value: Any, path: str, pattern: re.Pattern[str], what: str) -> tupl
 def _services(value: Any) -> tuple[str, ...]:
     items = _list(value, "filter.services")
     for i, item in enumerate(items):
-        if not isinstance(item, str) or not ids.SERVICE_NAME.fullmatch(item):
+        if not isinstance(item, str) or not ids.WORKLOAD_NAME.fullmatch(item):
             raise EventError(
-                f"filter.services[{i}]: {_show(item)} is not a full service name "
-                "(projects/PROJECT/locations/REGION/services/NAME)"
+                f"filter.services[{i}]: {_show(item)} is not a full service, job or worker pool name "
+                "(projects/PROJECT/locations/REGION/services|jobs|workerPools/NAME)"
             )
     return tuple(items)
 

@@ -62,7 +62,8 @@ class WorkloadsRest:
                                                allow_missing=_arg_bool(request, "allowMissing")))
 
     def _delete_job(self, request: Request, *ids: str) -> Reply:
-        return 200, to_json(self.s.delete_job_op(*ids, request.args.get("etag", ""), _arg_bool(request, "validateOnly")))
+        etag = request.args.get("etag", "")
+        return 200, to_json(self.s.delete_job_op(*ids, etag, _arg_bool(request, "validateOnly")))
 
     def _run_job(self, request: Request, *ids: str) -> Reply:
         body = _body(request, run_v2.RunJobRequest)  # the whole request is the body ("*")
