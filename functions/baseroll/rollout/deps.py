@@ -22,7 +22,7 @@ from baseroll.rollout.store import LineageStore, RecordStore
 @dataclass
 class Deps:
     config: Config
-    fleet: Fleet
+    fleet: Fleet  # every kind rolled: a fleet.workloads.Workloads over one adapter per kind (a lone Fleet: services)
     registry: RegistryClient
     bus: Bus
     records: RecordStore
