@@ -4,7 +4,7 @@ rolls, and the held region rolls once its window opens; every rollout event arri
 `baseroll-events` in its schema.
 
 Time is the real clock: window rules have minute granularity, so the window test writes a rule that
-opens at the next minute boundary at least WINDOW_MARGIN_S away (a wait of 25-85 s), the functions
+opens at the next minute boundary at least WINDOW_MARGIN_S away (a wait of 20-80 s), the functions
 read it when restarted, and nothing in production can shift their clock.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from tests.unit.test_notify_chat import Webhook
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-WINDOW_MARGIN_S = 25.0  # enough to restart the coordinator and release the open region before the window opens
+WINDOW_MARGIN_S = 20.0  # restarting the coordinator and releasing the open region takes about 5 s
 HELD, OPEN = "europe-west1", "us-central1"
 
 
