@@ -1,7 +1,8 @@
 """Operators in the loop, on the local stack: an approval holds a rollout after its canaries until
-`baseroll approve`; a maintenance window closed for one region holds that region while the other
-rolls, and the held region rolls once its window opens; every rollout event arrives on
-`baseroll-events` in its schema.
+`baseroll approve`; an approved rollout whose track moved meanwhile is superseded, a held one can be
+aborted; a maintenance window closed for one region holds that region while the other rolls, and
+the held region rolls once its window opens; every rollout event arrives on `baseroll-events` in
+its schema, once by id.
 
 Time is the real clock: window rules have minute granularity, so the window test writes a rule that
 opens at the next minute boundary at least WINDOW_MARGIN_S away (a wait of 20-80 s), the functions
@@ -130,6 +131,53 @@ def test_after_canary_holds_the_rollout_until_baseroll_approve(stack, fleet, eve
     assert details["awaiting-approval"]["approve"] == f"baseroll approve {rid}"
     assert details["resumed"]["cause"] == "approve"
     assert details["finished"]["done"] == len(eligible)
+
+
+def test_a_held_rollout_superseded_then_approved_and_one_aborted_report_it(stack, fleet, events):
+    """Two pushes while the first rollout waits: its approval runs a step that finds its track moved
+    (superseded); the second, waiting too, is aborted with `baseroll publish --action abort`."""
+    first = scenario.push_new_base(stack, fleet, "python")
+    scenario.publish_push(stack, first, "3.12")
+    rid1 = scenario.rollout_id("python", first)
+    store = scenario.record_store(stack)
+    wait_for(lambda: getattr(store.get(rid1), "status", None) == "awaiting-approval", 120, "the first held")
+    second = scenario.push_new_base(stack, fleet, "python")
+    scenario.publish_push(stack, second, "3.12")
+    rid2 = scenario.rollout_id("python", second)
+    wait_for(lambda: getattr(store.get(rid2), "status", None) == "awaiting-approval", 120, "the second held")
+
+    assert cli(stack, "approve", rid1, "--project", TOPIC_PROJECT).returncode == 0
+    assert scenario.wait_rollout(stack, rid1, timeout=60)["status"] == "superseded"
+    aborted = cli(stack, "publish", "--project", TOPIC_PROJECT, "--action", "abort", "--rollout-id", rid2)
+    assert aborted.returncode == 0, aborted.stderr
+    assert scenario.wait_rollout(stack, rid2, timeout=60)["status"] == "aborted"
+
+    got1 = once_each(events, rid1, last=E.SUPERSEDED)
+    assert [(kind, wave) for kind, wave, _ in got1] == [
+        ("started", None), ("wave-released", 0), ("wave-settled", 0), ("awaiting-approval", 1), ("resumed", 1),
+        ("superseded", 1)]
+    assert got1[-1][2]["now_digest"] == second.digest
+    got2 = once_each(events, rid2, last=E.ABORTED)
+    assert [(kind, wave) for kind, wave, _ in got2] == [
+        ("started", None), ("wave-released", 0), ("wave-settled", 0), ("awaiting-approval", 1), ("aborted", 1)]
+
+
+def test_a_halt_reports_the_failing_canaries_and_why(stack, fleet, events):
+    canaries = [s.name for s in fleet.services[:4] if s.eligible_for("python")]
+    for name in canaries:  # over the failure budget (1) of the canary wave
+        stack.cloudrun.inject_fault({"service": name, "reason": "HEALTH_CHECK_CONTAINER_ERROR", "times": 1})
+    new_base = scenario.push_new_base(stack, fleet, "python")
+    scenario.publish_push(stack, new_base, "3.12")
+    rid = scenario.rollout_id("python", new_base)
+    record = scenario.wait_rollout(stack, rid, timeout=120)
+    assert record["status"] == "halted", record
+    got = once_each(events, rid, last=E.HALTED)
+    assert [(kind, wave) for kind, wave, _ in got] == [
+        ("started", None), ("wave-released", 0), ("wave-settled", 0), ("halted", 0)]
+    halted = got[-1][2]
+    assert halted["reason"] == record["reason"] and halted["failed_total"] == len(canaries)
+    assert {f["service"] for f in halted["failed"]} == set(canaries)
+    assert all(f["reason"] for f in halted["failed"]), halted  # each canary's own reason
 
 
 def _window_opening(margin_s: float) -> datetime:
