@@ -10,6 +10,7 @@ from baseroll.contracts import messages, topics
 from baseroll.contracts.messages import Step
 from baseroll.contracts.roll import RollRequest
 from baseroll.edge import handlers
+from baseroll.fleet.fake import Verdict
 from baseroll.fleet.view import ServiceView
 from baseroll.images import refs
 from baseroll.images.registry import RegistryError
@@ -178,10 +179,10 @@ EAST, WEST = "us-east1", "us-west1"
 EVERY_DAY = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
-def window_rig(start: str, *, budget: float = 480.0) -> Rig:
-    """Two services in each of two regions, one wave; us-west1 may be written only from `start`
-    (UTC) to midnight. The fake clock starts on Tue 2023-11-14 22:13:20 UTC."""
-    rules = parse_windows([{"match": {"region": WEST}, "days": EVERY_DAY, "start": start, "end": "24:00",
+def window_rig(start: str, *, end: str = "24:00", budget: float = 480.0) -> Rig:
+    """Two services in each of two regions, one wave; us-west1 may be written only from `start` to
+    `end` (UTC). The fake clock starts on Tue 2023-11-14 22:13:20 UTC."""
+    rules = parse_windows([{"match": {"region": WEST}, "days": EVERY_DAY, "start": start, "end": end,
                             "time_zone": "UTC"}])
     w = fakes.FakeWorld(fakes.config(regions=(EAST, WEST), waves=(1.0,), windows=rules, invocation_budget_s=budget))
     old = w.registry.push(APP, [fakes.layer("app-v1")])
@@ -253,3 +254,19 @@ def test_an_abort_while_a_step_waits_for_a_window_stops_it_within_a_heartbeat() 
     assert r.record.status == "aborted" and regions_sent(r) == [EAST, EAST]  # the west never sent
     assert r.w.clock.now() - aborted[0] <= lease.HEARTBEAT_S
     assert [k for k, _ in kinds(r.w)] == ["started", "aborted"]
+
+
+def test_members_already_rolled_never_wait_for_their_window_again() -> None:
+    """West rolls in its window, east fails and halts the wave; resumed after the west window closed,
+    the wave settles at once: only a member with a task to send waits for its window."""
+    r = window_rig("22:15", end="22:17")
+    r.w.fleet.verdicts[r.new_image] = Verdict(ready=False)
+    ready = {n for n in r.w.fleet.services if n.split("/")[3] == WEST}
+    r.w.clock.on_sleep.insert(0, lambda now: r.w.fleet.verdicts.pop(r.new_image, None)
+                              if {t.service for t in r.w.bus.tasks(TASKS)} >= ready else None)
+    step.handle_step(r.w.deps, first_step(r), "m-1")
+    assert r.record.status == "halted" and sorted(regions_sent(r)) == [EAST, EAST, WEST, WEST]
+    r.w.clock.advance(3600)  # the west window closed at 22:17
+    assert planner.control(r.w.deps, "resume", r.rollout_id)["status"] == "running"
+    step.handle_step(r.w.deps, r.steps()[-1], "m-2")
+    assert (r.record.status, r.record.resume_at) == ("finished", 0)

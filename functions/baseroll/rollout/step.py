@@ -243,7 +243,8 @@ def _release(run: _Run, step: Step, wave: list[Member], sent: set[str]) -> _Rele
     deps, cfg, clock = run.deps, run.deps.config, run.deps.clock
     rules = cfg.rollout.windows
     todo = [m for m in wave[step.cursor:] if m.service not in sent]
-    held = [m for m in todo if not _window_open(rules, m, clock.now())]
+    # Only a member with a task to send waits for its window: one already touched or refused is not written.
+    held = [m for m in todo if m.sendable and not _window_open(rules, m, clock.now())]
     closed = {m.service for m in held}
     timed = pacing.schedule([m for m in todo if m.service not in closed],
                             lambda m: (m.service.split("/")[1], m.service.split("/")[3]),
@@ -267,7 +268,7 @@ def _release(run: _Run, step: Step, wave: list[Member], sent: set[str]) -> _Rele
             flush()
             run.hold.renew()
             clock.sleep(max(0.0, at - clock.monotonic()))
-        if not _window_open(rules, member, clock.now()):  # closed while it waited for its turn
+        if member.sendable and not _window_open(rules, member, clock.now()):  # closed while it waited its turn
             held.append(member)
             continue
         problem = member.refused or (_signature_problem(run, member) if member.sendable else None)
