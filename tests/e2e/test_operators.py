@@ -90,7 +90,7 @@ def cli(stack, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ["PATH"], "PUBSUB_EMULATOR_HOST": os.environ["PUBSUB_EMULATOR_HOST"],
            "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/adc.json"}
     return subprocess.run([sys.executable, "-m", "baseroll.cli", "--config", str(stack.config_path), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_after_canary_holds_the_rollout_until_baseroll_approve(stack, fleet, events):
