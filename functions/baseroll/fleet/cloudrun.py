@@ -5,7 +5,7 @@ The rest of baseroll sees `ServiceView`, plain data; only this module touches ru
 from __future__ import annotations
 
 import threading
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import grpc
@@ -72,11 +72,18 @@ def _split(t: object) -> TrafficSplit:
     return TrafficSplit(kind, t.percent, t.revision, t.tag)  # type: ignore[attr-defined]
 
 
+def terminal(pb: Any) -> dict[str, str]:
+    """A resource's terminal condition as the view's fields (services, jobs and worker pools alike)."""
+    tc = pb.terminal_condition if pb.HasField("terminal_condition") else None
+    return {"terminal_state": _enum_name(tc, "state") if tc is not None and tc.state else "",
+            "terminal_reason": _reason(tc) if tc is not None else "",
+            "terminal_message": tc.message if tc is not None else ""}
+
+
 def view(svc: run_v2.Service) -> ServiceView:
     # Read the raw protobuf under the proto-plus wrapper: going through the wrapper's field
     # marshalling was most of the time of listing 10,000 services.
     pb = run_v2.Service.pb(svc)
-    tc = pb.terminal_condition if pb.HasField("terminal_condition") else None
     containers = pb.template.containers
     return ServiceView(
         name=pb.name,
@@ -89,56 +96,120 @@ def view(svc: run_v2.Service) -> ServiceView:
         observed_generation=pb.observed_generation,
         latest_ready_revision=pb.latest_ready_revision,
         latest_created_revision=pb.latest_created_revision,
-        terminal_state=_enum_name(tc, "state") if tc is not None and tc.state else "",
-        terminal_reason=_reason(tc) if tc is not None else "",
-        terminal_message=tc.message if tc is not None else "",
         reconciling=pb.reconciling,
         # An empty `traffic` is 100 % to the latest ready revision (the field's docstring).
         traffic=tuple(_split(t) for t in pb.traffic) or ALL_TO_LATEST,
         traffic_statuses=tuple(_split(t) for t in pb.traffic_statuses),
         uri=pb.uri,
+        **terminal(pb),
         tag_uris={t.tag: t.uri for t in pb.traffic_statuses if t.tag and t.uri},
         ingress=_enum_name(pb, "ingress") if pb.ingress else "",
     )
 
 
-class CloudRunFleet:
+def make_client(client_cls: Any, grpc_transport: Any, endpoint: str | None, transport: str) -> Any:
+    """A google-cloud-run client on Google's endpoint, or on `endpoint` (a URL; the local stand-in's
+    is `http://`: plaintext, no credentials). gRPC is google-cloud-run's default and production's;
+    `rest` stays selectable."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"Cloud Run transport must be one of {TRANSPORTS}, got {transport!r}")
+    if not endpoint:
+        return client_cls(transport=transport)
+    if transport == "rest":
+        return client_cls(credentials=AnonymousCredentials(), transport="rest",
+                          client_options=ClientOptions(api_endpoint=endpoint))
+    url = urlsplit(endpoint)
+    if url.scheme != "http":
+        return client_cls(transport="grpc", client_options=ClientOptions(api_endpoint=url.netloc))
+    # A channel given to the transport is used as is: no TLS, no credentials.
+    return client_cls(transport=grpc_transport(channel=grpc.insecure_channel(url.netloc, options=GRPC_CHANNEL_OPTIONS)))
+
+
+class TemplateFleet:
+    """What services, jobs and worker pools share: list, get, and update a template's images from a
+    fresh read. Whether Cloud Run enforces the etag on update is not documented
+    (docs/GOOGLE_APIS.md#cloud-run-admin-api-v2), so a write is based on a read just before it, not
+    on the caller's view: a change the caller does not watch (a label) is kept, and one it does is
+    never written over (StaleService)."""
+
+    _view: Callable[[Any], ServiceView]
+    _noun: str  # in errors: "service", "job", "worker pool"
+
+    def _list(self, parent: str) -> Iterable[Any]:
+        """The resources under `parent` (a pager over pages of 500)."""
+        raise NotImplementedError
+
+    def _fetch(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def _containers(self, raw: Any) -> Any:
+        raise NotImplementedError
+
+    def _write(self, raw: Any, traffic: tuple[TrafficSplit, ...] | None, revision: str | None, retry: Any) -> Any:
+        """Send the update (a revision name only when the containers change); return its operation."""
+        raise NotImplementedError
+
+    def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
+        for raw in self._list(f"projects/{project}/locations/{region}"):
+            yield type(self)._view(raw)
+
+    def _get(self, name: str) -> Any:
+        try:
+            return self._fetch(name)
+        except gexc.NotFound as exc:
+            raise FleetError(f"{self._noun} {name} not found") from exc
+
+    def get_service(self, name: str) -> ServiceView:
+        return type(self)._view(self._get(name))
+
+    def update_images(
+        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float,
+        base_uris: Mapping[int, str] = {}, traffic: tuple[TrafficSplit, ...] | None = None, revision: str = "",
+    ) -> ServiceView:
+        raw = self._get(current.name)
+        indexes = {*images, *base_uris}
+        if watched(type(self)._view(raw), indexes) != watched(current, indexes):
+            raise StaleService(f"{current.name}: changed since it was read")
+        containers = self._containers(raw)
+        for index in indexes:
+            if index >= len(containers):
+                raise FleetError(f"{current.name} has no container #{index}")
+        for index, image in images.items():
+            containers[index].image = image
+        for index, uri in base_uris.items():
+            containers[index].base_image_uri = uri
+        for key, value in annotations.items():
+            raw.annotations[key] = value
+        try:
+            # Retries stay inside the caller's budget (an update and its gate fit one invocation).
+            operation = self._write(raw, traffic, revision if indexes else None,
+                                    WRITE_RETRY.with_timeout(max(timeout, 1.0)))
+        except (gexc.Aborted, gexc.Conflict, gexc.FailedPrecondition) as exc:
+            raise StaleService(f"{current.name}: {exc.message}") from exc
+        except gexc.GoogleAPICallError as exc:
+            raise FleetError(f"update of {current.name} failed: {exc}") from exc
+        try:
+            # The finished operation's response is the resource as the deploy left it.
+            return type(self)._view(operation.result(timeout=timeout, retry=READ_RETRY, polling=OPERATION_POLLING))
+        except (gexc.GoogleAPICallError, TimeoutError):
+            pass  # a failed reconciliation, or still going: the conditions say which (the caller's gate decides)
+        return self.get_service(current.name)
+
+
+class CloudRunFleet(TemplateFleet):
     """Fleet over google-cloud-run's ServicesClient, used unmodified."""
+
+    _view = staticmethod(view)
+    _noun = "service"
 
     def __init__(self, client: run_v2.ServicesClient, endpoint: str = "") -> None:
         self._client = client
         self._endpoint = endpoint or client.api_endpoint  # as messages name it
         self._channel: grpc.Channel | None = getattr(client.transport, "grpc_channel", None)  # None over REST
 
-    def _for_update(self, current: ServiceView, indexes: set[int]) -> run_v2.Service:
-        """The service as it is now, read just before the write; raises StaleService if what the
-        caller watches changed since `current` was read. Whether Cloud Run enforces the etag on
-        update is not documented (docs/GOOGLE_APIS.md#cloud-run-admin-api-v2), so the write is
-        based on this read, not on `current`: a change the caller does not watch (a label) is kept,
-        and one it does is never written over."""
-        svc = self._get(current.name)
-        if watched(view(svc), indexes) != watched(current, indexes):
-            raise StaleService(f"{current.name}: changed since it was read")
-        return svc
-
     @classmethod
-    def connect(cls, endpoint: str | None = None, transport: str = "grpc") -> "CloudRunFleet":
-        """Google's endpoint, or `endpoint` (a URL; the local stand-in's is `http://`: plaintext, no
-        credentials). gRPC is google-cloud-run's default and production's; `rest` stays selectable."""
-        if transport not in TRANSPORTS:
-            raise ValueError(f"Cloud Run transport must be one of {TRANSPORTS}, got {transport!r}")
-        if not endpoint:
-            return cls(run_v2.ServicesClient(transport=transport))
-        if transport == "rest":
-            return cls(run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
-                                             client_options=ClientOptions(api_endpoint=endpoint)), endpoint)
-        url = urlsplit(endpoint)
-        if url.scheme != "http":
-            return cls(run_v2.ServicesClient(transport="grpc", client_options=ClientOptions(api_endpoint=url.netloc)),
-                       endpoint)
-        # A channel given to the transport is used as is: no TLS, no credentials.
-        channel = grpc.insecure_channel(url.netloc, options=GRPC_CHANNEL_OPTIONS)
-        return cls(run_v2.ServicesClient(transport=ServicesGrpcTransport(channel=channel)), endpoint)
+    def connect(cls, endpoint: str | None = None, transport: str = "grpc") -> CloudRunFleet:
+        return cls(make_client(run_v2.ServicesClient, ServicesGrpcTransport, endpoint, transport), endpoint or "")
 
     def check_reachable(self, timeout_s: float) -> None:
         """Raise FleetError at once if the endpoint refuses the connection, or after `timeout_s` if it
@@ -168,54 +239,21 @@ class CloudRunFleet:
             raise FleetError(f"cannot reach {self._endpoint} over gRPC ({why}): is cloud_run_endpoint in the "
                              "config right, and the server running (`make up` starts the local stack)?")
 
-    def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
-        parent = f"projects/{project}/locations/{region}"
-        pager = self._client.list_services(request=run_v2.ListServicesRequest(parent=parent, page_size=500), retry=READ_RETRY)
-        for svc in pager:
-            yield view(svc)
+    def _list(self, parent: str) -> Iterable[run_v2.Service]:
+        request = run_v2.ListServicesRequest(parent=parent, page_size=500)
+        return self._client.list_services(request=request, retry=READ_RETRY)
 
-    def get_service(self, name: str) -> ServiceView:
-        return view(self._get(name))
+    def _fetch(self, name: str) -> run_v2.Service:
+        return self._client.get_service(name=name, retry=READ_RETRY)
 
-    def _get(self, name: str) -> run_v2.Service:
-        try:
-            return self._client.get_service(name=name, retry=READ_RETRY)
-        except gexc.NotFound as exc:
-            raise FleetError(f"service {name} not found") from exc
+    def _containers(self, raw: run_v2.Service) -> Any:
+        return raw.template.containers
 
-    def update_images(
-        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float,
-        base_uris: Mapping[int, str] = {}, traffic: tuple[TrafficSplit, ...] | None = None, revision: str = "",
-    ) -> ServiceView:
-        svc = self._for_update(current, {*images, *base_uris})
-        for index in {*images, *base_uris}:
-            if index >= len(svc.template.containers):
-                raise FleetError(f"{current.name} has no container #{index}")
-        for index, image in images.items():
-            svc.template.containers[index].image = image
-        for index, uri in base_uris.items():
-            svc.template.containers[index].base_image_uri = uri
-        if images or base_uris:
+    def _write(self, raw: run_v2.Service, traffic: tuple[TrafficSplit, ...] | None, revision: str | None,
+               retry: Any) -> Any:
+        if revision is not None:
             # A named revision with a different config is refused (409): a new name, or Cloud Run's.
-            svc.template.revision = revision
+            raw.template.revision = revision
         if traffic is not None:
-            svc.traffic = [_target(t) for t in traffic]
-        for key, value in annotations.items():
-            svc.annotations[key] = value
-        try:
-            operation = self._client.update_service(
-                # Retries stay inside the caller's budget (an update and its gate fit one invocation).
-                request=run_v2.UpdateServiceRequest(service=svc), retry=WRITE_RETRY.with_timeout(max(timeout, 1.0))
-            )
-        except (gexc.Aborted, gexc.Conflict, gexc.FailedPrecondition) as exc:
-            raise StaleService(f"{current.name}: {exc.message}") from exc
-        except gexc.GoogleAPICallError as exc:
-            raise FleetError(f"update of {current.name} failed: {exc}") from exc
-        try:
-            # The finished operation's response is the service as the deploy left it.
-            return view(operation.result(timeout=timeout, retry=READ_RETRY, polling=OPERATION_POLLING))
-        except gexc.GoogleAPICallError:
-            pass  # A failed revision surfaces here; the service's conditions say why.
-        except TimeoutError:
-            pass  # Still reconciling: the caller's health gate decides.
-        return self.get_service(current.name)
+            raw.traffic = [_target(t) for t in traffic]
+        return self._client.update_service(request=run_v2.UpdateServiceRequest(service=raw), retry=retry)

@@ -3,43 +3,29 @@ ExecutionsClient and WorkerPoolsClient, unmodified, on their default transport (
 
 Views are the same plain `ServiceView` as services', with `kind` set: a job's images are its task
 template's, it has no revisions and no traffic; a worker pool's `instance_splits` are read and
-written as traffic. Writes are made as `cloudrun.CloudRunFleet` makes them: based on a read just
+written as traffic. Writes go through `cloudrun.TemplateFleet`, as services' do: based on a read just
 before the write, refused as stale only when what the caller watches changed
 (docs/GOOGLE_APIS.md#jobs-and-worker-pools).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Mapping
-from urllib.parse import urlsplit
+from typing import Any, Iterable
 
-import grpc
 from google.api_core import exceptions as gexc
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 from google.cloud.run_v2.services.executions.transports import ExecutionsGrpcTransport
 from google.cloud.run_v2.services.jobs.transports import JobsGrpcTransport
 from google.cloud.run_v2.services.worker_pools.transports import WorkerPoolsGrpcTransport
 
-from baseroll.fleet.cloudrun import (
-    GRPC_CHANNEL_OPTIONS,
-    OPERATION_POLLING,
-    READ_RETRY,
-    TRANSPORTS,
-    WRITE_RETRY,
-    _enum_name,
-    _reason,
-)
+from baseroll.fleet.cloudrun import READ_RETRY, WRITE_RETRY, TemplateFleet, _enum_name, _reason, make_client, terminal
 from baseroll.fleet.view import (
     ALL_TO_LATEST,
     LATEST,
     REVISION,
     FleetError,
     ServiceView,
-    StaleService,
     TrafficSplit,
     WorkloadKind,
-    watched,
 )
 from baseroll.fleet.workloads import ExecutionState, ExecutionView
 
@@ -48,35 +34,12 @@ _SPLIT = {run_v2.InstanceSplitAllocationType.INSTANCE_SPLIT_ALLOCATION_TYPE_LATE
 _SPLIT_TYPE = {name: enum for enum, name in _SPLIT.items()}
 
 
-def _client(client_cls: Any, grpc_transport: Any, endpoint: str | None, transport: str) -> Any:
-    """As `CloudRunFleet.connect`: Google's endpoint, or `endpoint` (the stand-in's is `http://`:
-    plaintext, no credentials)."""
-    if transport not in TRANSPORTS:
-        raise ValueError(f"Cloud Run transport must be one of {TRANSPORTS}, got {transport!r}")
-    if not endpoint:
-        return client_cls(transport=transport)
-    if transport == "rest":
-        return client_cls(credentials=AnonymousCredentials(), transport="rest",
-                          client_options=ClientOptions(api_endpoint=endpoint))
-    url = urlsplit(endpoint)
-    if url.scheme != "http":
-        return client_cls(transport="grpc", client_options=ClientOptions(api_endpoint=url.netloc))
-    return client_cls(transport=grpc_transport(channel=grpc.insecure_channel(url.netloc, options=GRPC_CHANNEL_OPTIONS)))
-
-
-def _terminal(pb: Any) -> dict[str, Any]:
-    tc = pb.terminal_condition if pb.HasField("terminal_condition") else None
-    return {"terminal_state": _enum_name(tc, "state") if tc is not None and tc.state else "",
-            "terminal_reason": _reason(tc) if tc is not None else "",
-            "terminal_message": tc.message if tc is not None else ""}
-
-
 def _common(pb: Any, containers: Any, kind: WorkloadKind) -> dict[str, Any]:
     return {"name": pb.name, "images": tuple(c.image for c in containers),
             "base_image_uris": tuple(c.base_image_uri for c in containers), "labels": dict(pb.labels),
             "annotations": dict(pb.annotations), "etag": pb.etag, "generation": pb.generation,
             "observed_generation": pb.observed_generation, "reconciling": pb.reconciling, "kind": kind,
-            **_terminal(pb)}
+            **terminal(pb)}
 
 
 def job_view(job: run_v2.Job) -> ServiceView:
@@ -112,72 +75,7 @@ def execution_view(ex: run_v2.Execution) -> ExecutionView:
     return ExecutionView(pb.name, tuple(c.image for c in pb.template.containers), state, reason, message)
 
 
-class _TemplateFleet:
-    """What jobs and worker pools share: get, and update images from a fresh read."""
-
-    _view: Callable[[Any], ServiceView]
-    _noun: str  # in errors: "job", "worker pool"
-
-    def _list(self, parent: str) -> Iterable[Any]:
-        """The resources under `parent` (a pager over pages of 500)."""
-        raise NotImplementedError
-
-    def _fetch(self, name: str) -> Any:
-        raise NotImplementedError
-
-    def list_services(self, project: str, region: str) -> Iterator[ServiceView]:
-        for raw in self._list(f"projects/{project}/locations/{region}"):
-            yield type(self)._view(raw)
-
-    def _get(self, name: str) -> Any:
-        try:
-            return self._fetch(name)
-        except gexc.NotFound as exc:
-            raise FleetError(f"{self._noun} {name} not found") from exc
-
-    def _containers(self, raw: Any) -> Any:
-        raise NotImplementedError
-
-    def _write(self, raw: Any, traffic: tuple[TrafficSplit, ...] | None, revision: str | None, retry: Any) -> Any:
-        """Send the update (a revision name only when the containers change); return its operation."""
-        raise NotImplementedError
-
-    def get_service(self, name: str) -> ServiceView:
-        return type(self)._view(self._get(name))
-
-    def update_images(
-        self, current: ServiceView, images: Mapping[int, str], *, annotations: Mapping[str, str], timeout: float,
-        base_uris: Mapping[int, str] = {}, traffic: tuple[TrafficSplit, ...] | None = None, revision: str = "",
-    ) -> ServiceView:
-        raw = self._get(current.name)
-        view = type(self)._view
-        if watched(view(raw), {*images, *base_uris}) != watched(current, {*images, *base_uris}):
-            raise StaleService(f"{current.name}: changed since it was read")
-        containers = self._containers(raw)
-        for index in {*images, *base_uris}:
-            if index >= len(containers):
-                raise FleetError(f"{current.name} has no container #{index}")
-        for index, image in images.items():
-            containers[index].image = image
-        for index, uri in base_uris.items():
-            containers[index].base_image_uri = uri
-        for key, value in annotations.items():
-            raw.annotations[key] = value
-        try:
-            operation = self._write(raw, traffic, revision if images or base_uris else None,
-                                    WRITE_RETRY.with_timeout(max(timeout, 1.0)))
-        except (gexc.Aborted, gexc.Conflict, gexc.FailedPrecondition) as exc:
-            raise StaleService(f"{current.name}: {exc.message}") from exc
-        except gexc.GoogleAPICallError as exc:
-            raise FleetError(f"update of {current.name} failed: {exc}") from exc
-        try:
-            return view(operation.result(timeout=timeout, retry=READ_RETRY, polling=OPERATION_POLLING))
-        except (gexc.GoogleAPICallError, TimeoutError):
-            pass  # a failed reconciliation, or still going: the conditions say which
-        return self.get_service(current.name)
-
-
-class CloudRunJobs(_TemplateFleet):
+class CloudRunJobs(TemplateFleet):
     """JobFleet over JobsClient and ExecutionsClient: `list_services` lists jobs; an update changes the
     task template and starts no execution."""
 
@@ -189,9 +87,9 @@ class CloudRunJobs(_TemplateFleet):
         self._executions = executions
 
     @classmethod
-    def connect(cls, endpoint: str | None = None, transport: str = "grpc") -> "CloudRunJobs":
-        return cls(_client(run_v2.JobsClient, JobsGrpcTransport, endpoint, transport),
-                   _client(run_v2.ExecutionsClient, ExecutionsGrpcTransport, endpoint, transport))
+    def connect(cls, endpoint: str | None = None, transport: str = "grpc") -> CloudRunJobs:
+        return cls(make_client(run_v2.JobsClient, JobsGrpcTransport, endpoint, transport),
+                   make_client(run_v2.ExecutionsClient, ExecutionsGrpcTransport, endpoint, transport))
 
     def _list(self, parent: str) -> Iterable[run_v2.Job]:
         return self._jobs.list_jobs(request=run_v2.ListJobsRequest(parent=parent, page_size=500), retry=READ_RETRY)
@@ -235,7 +133,7 @@ class CloudRunJobs(_TemplateFleet):
             raise FleetError(f"executions of {job}: {exc}") from exc
 
 
-class CloudRunWorkerPools(_TemplateFleet):
+class CloudRunWorkerPools(TemplateFleet):
     """Fleet over WorkerPoolsClient: `list_services` lists worker pools; traffic is `instance_splits`."""
 
     _view = staticmethod(pool_view)
@@ -245,8 +143,8 @@ class CloudRunWorkerPools(_TemplateFleet):
         self._client = client
 
     @classmethod
-    def connect(cls, endpoint: str | None = None, transport: str = "grpc") -> "CloudRunWorkerPools":
-        return cls(_client(run_v2.WorkerPoolsClient, WorkerPoolsGrpcTransport, endpoint, transport))
+    def connect(cls, endpoint: str | None = None, transport: str = "grpc") -> CloudRunWorkerPools:
+        return cls(make_client(run_v2.WorkerPoolsClient, WorkerPoolsGrpcTransport, endpoint, transport))
 
     def _list(self, parent: str) -> Iterable[run_v2.WorkerPool]:
         request = run_v2.ListWorkerPoolsRequest(parent=parent, page_size=500)
