@@ -8,36 +8,24 @@ Started from its jar on a free port, in native mode, and stopped by its PID. The
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
 
+from . import java_emulator
 from .java_emulator import JavaEmulator
 from .procs import LOOPBACK
 
-# Where gcloud keeps the component (Debian's google-cloud-cli-firestore-emulator package, or
-# `gcloud components install cloud-firestore-emulator`); BASEROLL_FIRESTORE_EMULATOR_JAR overrides.
-JAR_CANDIDATES = (
-    "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar",
-    "/usr/share/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar",
-    "~/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar",
-)
 MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
 PROJECT = "baseroll-host"  # the project the local stack's records live in
 
 
 def find_jar() -> Path:
-    """The emulator's jar, or a RuntimeError saying what is missing and how to get it."""
-    override = os.environ.get("BASEROLL_FIRESTORE_EMULATOR_JAR")
-    for candidate in ([override] if override else []) + list(JAR_CANDIDATES):
-        path = Path(candidate).expanduser()
-        if path.is_file():
-            return path
-    raise RuntimeError(
-        "the Firestore emulator is missing: install gcloud's cloud-firestore-emulator component "
-        "(apt-get install google-cloud-cli-firestore-emulator, or gcloud components install "
-        "cloud-firestore-emulator) or set BASEROLL_FIRESTORE_EMULATOR_JAR to its jar")
+    """The emulator's jar (BASEROLL_FIRESTORE_EMULATOR_JAR overrides), or a RuntimeError saying how to get it."""
+    return java_emulator.find_jar(what="Firestore emulator", component="cloud-firestore-emulator",
+                                  pattern="cloud-firestore-emulator.jar",
+                                  package="google-cloud-cli-firestore-emulator",
+                                  override_var="BASEROLL_FIRESTORE_EMULATOR_JAR")
 
 
 class FirestoreEmulator(JavaEmulator):

@@ -2,6 +2,7 @@
 port, ready when its root answers, stopped by its PID, with a work folder for its log."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -12,6 +13,26 @@ import httpx
 from .procs import LOOPBACK, free_port, stop, wait_until
 
 JAVA_MISSING = "java not found: gcloud's emulators need a Java 11+ runtime (apt-get install default-jre-headless)"
+# Where gcloud keeps its components (Debian's google-cloud-cli-* packages, or a user's own SDK).
+SDK_ROOTS = ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "~/google-cloud-sdk")
+
+
+def find_jar(*, what: str, component: str, pattern: str, package: str, override_var: str) -> Path:
+    """The jar of gcloud's `component` (`pattern` under its platform folder; the newest if several),
+    or `override_var`'s file; else a RuntimeError naming what was looked for and how to get it."""
+    override = os.environ.get(override_var)
+    if override:
+        path = Path(override).expanduser()
+        if path.is_file():
+            return path
+        raise RuntimeError(f"the {what} is missing: {override_var}={override} is not a file")
+    for root in SDK_ROOTS:
+        jars = sorted((Path(root).expanduser() / "platform" / component).glob(pattern))
+        if jars:
+            return jars[-1]
+    raise RuntimeError(
+        f"the {what} is missing: no {pattern} under {SDK_ROOTS[0]}/platform/{component} (apt-get install "
+        f"{package}, or gcloud components install {component}, or set {override_var} to its jar)")
 
 
 class JavaEmulator:

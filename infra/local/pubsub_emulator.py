@@ -12,7 +12,6 @@ It has no fault injection and no idle signal: the stand-in stays for those.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -20,33 +19,15 @@ from typing import Iterable
 
 import httpx
 
+from . import java_emulator
 from .java_emulator import JAVA_MISSING, JavaEmulator
 from .procs import LOOPBACK
 
-# Where gcloud keeps the component (Debian's google-cloud-cli-pubsub-emulator package, or
-# `gcloud components install pubsub-emulator`); BASEROLL_PUBSUB_EMULATOR_JAR overrides.
-EMULATOR_DIRS = (
-    "/usr/lib/google-cloud-sdk/platform/pubsub-emulator",
-    "/usr/share/google-cloud-sdk/platform/pubsub-emulator",
-    "~/google-cloud-sdk/platform/pubsub-emulator",
-)
-
-
 def find_jar() -> Path:
-    """The emulator's jar, or a RuntimeError naming the paths looked at and how to get it."""
-    override = os.environ.get("BASEROLL_PUBSUB_EMULATOR_JAR")
-    if override:
-        if Path(override).expanduser().is_file():
-            return Path(override).expanduser()
-        raise RuntimeError(f"the Pub/Sub emulator is missing: BASEROLL_PUBSUB_EMULATOR_JAR={override} is not a file")
-    for directory in EMULATOR_DIRS:
-        jars = sorted(Path(directory).expanduser().glob("lib/cloud-pubsub-emulator-*.jar"))
-        if jars:
-            return jars[-1]
-    raise RuntimeError(
-        f"the Pub/Sub emulator is missing: no lib/cloud-pubsub-emulator-*.jar under {EMULATOR_DIRS[0]} "
-        "(apt-get install google-cloud-cli-pubsub-emulator, or gcloud components install pubsub-emulator, "
-        "or set BASEROLL_PUBSUB_EMULATOR_JAR to its jar)")
+    """The emulator's jar (BASEROLL_PUBSUB_EMULATOR_JAR overrides), or a RuntimeError saying how to get it."""
+    return java_emulator.find_jar(what="Pub/Sub emulator", component="pubsub-emulator",
+                                  pattern="lib/cloud-pubsub-emulator-*.jar", package="google-cloud-cli-pubsub-emulator",
+                                  override_var="BASEROLL_PUBSUB_EMULATOR_JAR")
 
 
 def missing() -> str | None:
