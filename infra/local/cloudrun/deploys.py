@@ -20,6 +20,7 @@ from google.cloud import run_v2
 from google.longrunning import operations_pb2
 from google.rpc import status_pb2
 
+from .checks import newest_first_page
 from .common import (
     FAILED_PRECONDITION,
     LATEST,
@@ -34,12 +35,9 @@ from .common import (
     State,
     config_key,
     copy,
-    decode_token,
-    encode_token,
     not_found,
     not_ready,
     now,
-    page_size,
     parts,
     tag_uri,
     to_json,
@@ -118,16 +116,9 @@ class DeploysMixin(RunningMixin):
 
     def revisions_page(self, project: str, location: str, sid: str, size: int, token: str) -> run_v2.ListRevisionsResponse:
         parent = f"projects/{project}/locations/{location}/services/{sid}"
-        size = page_size(size)
-        after = decode_token(parent, token)
         with self._lock:
-            rec = self._record(project, location, sid)
-            # Newest first, like `gcloud run revisions list`; the token is the last sequence number returned.
-            recs = sorted(rec.revisions.values(), key=lambda r: -r.seq)
-            if after is not None:
-                recs = [r for r in recs if r.seq < int(after)]
-            page = [copy(r.revision) for r in recs[:size]]
-            next_token = encode_token(parent, str(recs[size - 1].seq)) if len(recs) > size else ""
+            page, next_token = newest_first_page(list(self._record(project, location, sid).revisions.values()),
+                                                 parent, size, token, lambda r: copy(r.revision))
         return run_v2.ListRevisionsResponse(revisions=page, next_page_token=next_token)
 
     def revision_snapshot(self, project: str, location: str, sid: str, short: str) -> run_v2.Revision:

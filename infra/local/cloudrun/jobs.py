@@ -17,29 +17,25 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 from google.cloud import run_v2
 from google.longrunning import operations_pb2
 from google.protobuf import field_mask_pb2
 from google.rpc import status_pb2
 
+from .checks import check_containers, check_etag, check_keys, names_page, newest_first_page
 from .common import (
     FAILED_PRECONDITION,
-    MAX_CONTAINERS,
-    RESERVED_PREFIXES,
     SERVICE_ID,
     ApiError,
     State,
     copy,
-    decode_token,
-    encode_token,
     not_found,
     now,
-    page_size,
 )
 from .deploys import _snapshot
-from .images import DeployFailure, ImageChecker, parse_image
+from .images import DeployFailure, ImageChecker
 
 log = logging.getLogger("baseroll.standin.cloudrun")
 Operation = operations_pb2.Operation
@@ -55,29 +51,6 @@ JOB_MUTABLE = tuple(f for f in run_v2.Job.meta.fields if f not in JOB_OUTPUT_ONL
 MAX_EXECUTIONS_PER_JOB = 1000  # Cloud Run shows the most recent 1,000 (docs/GOOGLE_APIS.md#jobs-and-worker-pools)
 
 
-def check_keys(where_mappings: Iterable[tuple[str, Mapping[str, str]]]) -> None:
-    """v2 refuses labels and annotations in the system namespaces (as for services)."""
-    for where, mapping in where_mappings:
-        for key in mapping:
-            domain = key.split("/", 1)[0] if "/" in key else ""
-            if any(domain == p or domain.endswith("." + p) for p in RESERVED_PREFIXES):
-                raise ApiError(400, f"Invalid {where} key '{key}': system {where.split('.')[-1]} in the "
-                                    f"'{domain}' namespace are not supported in the v2 API.")
-
-
-def check_containers(containers: Iterable[run_v2.Container], where: str) -> None:
-    containers = list(containers)
-    if not 1 <= len(containers) <= MAX_CONTAINERS:
-        raise ApiError(400, f"{where} must have between 1 and {MAX_CONTAINERS} entries.")
-    for i, c in enumerate(containers):
-        if not c.image:
-            raise ApiError(400, f"{where}[{i}].image: must be set.")
-        try:
-            parse_image(c.image)
-        except ValueError as e:
-            raise ApiError(400, f"{where}[{i}].image: {e}") from None
-
-
 def first_image_failure(checker: ImageChecker | None, images: Iterable[str]) -> DeployFailure | None:
     assert checker is not None, "stand-in not started"
     for image in images:  # registry I/O: callers hold no lock here
@@ -90,24 +63,6 @@ def first_image_failure(checker: ImageChecker | None, images: Iterable[str]) -> 
 def merge(cls: type, body: object, into: object, paths: Iterable[str]) -> None:
     field_mask_pb2.FieldMask(paths=list(paths)).MergeMessage(
         cls.pb(body), cls.pb(into), replace_message_field=True, replace_repeated_field=True)  # type: ignore[attr-defined]
-
-
-def names_page(names: Iterable[str], project: str, location: str, collection: str, size: int,
-               token: str) -> tuple[list[str], str]:
-    """One page of the names under `projects/P/locations/L/{collection}/`, sorted; the token is the last
-    name returned. Like ListServices, a listing needs a concrete region."""
-    if location == "-":
-        raise ApiError(400, f"Cloud Run does not support listing {collection} across all regions (location '-').")
-    parent = f"projects/{project}/locations/{location}"
-    size = page_size(size)
-    after = decode_token(parent, token)
-    chosen = sorted(n for n in names if n.startswith(f"{parent}/{collection}/") and (after is None or n > after))
-    return chosen[:size], encode_token(parent, chosen[size - 1]) if len(chosen) > size else ""
-
-
-def check_etag(given: str, current: str, rid: str) -> None:
-    if given and given != current:
-        raise ApiError(409, f"Precondition failed: etag '{given}' does not match the current etag of '{rid}'.")
 
 
 def finished_op(new_op_locked: Callable[[str], Operation], cls: Any, msg: Any, *, remember: bool) -> Operation:
@@ -410,18 +365,11 @@ class JobsMixin:
 
     def executions_page(self, project: str, location: str, jid: str, size: int,
                         token: str) -> run_v2.ListExecutionsResponse:
-        """Newest first; the token is the last sequence number returned."""
         parent = f"projects/{project}/locations/{location}/jobs/{jid}"
-        size = page_size(size)
-        after = decode_token(parent, token)
         with self._lock:
-            recs = sorted(self._job_record(project, location, jid).executions.values(), key=lambda r: -r.seq)
-            if after is not None:
-                recs = [r for r in recs if r.seq < int(after)]
-            page = [copy(r.execution) for r in recs[:size]]
-            next_token = encode_token(parent, str(recs[size - 1].seq)) if len(recs) > size else ""
+            page, next_token = newest_first_page(list(self._job_record(project, location, jid).executions.values()),
+                                                 parent, size, token, lambda r: copy(r.execution))
         return run_v2.ListExecutionsResponse(executions=page, next_page_token=next_token)
-
 
 def _spec(job: run_v2.Job) -> bytes:
     pb = run_v2.Job.pb(job)

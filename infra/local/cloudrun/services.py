@@ -9,12 +9,11 @@ from google.cloud import run_v2
 from google.longrunning import operations_pb2
 from google.protobuf import field_mask_pb2
 
+from .checks import check_containers, check_etag, check_keys, names_page
 from .common import (
     BY_REVISION,
     LATEST,
-    MAX_CONTAINERS,
     MAX_SERVICES_PER_REGION,
-    RESERVED_PREFIXES,
     REVISION_NAME,
     SERVICE_ID,
     SERVICE_MUTABLE,
@@ -22,18 +21,14 @@ from .common import (
     ServiceRecord,
     config_key,
     copy,
-    decode_token,
-    encode_token,
     images_of,
     not_found,
     now,
-    page_size,
     parts,
     service_uri,
     spec_key,
     template_key,
 )
-from .images import parse_image
 
 Operation = operations_pb2.Operation
 
@@ -48,29 +43,9 @@ class ServicesMixin:
     # -- validation --
 
     def _validate_spec(self, svc: run_v2.Service, sid: str, rec: ServiceRecord | None, new_revision: str | None) -> None:
-        for where, mapping in (
-            ("labels", svc.labels),
-            ("annotations", svc.annotations),
-            ("template.labels", svc.template.labels),
-            ("template.annotations", svc.template.annotations),
-        ):
-            for key in mapping:
-                domain = key.split("/", 1)[0] if "/" in key else ""
-                if any(domain == p or domain.endswith("." + p) for p in RESERVED_PREFIXES):
-                    raise ApiError(
-                        400, f"Invalid {where} key '{key}': system {where.split('.')[-1]} in the '{domain}' "
-                        "namespace are not supported in the v2 API."
-                    )
-        containers = svc.template.containers
-        if not 1 <= len(containers) <= MAX_CONTAINERS:
-            raise ApiError(400, f"template.containers must have between 1 and {MAX_CONTAINERS} entries.")
-        for i, c in enumerate(containers):
-            if not c.image:
-                raise ApiError(400, f"template.containers[{i}].image: must be set.")
-            try:
-                parse_image(c.image)
-            except ValueError as e:
-                raise ApiError(400, f"template.containers[{i}].image: {e}") from None
+        check_keys((("labels", svc.labels), ("annotations", svc.annotations),
+                    ("template.labels", svc.template.labels), ("template.annotations", svc.template.annotations)))
+        check_containers(svc.template.containers, "template.containers")
         revision = svc.template.revision
         if revision and (not REVISION_NAME.match(revision) or not revision.startswith(sid + "-")):
             raise ApiError(400, f"template.revision '{revision}' must start with '{sid}-' and be a valid name.")
@@ -149,8 +124,7 @@ class ServicesMixin:
                 if not allow_missing:
                     raise not_found("SERVICE", sid, project, location)
                 return self._create_locked(name, body, validate_only)
-            if body.etag and body.etag != rec.service.etag:
-                raise ApiError(409, f"Precondition failed: etag '{body.etag}' does not match the current etag of '{sid}'.")
+            check_etag(body.etag, rec.service.etag, sid)
             return self._update_locked(rec, body, mask, validate_only)
 
     def _update_locked(self, rec: ServiceRecord, body: run_v2.Service, mask: list[str] | None, validate_only: bool) -> Operation:
@@ -198,23 +172,16 @@ class ServicesMixin:
     def services_page(self, project: str, location: str, size: int, token: str) -> run_v2.ListServicesResponse:
         """One page, by name; the token is the last name returned. The response's messages are copies made
         under the lock (deploys change services in place), so each front serialises them at leisure."""
-        if location == "-":
-            raise ApiError(400, "Cloud Run does not support listing services across all regions (location '-').")
-        parent = f"projects/{project}/locations/{location}"
-        size = page_size(size)
-        after = decode_token(parent, token)
         pb = run_v2.ListServicesResponse.pb()()
         with self._lock:
-            names = sorted(n for n in self._services if n.startswith(parent + "/services/") and (after is None or n > after))
-            pb.services.extend(run_v2.Service.pb(self._services[n].service) for n in names[:size])
-            pb.next_page_token = encode_token(parent, names[size - 1]) if len(names) > size else ""
+            names, pb.next_page_token = names_page(self._services, project, location, "services", size, token)
+            pb.services.extend(run_v2.Service.pb(self._services[n].service) for n in names)
         return run_v2.ListServicesResponse.wrap(pb)
 
     def delete_service_op(self, project: str, location: str, sid: str, etag: str, validate_only: bool) -> Operation:
         with self._lock:
             rec = self._record(project, location, sid)
-            if etag and etag != rec.service.etag:
-                raise ApiError(409, f"Precondition failed: etag '{etag}' does not match the current etag of '{sid}'.")
+            check_etag(etag, rec.service.etag, sid)
             snapshot = copy(rec.service)
             if not validate_only:
                 del self._services[snapshot.name]

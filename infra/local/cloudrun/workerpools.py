@@ -20,6 +20,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import field_mask_pb2
 from google.rpc import status_pb2
 
+from .checks import check_containers, check_etag, check_keys, names_page
 from .common import (
     FAILED_PRECONDITION,
     REVISION_NAME,
@@ -37,7 +38,7 @@ from .common import (
 )
 from .deploys import _snapshot
 from .images import DeployFailure, ImageChecker
-from .jobs import check_containers, check_etag, check_keys, finished_op, first_image_failure, merge, names_page, removed
+from .jobs import finished_op, first_image_failure, merge, removed
 
 log = logging.getLogger("baseroll.standin.cloudrun")
 Operation = operations_pb2.Operation
