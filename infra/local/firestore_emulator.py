@@ -8,9 +8,11 @@ Started from its jar on a free port, in native mode, and stopped by its PID. The
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
+from google.auth.credentials import AnonymousCredentials
 
 from . import java_emulator
 from .java_emulator import JavaEmulator
@@ -18,6 +20,7 @@ from .procs import LOOPBACK
 
 MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
 PROJECT = "baseroll-host"  # the project the local stack's records live in
+WARM_UP_PROJECT = "baseroll-warm-up"  # written once at start, never read by the stack
 
 
 def find_jar() -> Path:
@@ -41,6 +44,39 @@ class FirestoreEmulator(JavaEmulator):
     def command(self, java: str) -> list[str]:
         return [java, "-Duser.language=en", "-cp", str(find_jar()), MAIN_CLASS, "start", "--host", LOOPBACK,
                 "--port", str(self.port), "--database-mode", "firestore-native"]
+
+    def start(self) -> "FirestoreEmulator":
+        super().start()
+        self.warm_up()
+        return self
+
+    def warm_up(self) -> None:
+        """One write, read, transaction and query in a project of its own. The emulator's JVM takes
+        about 1 s over its first write (measured: 0.96 s, then 0.03 s), which Firestore itself does
+        not: without this, the first rollout of a run paid it inside its own timings."""
+        from google.cloud import firestore
+
+        # The client finds an emulator only through the environment, and reads it once, when made.
+        saved = os.environ.get("FIRESTORE_EMULATOR_HOST")
+        os.environ["FIRESTORE_EMULATOR_HOST"] = self.host
+        try:
+            client = firestore.Client(project=WARM_UP_PROJECT, credentials=AnonymousCredentials())
+        finally:
+            if saved is None:
+                del os.environ["FIRESTORE_EMULATOR_HOST"]
+            else:
+                os.environ["FIRESTORE_EMULATOR_HOST"] = saved
+        doc = client.collection("warm-up").document("doc")
+        doc.set({"n": 1}, merge=True)
+        doc.get()
+
+        @firestore.transactional
+        def bump(tx: firestore.Transaction) -> None:
+            tx.update(doc, {"n": (doc.get(transaction=tx).get("n") or 0) + 1})
+
+        bump(client.transaction())
+        list(client.collection("warm-up").where(filter=firestore.FieldFilter("n", ">=", 0)).stream())
+        client.close()
 
     def reset(self) -> None:
         """Delete every document of every database (the emulator's own endpoint)."""

@@ -80,6 +80,9 @@ class Seen:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a fleet's workers asking at once overflowed it, and each
+    # refused SYN is retried by the kernel only after 1 s (werkzeug's servers here listen with 128).
+    request_queue_size = 128
 
 
 class LoopbackServer:
