@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -125,6 +126,21 @@ def test_whatever_one_rebase_throws_fails_that_image_only(capsys: pytest.Capture
     assert out[jobs[2]].startswith("AttributeError")
     assert out[jobs[1]] == jobs[1].app.with_digest("sha256:" + "3" * 64)
     assert capsys.readouterr().out.count('"image.rebase_failed"') == 2
+
+
+def test_a_waves_rebases_run_at_once() -> None:
+    """Each rebase waits for the other two at a barrier: rebased one after another, the first would
+    wait out the barrier's timeout and fail its image."""
+    jobs = [RebaseJob(parse(f"{REGISTRY}/apps/{n}@{D}"), parse(f"{TRACK}@{D}")) for n in ("a", "b", "c")]
+    new = parse(f"{TRACK}@sha256:" + "2" * 64)
+    meet = threading.Barrier(3, timeout=5)
+
+    def rebase(job: RebaseJob, new_base: Any, dry_run: bool) -> Any:
+        meet.wait()
+        return job.app.with_digest("sha256:" + "3" * 64)
+
+    out = pipeline.rebase_jobs_for(jobs, new, rebase)
+    assert list(out) == jobs and all(not isinstance(r, str) for r in out.values()), out
 
 
 def _world(*tracks: tuple[str, str]) -> FakeWorld:

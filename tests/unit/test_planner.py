@@ -6,6 +6,8 @@ image built on 3.12.1, one of them opted out, and one runs an image on another b
 from __future__ import annotations
 
 import dataclasses
+import json
+import threading
 from typing import Callable
 
 import pytest
@@ -74,6 +76,43 @@ def test_start_writes_the_record_hands_over_the_first_step_and_rebases_each_imag
     assert (first.wave, first.cursor, first.seq, first.rollout.rollout_id) == (0, 0, 1, out["rollout_id"])
     assert [(job.app, new, dry) for job, new, dry in b.w.rebase.calls] == [(b.app, b.new_base, False)]
     assert b.w.fleet.calls["update_images"] == 0  # the planner deploys nothing itself
+
+
+def test_the_fleet_is_listed_while_the_store_and_the_registry_are_read() -> None:
+    """What the start needs from the store (record the track's version, read the record) and from the
+    registry and the lineage store (the base's versions) is read while the fleet is listed: the first
+    of each meets the others at a barrier, which a start doing them one after another would break."""
+    b = base_world()
+    meet = threading.Barrier(3, timeout=5)
+    who: list[str] = []
+
+    def rendezvous(name: str, call: Callable) -> Callable:
+        def wrapped(*args, **kw):
+            if name not in who:
+                who.append(name)
+                meet.wait()
+            return call(*args, **kw)
+        return wrapped
+
+    b.w.lineage.record_version = rendezvous("record the version", b.w.lineage.record_version)  # type: ignore[method-assign]
+    b.w.lineage.versions = rendezvous("read the versions", b.w.lineage.versions)  # type: ignore[method-assign]
+    b.w.fleet.list_services = rendezvous("list the fleet", b.w.fleet.list_services)  # type: ignore[method-assign]
+    out = b.start()
+    assert out["status"] == "running" and out["to_roll"] == 4 and not meet.broken
+    assert sorted(who) == ["list the fleet", "read the versions", "record the version"]
+    assert b.w.lineage.by_track["python"][-1] == b.new_base.digest
+
+
+def test_each_decision_is_logged_once_the_first_step_is_on_its_way(capsys: pytest.CaptureFixture) -> None:
+    b = base_world()
+    b.start()
+    messages = [json.loads(line)["message"] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    planned = [i for i, m in enumerate(messages) if m == "service.planned"]
+    assert len(planned) == 6  # every workload, rolled or skipped, once
+    assert messages.index("rollout.started") < planned[0]
+    b.start()  # a redelivered event: the plan is made again and said again
+    again = [json.loads(line)["message"] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert again.count("service.planned") == 6 and "rollout.already_started" in again
 
 
 @pytest.mark.parametrize("how", ["request", "config"])

@@ -46,14 +46,19 @@ def discover(fleet: Fleet, cfg: Config, *, quiet: bool = False) -> list[ServiceV
 
 def build_plan(cfg: Config, fleet: Fleet, catalog: Catalog, request: RollRequest, new_ref: ImageRef,
                *, scope: Scope = planning.everything, quiet: bool = False) -> Plan:
-    """Discover, inspect and match. `quiet` for re-plans mid-rollout: the first plan logged every decision."""
-    services = discover(fleet, cfg, quiet=quiet)
+    """Discover, inspect and match. `quiet` for re-plans mid-rollout: the first plan logged every
+    decision. Each workload's decision is logged by `log_decisions`, when the caller can afford it."""
     if request.kind == "app":
+        services = discover(fleet, cfg, quiet=quiet)
         result = planning.make_app_plan(app=request.image, new_image=new_ref, services=services, labels=cfg.labels,
                                         scope=scope, deployed_tag_label=cfg.labels.app_tag)
     else:
-        new_version = catalog.version(new_ref)
-        lineage = track_lineage(cfg, catalog, request.image, new_version, quiet=quiet)
+        # The base's versions come from the registry and the lineage store, the fleet from Cloud Run:
+        # each is read while the other is.
+        with ThreadPoolExecutor(max_workers=1) as side:
+            versions = side.submit(_versions, cfg, catalog, request.image, new_ref, quiet)
+            services = discover(fleet, cfg, quiet=quiet)
+            new_version, lineage = versions.result()
         wanted = planning.images_to_inspect(services, cfg.labels, cfg.allowed_registries, scope)
         facts = catalog.facts_many(wanted)
         result = planning.make_plan(
@@ -62,14 +67,25 @@ def build_plan(cfg: Config, fleet: Fleet, catalog: Catalog, request: RollRequest
             lineage=lineage,
         )
     if not quiet:
-        for sp in result.services:
-            log.info("service.planned", service=sp.service.name, kind=sp.service.kind, action=sp.action,
-                     reason=sp.reason, strategy=sp.strategy or None, images=list(sp.service.images))
         # Another host cannot mount the base's layers unless it takes `origin` (docs/OCI.md#blobs).
         for host in sorted({job.app.registry for job in result.jobs} - {new_ref.registry}):
             log.warning("plan.cross_host", base_host=new_ref.registry, app_host=host,
                         reason="base layers may be copied through baseroll, not mounted")
     return result
+
+
+def log_decisions(plan: Plan) -> None:
+    """One `service.planned` line per workload: what the plan decided for it and why. The planner
+    writes them once the first wave is on its way (10,000 lines take a few hundred ms)."""
+    for sp in plan.services:
+        log.info("service.planned", service=sp.service.name, kind=sp.service.kind, action=sp.action,
+                 reason=sp.reason, strategy=sp.strategy or None, images=list(sp.service.images))
+
+
+def _versions(cfg: Config, catalog: Catalog, track_image: ImageRef, new_ref: ImageRef,
+              quiet: bool) -> tuple[BaseVersion, TrackLineage]:
+    new_version = catalog.version(new_ref)
+    return new_version, track_lineage(cfg, catalog, track_image, new_version, quiet=quiet)
 
 
 def track_lineage(cfg: Config, catalog: Catalog, track_image: ImageRef, new_version: BaseVersion, *,
@@ -109,20 +125,29 @@ def resolve_new_ref(client: RegistryClient, request: RollRequest) -> ImageRef:
     return request.image.at(current)
 
 
+REBASE_WORKERS = 8  # rebases at once: each is a dozen small registry requests, mostly waiting on the registry
+
+
 def rebase_jobs_for(jobs: Iterable[RebaseJob], new_base: ImageRef, rebase: Rebase, *,
                     dry_run: bool = False) -> dict[RebaseJob, ImageRef | str]:
-    """One rebase per unique app image × old base: the rebased image, or why it was refused."""
-    out: dict[RebaseJob, ImageRef | str] = {}
-    for job in jobs:
+    """One rebase per unique app image × old base, several at once: the rebased image, or why it was refused."""
+    def one(job: RebaseJob) -> ImageRef | str:
         try:
-            out[job] = rebase(job, new_base, dry_run)
+            result = rebase(job, new_base, dry_run)
             log.info("image.rebased", app=str(job.app), old_base=str(job.old_base), new_base=str(new_base),
-                     result=str(out[job]), dry_run=dry_run)
+                     result=str(result), dry_run=dry_run)
+            return result
         except Exception as exc:  # noqa: BLE001 - whatever one image throws fails that image only
             known = isinstance(exc, (RebaseError, RegistryError, OCIError))
-            out[job] = str(exc) if known else f"{type(exc).__name__}: {exc}"
-            log.error("image.rebase_failed", app=str(job.app), old_base=str(job.old_base), reason=out[job])
-    return out
+            reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            log.error("image.rebase_failed", app=str(job.app), old_base=str(job.old_base), reason=reason)
+            return reason
+
+    todo = list(jobs)
+    if len(todo) <= 1:
+        return {job: one(job) for job in todo}
+    with ThreadPoolExecutor(max_workers=min(REBASE_WORKERS, len(todo))) as pool:
+        return dict(zip(todo, pool.map(one, todo)))
 
 
 def targets_for(sp: ServicePlan, rebased: Mapping[RebaseJob, ImageRef | str]) -> tuple[dict[int, str], dict[int, str]] | str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -63,30 +64,49 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
     new_ref = engine.resolve_new_ref(deps.registry, request)
     assert new_ref.digest
     rollout_id = rollout_id_for(request, name, new_ref.digest, scope)
-    if request.kind == "base":  # the track's tag points here now: one of its versions (rollout.lineage)
-        deps.lineage.record_version(name, new_ref.digest)
-    plan = engine.build_plan(cfg, deps.fleet, deps.catalog(), request, new_ref, scope=scope.matches)
+    # The store's write and read go on while the fleet is listed: neither needs the other.
+    with ThreadPoolExecutor(max_workers=1) as side:
+        stored = side.submit(_record_version_and_read, deps, request, name, new_ref.digest, rollout_id)
+        plan = engine.build_plan(cfg, deps.fleet, deps.catalog(), request, new_ref, scope=scope.matches)
+        existing = stored.result()
     summary = {"rollout_id": rollout_id, "kind": request.kind, "image": str(request.image), "target": str(new_ref),
                "to_roll": len(plan.to_roll), "skipped": len(plan.services) - len(plan.to_roll),
                "dry_run": request.dry_run or cfg.rollout.dry_run}
-    if request.dry_run or cfg.rollout.dry_run:
+    if not summary["dry_run"] and existing is None and plan.to_roll:
+        return _begin(deps, plan, new_ref, Rollout(rollout_id, name, str(request.image), new_ref.digest,
+                                                   request.kind, scope.to_json()), summary)
+    engine.log_decisions(plan)
+    if summary["dry_run"]:
         report = dry_run_report(cfg, plan, new_ref, deps.rebase, now=deps.clock.now())
         log.notice("rollout.dry_run", **summary, waves=[len(w) for w in report["waves"]])
         return {**summary, **report}
-    existing = deps.records.get(rollout_id)
     if existing is not None:
         log.info("rollout.already_started", rollout_id=rollout_id, status=existing.status)
         return {**summary, "status": existing.status}
-    if not plan.to_roll:
-        log.info("rollout.nothing_to_do", **summary)
-        return {**summary, "status": "nothing-to-do"}
-    ro = Rollout(rollout_id, name, str(request.image), new_ref.digest, request.kind, scope.to_json())
-    if not deps.records.create(RolloutRecord(rollout_id, name, new_ref.digest, ro.track_image, ro.kind,
+    log.info("rollout.nothing_to_do", **summary)
+    return {**summary, "status": "nothing-to-do"}
+
+
+def _record_version_and_read(deps: Deps, request: RollRequest, track: str, digest: str,
+                             rollout_id: str) -> RolloutRecord | None:
+    """Record the track's new version (its tag points there now: rollout.lineage), then read the
+    rollout's record, if a redelivery of the same event already started it."""
+    if request.kind == "base":
+        deps.lineage.record_version(track, digest)
+    return deps.records.get(rollout_id)
+
+
+def _begin(deps: Deps, plan: Plan, new_ref: ImageRef, ro: Rollout, summary: dict) -> dict:
+    """Create the rollout's record, store its wave plan and send its first step as soon as the first
+    wave is stored; each workload's planned decision is logged once that step is on its way."""
+    cfg = deps.config
+    if not deps.records.create(RolloutRecord(ro.rollout_id, ro.track, ro.base_digest, ro.track_image, ro.kind,
                                              dict(ro.scope))):
         # A concurrent start (the same push seen by two triggers) created it first: it sends the step.
-        existing = deps.records.get(rollout_id)
+        engine.log_decisions(plan)
+        existing = deps.records.get(ro.rollout_id)
         status = existing.status if existing is not None else RUNNING
-        log.info("rollout.already_started", rollout_id=rollout_id, status=status)
+        log.info("rollout.already_started", rollout_id=ro.rollout_id, status=status)
         return {**summary, "status": status}
 
     def release_first_wave(header: stored_plan.Header) -> None:
@@ -97,9 +117,10 @@ def start(deps: Deps, request: RollRequest, scope: ServiceFilter | None = None) 
                                            approval=cfg.rollout.approval))
         bus_mod.send(deps.bus, topics.RESULTS, Step(ro, wave=0, cursor=0, seq=1, plan=1))
         log.notice("rollout.started", **summary)
+        engine.log_decisions(plan)
 
     # Rebases run wave by wave before each wave is stored, so a refused rebase shows in the log at once.
-    stored_plan.make(deps, plan, rollout_id, 1, new_ref, first_stored=release_first_wave)
+    stored_plan.make(deps, plan, ro.rollout_id, 1, new_ref, first_stored=release_first_wave)
     return {**summary, "status": "running"}
 
 
