@@ -1,8 +1,8 @@
 """Wiring: build the real adapters from a Config. Nothing is created at import time."""
 from __future__ import annotations
 
-import functools
 import os
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,7 +90,16 @@ def _password(cred: RegistryCredential, env: Mapping[str, str]) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=1)
+_BUILT: list[Deps] = []
+_BUILDING = threading.Lock()
+
+
 def from_environment() -> Deps:
-    """One set of clients per function instance, built on first use and reused across invocations."""
-    return build(config_mod.load())
+    """One set of clients per function instance, built on first use and reused across invocations.
+    Invocations that arrive together at a fresh instance (a wave's tasks) wait for the one build
+    instead of each building its own clients."""
+    if not _BUILT:
+        with _BUILDING:
+            if not _BUILT:
+                _BUILT.append(build(config_mod.load()))
+    return _BUILT[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import threading
 import time
 from typing import Callable
 
@@ -480,26 +481,29 @@ TRACK = f"{fakes.REGISTRY}/bases/python:3.12"
 SIGN_TOPIC = "sign-requests"
 
 
-def base_rig(signing: str = "report", *, app_signed: bool = False, refuse: str = "") -> tuple[fakes.FakeWorld, Step]:
-    """Two services on one app image built on python 3.12.1; the track moved to 3.12.2; started."""
+def base_rig(signing: str = "report", *, app_signed: bool = False, refuse: str = "",
+             apps: tuple[str, ...] = ("shop",)) -> tuple[fakes.FakeWorld, Step]:
+    """Two services on each app image (`shop`: the first app), built on python 3.12.1; the track moved
+    to 3.12.2; started."""
     cfg = dataclasses.replace(fakes.config(waves=(1.0,)), signatures=SigningPolicy(signing, SIGN_TOPIC))
     w = fakes.FakeWorld(cfg)
     v1 = w.registry.push(f"{TRACK}.1", [fakes.layer("os"), fakes.layer("py-3.12.1")])
     w.lineage.record_version("python", v1.digest or "")  # the track's tag was seen at 3.12.1 before it moved
     v2 = w.registry.push(f"{TRACK}.2", [fakes.layer("os"), fakes.layer("py-3.12.2")])
     w.registry.move_tag(TRACK, v2.digest or "")
-    app = w.registry.push(f"{fakes.REGISTRY}/apps/shop:v1",
-                          [fakes.layer("os"), fakes.layer("py-3.12.1"), fakes.layer("shop")]).pinned()
-    if app_signed:
-        w.registry.push(app.with_tag(signatures.signature_tag(app.digest or "")), [fakes.layer("sig")])
-    for i in range(2):
-        w.fleet.add(ServiceView(f"projects/tenants-aaaaa/locations/us-east1/services/shop{i}", (str(app),)))
-    if refuse:
-        w.rebase.refuse[str(app)] = refuse
+    for n, name in enumerate(apps):
+        app = w.registry.push(f"{fakes.REGISTRY}/apps/{name}:v1",
+                              [fakes.layer("os"), fakes.layer("py-3.12.1"), fakes.layer(name)]).pinned()
+        if app_signed and n == 0:
+            w.registry.push(app.with_tag(signatures.signature_tag(app.digest or "")), [fakes.layer("sig")])
+        for i in range(2):
+            w.fleet.add(ServiceView(f"projects/tenants-aaaaa/locations/us-east1/services/{name}{i}", (str(app),)))
+        if refuse and n == 0:
+            w.rebase.refuse[str(app)] = refuse
     w.bus.subscribe(TASKS, lambda task: step.record_result(w.deps, worker.roll_service(w.deps, task)))
     w.clock.on_sleep.append(lambda now: w.bus.deliver(TASKS))
     out = planner.start(w.deps, RollRequest("base", refs.parse(TRACK), None, "artifact-push", "e-1"))
-    assert out["status"] == "running" and out["to_roll"] == 2
+    assert out["status"] == "running" and out["to_roll"] == 2 * len(apps)
     (s,) = w.bus.steps(RESULTS)
     return w, s
 
@@ -577,3 +581,24 @@ def test_a_flaky_signature_lookup_redelivers_the_step() -> None:
     assert rec is not None and rec.status == "running" and not rec.owner  # given back for the redelivery
     assert w.fleet.calls["update_images"] == 0
 
+
+
+def test_a_waves_signature_lookups_are_asked_together_not_one_after_another() -> None:
+    """Two app images, so two rebased images to ask about: their lookups must overlap (each waits for
+    the other at a barrier; asked in turn, the first would wait out the barrier's timeout and fail)."""
+    w, s = base_rig("report", apps=("shop", "cart"))
+    meet = threading.Barrier(2, timeout=5)
+    met: list[str] = []
+    real = w.registry.head_manifest
+
+    def head(ref):
+        if ref.tag and ref.tag.endswith(".sig") and len(met) < 2:
+            met.append(ref.repository)
+            meet.wait()
+        return real(ref)
+
+    w.registry.head_manifest = head  # type: ignore[method-assign]
+    step.handle_step(w.deps, s, "m-1")
+    rec = w.records.get(s.rollout.rollout_id)
+    assert rec is not None and rec.status == "finished" and not meet.broken
+    assert sorted(met) == ["apps/cart", "apps/shop"] and w.fleet.calls["update_images"] == 4

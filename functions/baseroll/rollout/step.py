@@ -18,6 +18,7 @@ that changes the record reports a rollout event (`contracts.events`) once its wr
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from baseroll import log
@@ -52,6 +53,7 @@ from baseroll.rollout.waveplan import Header, Member
 SETTLE_GRACE_S = 60.0
 TARGETED_POLL_MAX = 64  # members read one by one per poll (those no result will tell about, or overdue)
 MAX_WINDOW_WAITS = 100  # windows a step waits for to open in one invocation (its budget bounds it first)
+SIGNATURE_WORKERS = 8  # rebased images asked about at once
 RESULT_LAG_S = 5.0  # a result may be stamped this long before it can be read: each query reaches back so far
 
 
@@ -250,6 +252,7 @@ def _release(run: _Run, step: Step, wave: list[Member], sent: set[str]) -> _Rele
                             lambda m: (m.service.split("/")[1], m.service.split("/")[3]),
                             lambda loc: cfg.rollout.quota_for(loc[1]), start=clock.monotonic(),
                             burst=cfg.rollout.concurrency)
+    _ask_signatures(run, [m for m in todo if m.sendable and m.service not in closed])
     released = sent
     out_of_time = False
     batch: list[Task] = []
@@ -301,6 +304,16 @@ def _signature_problem(run: _Run, member: Member) -> str | None:
         if problem:
             return problem
     return None
+
+
+def _ask_signatures(run: _Run, members: list[Member]) -> None:
+    """Ask the registry about the members' rebased images all at once, before their tasks are paced
+    out: each is a few lookups, and a wave's first tasks would otherwise wait on every one in turn."""
+    pairs = {(parse(app), parse(m.targets[index])) for m in members for index, app in m.apps.items()}
+    todo = [(app, image) for app, image in pairs if image not in run.cache.signature]
+    if len(todo) > 1:
+        with ThreadPoolExecutor(max_workers=min(SIGNATURE_WORKERS, len(todo))) as pool:
+            list(pool.map(lambda pair: _signature_check(run, *pair), todo))
 
 
 def _signature_check(run: _Run, app: ImageRef, image: ImageRef) -> str | None:
