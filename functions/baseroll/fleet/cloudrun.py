@@ -4,6 +4,7 @@ The rest of baseroll sees `ServiceView`, plain data; only this module touches ru
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
@@ -56,9 +57,16 @@ def _target(t: TrafficSplit) -> run_v2.TrafficTarget:
     return run_v2.TrafficTarget(type_=_ALLOCATION_TYPE[t.type], percent=t.percent, revision=t.revision, tag=t.tag)
 
 
+@functools.lru_cache(maxsize=None)
+def _enum_names(message: str, field: str, descriptor: Any) -> dict[int, str]:
+    return {v.number: v.name for v in descriptor.fields_by_name[field].enum_type.values}
+
+
 def _enum_name(msg: object, field: str) -> str:
+    # Looked up once per message type and field: listing reads several enums of each of 10,000 services.
+    names = _enum_names(msg.DESCRIPTOR.full_name, field, msg.DESCRIPTOR)  # type: ignore[attr-defined]
     value = getattr(msg, field)
-    return msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[value].name  # type: ignore[attr-defined]
+    return names.get(value, str(value))
 
 
 def _reason(cond: object) -> str:
@@ -67,8 +75,11 @@ def _reason(cond: object) -> str:
     return _enum_name(cond, which) if which else ""
 
 
+_ALLOCATION_BY_NUMBER = {int(enum): name for enum, name in _ALLOCATION.items()}
+
+
 def _split(t: object) -> TrafficSplit:
-    kind = _ALLOCATION.get(run_v2.TrafficTargetAllocationType(t.type_), str(t.type_))  # type: ignore[attr-defined]
+    kind = _ALLOCATION_BY_NUMBER.get(int(t.type_), str(t.type_))  # type: ignore[attr-defined]
     return TrafficSplit(kind, t.percent, t.revision, t.tag)  # type: ignore[attr-defined]
 
 
