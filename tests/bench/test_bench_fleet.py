@@ -389,3 +389,85 @@ def _print(setup: Setup, f: dict) -> None:
         if q["queued_max"] or q["in_flight_max"]:
             print(f"    {name:30}{q['queued_mean']:>8.0f} /{q['queued_max']:>6}{q['in_flight_mean']:>8.1f} /"
                   f"{q['in_flight_max']:>4}")
+
+
+# ---------------------------------------------------------------- 3. the first update at scale
+
+FIRST_SERVICES = int(os.environ.get("BASEROLL_BENCH_FIRST_UPDATE_SERVICES", "10000"))
+FIRST_REPEATS = int(os.environ.get("BASEROLL_BENCH_FIRST_UPDATE_REPEATS", "3"))
+FIRST_TARGET_S = 5.0  # issue #14: the first service updated within 5 s of the event
+
+
+def test_bench_first_update() -> None:
+    """From the push event to the first service ready on its new image, on the quota-bound setting's fleet
+    (10,000 services over 10 regions, 20 canaries, 60 writes/min per region, 2 s deploys), without paying for
+    the whole rollout: `rollout.approval: after-canary` stops each rollout once its canary wave settled.
+    Repeated on one stack, each time onto a newer base: the first event reaches function instances that have
+    served nothing yet (each builds its clients on its first event); the later ones reach warm instances."""
+    setup = QUOTA_BOUND
+    with LocalStack(
+        targets=("on_artifact_push", "roll_service", "on_roll_result"),
+        regions=REGIONS, projects=(bf.PROJECT,), deploy_latency_s=setup.deploy_latency_s,
+        ready_timeout_s=setup.ready_timeout_s, write_quota_per_min=setup.quota_per_min,
+        rollout={"write_quota_per_min": setup.quota_per_min, "waves": list(bf.DEFAULT_WAVES),
+                 "approval": "after-canary"},
+        cloudrun_workers=setup.cloudrun_workers, push_concurrency=setup.push_concurrency,
+        function_threads=setup.function_threads,
+    ) as stack:
+        memo = bf.memoize_image_checks(stack.cloudrun)
+        bf.cheap_operation_trim(stack.cloudrun)
+        images = seed.seed_images(stack.registry_client(), stack.registry.host)
+        layout = bf.fleet_layout(images, FIRST_SERVICES, REGIONS, canaries=setup.canaries)
+        run = stack.run_client()
+        stack.cloudrun.deploy_latency_s = 0.0
+        stack.cloudrun.set_write_quota(None)
+        memo["tags"] = 1  # no tag moves while seeding
+        seed_s, _ = bf.seed_services(stack.cloudrun, run, layout)
+        memo["tags"] = 0
+        stack.cloudrun.deploy_latency_s = setup.deploy_latency_s
+        stack.cloudrun.set_write_quota(setup.quota_per_min)
+        canaries = {s.name for s in layout if s.canary}
+        track = images.base_track("python")
+        store = scenario.record_store(stack)
+        reps = []
+        for rep in range(FIRST_REPEATS):
+            new_base = scenario.push_new_base(stack, images, "python")
+            rid = scenario.rollout_id("python", new_base)
+            before = stack.cloudrun.stats()["services"]
+            t_publish = time.time()
+            scenario.publish_push(stack, new_base, track.tag)
+            deadline = time.monotonic() + 180
+            while (record := store.get(rid)) is None or record.status != "awaiting-approval":
+                assert time.monotonic() < deadline, f"rollout {rid} did not settle its canary wave: {record}"
+                time.sleep(0.2)
+            assert stack.wait_idle(30.0)
+            after = stack.cloudrun.stats()["services"]
+            # Correctness: the canaries, and only they, updated once each, onto the new base.
+            updated = {name for name, st in after.items() if st["updates"] != before.get(name, {}).get("updates", 0)}
+            assert updated == canaries, f"updated {sorted(updated - canaries)[:5]}, missed {sorted(canaries - updated)[:5]}"
+            assert all(after[n]["updates"] - before[n]["updates"] == 1 for n in canaries)
+            assert all(scenario.on_base(stack, img, new_base) for img in
+                       {run.get_service(name=n).template.containers[0].image for n in canaries})
+            logs = {t: [r for r in bf.read_log(stack.function_log(t)) if r["_t"] >= t_publish] for t in stack.targets}
+            tl = bf.timeline(logs, rid, t_publish, setup.quota_per_min / 60)
+            wave0 = next(w for w in tl["waves"] if w["wave"] == 0)
+            reps.append({"rep": rep, "instances": "fresh" if rep == 0 else "warm",
+                         "discovered_s": tl["planner_discovered_s"], "started_s": tl["planner_started_s"],
+                         "wave0_released_s": wave0["released_s"], "first_update_s": tl["first_update_s"],
+                         "wave0_settled_s": wave0["settled_s"]})
+    warm = [r["first_update_s"] for r in reps[1:]]
+    figures = {"bench": "first-update", "services": FIRST_SERVICES, "canaries": len(canaries), "seed_s": seed_s,
+               "deploy_latency_s": setup.deploy_latency_s, "target_s": FIRST_TARGET_S, "reps": reps,
+               "fresh_first_update_s": reps[0]["first_update_s"],
+               "warm_first_update_median_s": statistics.median(warm) if warm else None}
+    print()
+    print(f"=== first update: {FIRST_SERVICES:,} services over {len(REGIONS)} regions, {len(canaries)} canaries, "
+          f"{setup.deploy_latency_s} s deploys; seconds after the push event (target < {FIRST_TARGET_S:.0f} s for "
+          f"the first service ready on its new image)")
+    print(f"{'rep':>4}{'instances':>10}{'listed':>8}{'started':>9}{'released':>10}{'1st update':>12}{'settled':>9}")
+    for r in reps:
+        print(f"{r['rep']:>4}{r['instances']:>10}{r['discovered_s']:>8.2f}{r['started_s']:>9.2f}"
+              f"{r['wave0_released_s']:>10.2f}{r['first_update_s']:>12.2f}{r['wave0_settled_s']:>9.2f}")
+    print(f"summary: first update {figures['fresh_first_update_s']:.2f} s after the event on fresh function "
+          f"instances, median {figures['warm_first_update_median_s']} s on warm ones ({len(warm)} runs)")
+    _bench_line(figures)
