@@ -178,12 +178,30 @@ def test_a_continuation_past_its_wave_settle_deadline_counts_the_pending_as_fail
     r = rig(workers=False, invocation_budget_s=30.0)
     step.handle_step(r.w.deps, first_step(r), "m-1")
     (nxt,) = r.steps()[1:]
-    settle_s = 2 * r.w.config.rollout.ready_timeout_s + step.SETTLE_GRACE_S
+    settle_s = step.settle_after_s(r.w.config.rollout)
     r.w.clock.advance(settle_s)  # the workers never answered
     step.handle_step(r.w.deps, nxt, "m-2")
     assert r.record.status == "halted"
     assert r.record.waves == [{"wave": 0, "size": 2, "done": 0, "failed": 2, "skipped": 0}]
     assert len(r.w.bus.tasks(TASKS)) == 2  # nothing released twice
+
+
+def test_a_waves_deadline_leaves_room_for_the_longest_verification() -> None:
+    """A job's verification execution may run `job_verify_timeout_s` between its update's gate and its
+    result: a wave whose results have not come by twice the readiness timeout and the grace is still
+    waiting when that check is long, and fails its silent members only once it is over too."""
+    r = rig(workers=False, invocation_budget_s=30.0, job_verify_timeout_s=300.0)
+    cfg = r.w.config.rollout
+    assert step.settle_after_s(cfg) == 2 * cfg.ready_timeout_s + 300.0 + step.SETTLE_GRACE_S
+    step.handle_step(r.w.deps, first_step(r), "m-1")
+    (nxt,) = r.steps()[1:]
+    r.w.clock.advance(2 * cfg.ready_timeout_s + step.SETTLE_GRACE_S)  # the old deadline: not over yet
+    step.handle_step(r.w.deps, nxt, "m-2")
+    assert r.record.status == "running" and r.record.waves == []
+    r.w.clock.advance(300.0)
+    step.handle_step(r.w.deps, r.steps()[-1], "m-3")
+    assert r.record.status == "halted"
+    assert r.record.waves == [{"wave": 0, "size": 2, "done": 0, "failed": 2, "skipped": 0}]
 
 
 def test_a_member_deleted_while_the_wave_waits_is_skipped() -> None:
@@ -261,7 +279,7 @@ def test_members_whose_results_are_lost_are_read_one_by_one_once_overdue(monkeyp
     assert r.record.waves == [{"wave": 0, "size": 2, "done": 2, "failed": 0, "skipped": 0}]
     wave0 = {t.service for t in r.w.bus.tasks(TASKS)}
     assert set(read) == wave0  # just the wave's members, never a listing
-    overdue = r.w.config.rollout.ready_timeout_s + step.SETTLE_GRACE_S
+    overdue = step.overdue_after_s(r.w.config.rollout)
     assert overdue <= sum(r.w.clock.slept) < overdue + 2 * r.w.config.rollout.poll_interval_s + 1
 
 

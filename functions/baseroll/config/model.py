@@ -61,6 +61,10 @@ class FailureBudget:
         return failures > (self.count or 0)
 
 
+# The traffic write after a passed verification and its settling (`fleet.deploy.TRAFFIC_WRITE_S`).
+VERIFY_WRITE_S = 15.0
+
+
 @dataclass(frozen=True)
 class VerifySettings:
     """`rollout.verify`: the requests a new revision answers at zero traffic before it gets any."""
@@ -82,6 +86,11 @@ class VerifySettings:
         return self.requests * self.timeout_s if self.enabled else 0.0
 
 
+def check_budget(verify: VerifySettings, job_verify_timeout_s: float) -> float:
+    """What `RolloutSettings.check_budget_s` says, for settings not built yet."""
+    return max(verify.budget_s + VERIFY_WRITE_S if verify.enabled else 0.0, job_verify_timeout_s)
+
+
 @dataclass(frozen=True)
 class RolloutSettings:
     ready_timeout_s: float = 240.0  # fits an update, a rollback and both gates in one invocation
@@ -100,6 +109,12 @@ class RolloutSettings:
     windows: tuple["WindowRule", ...] = ()  # when services may be written (rollout.windows); none = always
     workloads: tuple[str, ...] = WORKLOAD_KINDS  # the kinds discovered and rolled
     job_verify_timeout_s: float = 30.0  # how long a labelled job's verification execution may run
+
+    @property
+    def check_budget_s(self) -> float:
+        """The longest check a task may run between its update's gate and its result: a service's
+        verification at zero traffic (its requests, then the traffic write) or a job's execution."""
+        return check_budget(self.verify, self.job_verify_timeout_s)
 
     def quota_for(self, region: str) -> int:
         """Tasks to release per minute in `region`: its write quota over the writes one task makes

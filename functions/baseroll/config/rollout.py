@@ -6,7 +6,15 @@ from typing import Any, Mapping
 from baseroll.config.fields import _bool, _choice, _known, _number
 import re
 
-from baseroll.config.model import WORKLOAD_KINDS, ConfigError, FailureBudget, RolloutSettings, VerifySettings
+from baseroll.config.model import (
+    VERIFY_WRITE_S,
+    WORKLOAD_KINDS,
+    ConfigError,
+    FailureBudget,
+    RolloutSettings,
+    VerifySettings,
+    check_budget,
+)
 from baseroll.config.windows import parse_approval, parse_windows
 from baseroll.contracts import ids
 from baseroll.images.rebase import DRIFT_POLICIES
@@ -20,8 +28,6 @@ VERIFY_KEYS = ("enabled", "path", "method", "expect_below", "expect_status", "re
 # methods that change nothing (RFC 9110 "safe" methods).
 VERIFY_METHODS = ("GET", "HEAD", "OPTIONS")
 VERIFY_PATH = re.compile(r"^/[!$&-;=?-~]{0,2047}$")  # printable, no space, no '#', no '<' or '>'
-# The traffic write after a passed check and its settling (`fleet.deploy.TRAFFIC_WRITE_S`).
-VERIFY_WRITE_S = 15.0
 
 
 # The worker is an event-driven function: at most 540 s per invocation
@@ -80,7 +86,7 @@ def _ready_timeout(doc: Mapping[str, Any], verify: VerifySettings, job_verify_s:
     the margin must fit the function's limit."""
     value = float(_number(doc, "ready_timeout_s", 240, 1, 3600))
     checking = verify.budget_s + VERIFY_WRITE_S if verify.enabled else 0.0
-    most = (FUNCTION_TIMEOUT_S - WORKER_MARGIN_S - max(checking, job_verify_s)) / 2
+    most = (FUNCTION_TIMEOUT_S - WORKER_MARGIN_S - check_budget(verify, job_verify_s)) / 2
     if value > most:
         check = ""
         if job_verify_s > checking:

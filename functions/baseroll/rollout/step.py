@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from baseroll import log
+from baseroll.config import RolloutSettings
 from baseroll.contracts import events as E
 from baseroll.contracts import ledger, topics
 from baseroll.contracts.messages import Result, Rollout, Step, Task
@@ -356,8 +357,8 @@ def _await_wave(run: _Run, header: Header, wave_no: int, wave: list[Member], rel
     or whose result is overdue, is read by itself; nothing lists the fleet."""
     deps, clock, rid = run.deps, run.deps.clock, run.ro.rollout_id
     cfg = deps.config.rollout
-    settle_by = released_at + cfg.ready_timeout_s * 2 + SETTLE_GRACE_S  # an update and its rollback
-    overdue_at = released_at + cfg.ready_timeout_s + SETTLE_GRACE_S  # a result should be in by then
+    settle_by = released_at + settle_after_s(cfg)
+    overdue_at = released_at + overdue_after_s(cfg)
     names = [m.service for m in wave]
     expected = {m.service: m.expected for m in wave}
     silent = {m.service for m in wave if m.verdict == waves.PENDING}  # touched before this plan: no task, no result
@@ -382,6 +383,17 @@ def _await_wave(run: _Run, header: Header, wave_no: int, wave: list[Member], rel
             return st
         run.hold.renew()
         clock.sleep(cfg.poll_interval_s)
+
+
+def settle_after_s(cfg: RolloutSettings) -> float:
+    """How long after its release a wave waits for its members at most: each may update and roll
+    back, each write gated, with the longest check (a verification) between them."""
+    return 2 * cfg.ready_timeout_s + cfg.check_budget_s + SETTLE_GRACE_S
+
+
+def overdue_after_s(cfg: RolloutSettings) -> float:
+    """When a member's result should be in, if its update passed: its gate and its check."""
+    return cfg.ready_timeout_s + cfg.check_budget_s + SETTLE_GRACE_S
 
 
 def _known_at_plan(run: _Run, wave: list[Member]) -> dict[str, str]:
