@@ -113,8 +113,9 @@ class RolloutSettings:
     @property
     def check_budget_s(self) -> float:
         """The longest check a task may run between its update's gate and its result: a service's
-        verification at zero traffic (its requests, then the traffic write) or a job's execution."""
-        return check_budget(self.verify, self.job_verify_timeout_s)
+        verification at zero traffic (its requests, then the traffic write) or, when jobs are rolled,
+        a job's verification execution."""
+        return check_budget(self.verify, self.job_verify_timeout_s if "job" in self.workloads else 0.0)
 
     def quota_for(self, region: str) -> int:
         """Tasks to release per minute in `region`: its write quota over the writes one task makes
