@@ -468,6 +468,7 @@ def test_bench_first_update() -> None:
     for r in reps:
         print(f"{r['rep']:>4}{r['instances']:>10}{r['discovered_s']:>8.2f}{r['started_s']:>9.2f}"
               f"{r['wave0_released_s']:>10.2f}{r['first_update_s']:>12.2f}{r['wave0_settled_s']:>9.2f}")
+    warm_median = f"{figures['warm_first_update_median_s']:.2f} s" if warm else "not measured"
     print(f"summary: first update {figures['fresh_first_update_s']:.2f} s after the event on fresh function "
-          f"instances, median {figures['warm_first_update_median_s']} s on warm ones ({len(warm)} runs)")
+          f"instances; median on warm ones {warm_median} ({len(warm)} runs)")
     _bench_line(figures)
