@@ -85,7 +85,7 @@ def _ready_timeout(doc: Mapping[str, Any], verify: VerifySettings, job_verify_s:
     requests and the traffic write after, or a job's verification execution: the longer one) and
     the margin must fit the function's limit."""
     value = float(_number(doc, "ready_timeout_s", 240, 1, 3600))
-    checking = verify.budget_s + VERIFY_WRITE_S if verify.enabled else 0.0
+    checking = check_budget(verify, 0.0)  # the service check alone, to name the longer one below
     most = (FUNCTION_TIMEOUT_S - WORKER_MARGIN_S - check_budget(verify, job_verify_s)) / 2
     if value > most:
         check = ""

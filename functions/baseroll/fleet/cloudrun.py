@@ -58,13 +58,13 @@ def _target(t: TrafficSplit) -> run_v2.TrafficTarget:
 
 
 @functools.lru_cache(maxsize=None)
-def _enum_names(message: str, field: str, descriptor: Any) -> dict[int, str]:
+def _enum_names(descriptor: Any, field: str) -> dict[int, str]:
     return {v.number: v.name for v in descriptor.fields_by_name[field].enum_type.values}
 
 
 def _enum_name(msg: object, field: str) -> str:
     # Looked up once per message type and field: listing reads several enums of each of 10,000 services.
-    names = _enum_names(msg.DESCRIPTOR.full_name, field, msg.DESCRIPTOR)  # type: ignore[attr-defined]
+    names = _enum_names(msg.DESCRIPTOR, field)  # type: ignore[attr-defined]
     value = getattr(msg, field)
     return names.get(value, str(value))
 
@@ -75,11 +75,9 @@ def _reason(cond: object) -> str:
     return _enum_name(cond, which) if which else ""
 
 
-_ALLOCATION_BY_NUMBER = {int(enum): name for enum, name in _ALLOCATION.items()}
-
-
 def _split(t: object) -> TrafficSplit:
-    kind = _ALLOCATION_BY_NUMBER.get(int(t.type_), str(t.type_))  # type: ignore[attr-defined]
+    # The raw protobuf's number finds its proto-plus enum member (an IntEnum) as the key.
+    kind = _ALLOCATION.get(t.type_, str(t.type_))  # type: ignore[attr-defined]
     return TrafficSplit(kind, t.percent, t.revision, t.tag)  # type: ignore[attr-defined]
 
 
